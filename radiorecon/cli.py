@@ -1,0 +1,228 @@
+"""The ``radiorecon`` command line."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .exceptions import RadioreconError
+
+__all__ = ["main"]
+
+
+def _config_pairs(pairs):
+    """Parse ``KEY=VALUE`` options; values are JSON where they parse, else strings."""
+    config = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
+def _open_model(spec, config):
+    """A Reconstructor from a model file, or from a backend name for untrained use."""
+    from . import available_backends
+    from .reconstructor import Reconstructor
+
+    if os.path.exists(spec):
+        if config:
+            raise ValueError("--set applies to a backend name, not to a model file")
+        return Reconstructor.load(spec)
+    if spec in available_backends():
+        return Reconstructor(spec, **config)
+    raise ValueError(
+        f"{spec!r} is neither a model file nor an installed backend "
+        f"(installed: {', '.join(available_backends()) or 'none'})"
+    )
+
+
+def cmd_backends(args):
+    from . import available_backends, backend_info
+
+    names = available_backends()
+    if not names:
+        print("No backends installed.")
+        return 0
+    for name in names:
+        if not args.long:
+            print(name)
+            continue
+        try:
+            info = backend_info(name)
+        except ValueError:
+            continue  # a broken plugin: backend_info already warned
+        print(f"{name} (version {info['version']}, {info['origin']})")
+        print(f"    {info['description']}")
+        print(f"    capabilities: {', '.join(info['capabilities'])}")
+        print(f"    config: {json.dumps(info['default_config'])}")
+    return 0
+
+
+def cmd_info(args):
+    from .modelfile import read_header
+
+    doc = read_header(args.model)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    rows = [
+        ("file", args.model),
+        ("backend", f"{doc.get('backend')} (version {doc.get('backend_version')})"),
+        ("written by", f"radiorecon {doc.get('radiorecon_version')} on {doc.get('created')}"),
+        ("trained", "yes" if doc.get("fitted") else "no"),
+        ("config", json.dumps(doc.get("config"))),
+        ("normalisation", json.dumps(doc.get("normalisation"))),
+        ("units", json.dumps(doc.get("units"))),
+        ("epochs", len(doc.get("history", []))),
+    ]
+    if doc.get("history"):
+        rows.append(("last epoch", json.dumps(doc["history"][-1])))
+    if "training" in doc:
+        t = doc["training"]
+        rows.append(("checkpoint", f"after epoch {t['epoch']} of {t['epochs']}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:>{width}}: {value}")
+    return 0
+
+
+def cmd_predict(args):
+    from .io import write_result
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    if args.catalog and os.path.exists(args.catalog) and not args.overwrite:
+        raise FileExistsError(f"{args.catalog} already exists; pass --overwrite to replace it")
+    for name in (args.input, args.psf):
+        if name is not None and not os.path.exists(name):
+            raise FileNotFoundError(f"{name} does not exist")
+    rec = _open_model(args.model, _config_pairs(args.set))
+    sky = rec.predict(
+        args.input,
+        n_samples=args.samples,
+        psf=args.psf,
+        aggregate=args.aggregate,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        return_samples=bool(args.catalog) and args.samples > 1,
+    )
+    write_result(sky, args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}")
+    if args.catalog:
+        from .catalog import find_sources
+
+        catalog = find_sources(sky, threshold=args.threshold)
+        catalog.write(args.catalog, format="ascii.ecsv", overwrite=args.overwrite)
+        print(f"wrote {args.catalog} ({len(catalog)} sources)")
+    return 0
+
+
+def cmd_train(args):
+    from .reconstructor import Reconstructor
+
+    if os.path.exists(args.output) and not args.overwrite:
+        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    rec = Reconstructor(args.backend, **_config_pairs(args.set))
+    validation = None
+    if args.val_inputs:
+        validation = (args.val_inputs, args.val_targets) if args.val_targets else args.val_inputs
+    rec.fit(
+        args.inputs,
+        args.targets,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation=validation,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+    )
+    rec.save(args.output, overwrite=args.overwrite)
+    last = rec.history[-1] if rec.history else {}
+    print(f"wrote {args.output} after {len(rec.history)} epochs: {json.dumps(last)}")
+    return 0
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="radiorecon",
+        description="Reconstruct radio sky models, with uncertainty and catalogs, from dirty images.",
+    )
+    parser.add_argument("--version", action="version", version=f"radiorecon {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("backends", help="list installed backends")
+    p.add_argument("-l", "--long", action="store_true", help="load each backend and describe it")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("info", help="describe a model file (without loading it)")
+    p.add_argument("model", help="model file (.rrm)")
+    p.add_argument("--json", action="store_true", help="print the model's metadata as JSON")
+    p.set_defaults(func=cmd_info)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--seed", type=int, default=None, help="random seed for repeatable results")
+    common.add_argument("--device", default="auto", help="'auto' (default), 'cpu' or 'cuda'")
+    common.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="backend configuration (repeatable)"
+    )
+
+    p = sub.add_parser("predict", parents=[common], help="reconstruct the sky model of a FITS image")
+    p.add_argument("model", help="model file (.rrm), or the name of a backend that needs no training")
+    p.add_argument("input", help="dirty image (FITS; CASA cubes with degenerate axes are fine)")
+    p.add_argument("-o", "--output", required=True, help="output FITS (data, UNCERT, MASK)")
+    p.add_argument("--samples", type=int, default=1, help="samples for the uncertainty (default 1)")
+    p.add_argument("--aggregate", choices=["median", "mean"], default="median")
+    p.add_argument("--psf", help="PSF FITS image, for backends that need it")
+    p.add_argument("--catalog", help="also write a source catalog (ECSV)")
+    p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", parents=[common], help="train a backend on FITS images")
+    p.add_argument("backend", help="backend name")
+    p.add_argument("--inputs", nargs="+", required=True, help="training inputs (FITS)")
+    p.add_argument("--targets", nargs="+", help="training targets (FITS), for paired backends")
+    p.add_argument("--val-inputs", nargs="+", help="validation inputs (FITS)")
+    p.add_argument("--val-targets", nargs="+", help="validation targets (FITS)")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.rrm)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logging.getLogger("radiorecon").addHandler(handler)
+        logging.getLogger("radiorecon").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("radiorecon: interrupted", file=sys.stderr)
+        return 130
+    except (RadioreconError, ValueError, TypeError, OSError) as exc:
+        # Bad input deserves one line, not a traceback.
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"radiorecon {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

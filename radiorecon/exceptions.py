@@ -1,0 +1,37 @@
+"""Exceptions and warnings raised by radiorecon."""
+
+__all__ = [
+    "RadioreconError",
+    "ModelFileError",
+    "CapabilityError",
+    "NotFittedError",
+    "BackendLoadWarning",
+    "RadioreconWarning",
+]
+
+
+class RadioreconError(Exception):
+    """Base class of the errors raised by radiorecon."""
+
+
+class ModelFileError(RadioreconError, ValueError):
+    """A model file is missing, truncated, corrupted, foreign or too new.
+
+    The message names the file and the reason.
+    """
+
+
+class CapabilityError(RadioreconError, TypeError):
+    """A backend was asked for something it does not declare it can do."""
+
+
+class NotFittedError(RadioreconError, RuntimeError):
+    """A backend that needs training was used before `~radiorecon.Reconstructor.fit`."""
+
+
+class RadioreconWarning(UserWarning):
+    """Base class of the warnings issued by radiorecon."""
+
+
+class BackendLoadWarning(RadioreconWarning):
+    """An installed backend plugin could not be loaded and was skipped."""

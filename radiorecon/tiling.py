@@ -1,0 +1,127 @@
+"""Cutting images into overlapping tiles and stitching them without seams.
+
+Tiles overlap by at least ``2 * margin + ramp`` pixels. In each tile the
+``margin`` pixels next to an inner edge (one shared with another tile) get
+weight zero, because a method with a receptive field of up to ``margin``
+pixels sees zero padding there; the next ``ramp`` pixels rise smoothly to
+one. Stitching divides the weighted sum by the summed weights, so a local
+method gives the same result tiled as on the whole image, and a method with a
+wider reach blends without visible seams.
+"""
+
+import numpy as np
+
+__all__ = ["Tiler", "center_psf"]
+
+
+def _starts(length, tile, overlap):
+    if length <= tile:
+        return [0]
+    n = int(np.ceil((length - overlap) / (tile - overlap)))
+    return [int(round(s)) for s in np.linspace(0, length - tile, n)]
+
+
+def _ramp(tile, margin, ramp, inner_start, inner_end):
+    w = np.ones(tile)
+    d = np.arange(tile, dtype=float)
+    # Raised cosine from 0 at the margin to 1 after the ramp.
+    rise = np.clip((d - margin + 1) / (ramp + 1), 0, 1)
+    rise = 0.5 - 0.5 * np.cos(np.pi * rise)
+    if inner_start:
+        w *= rise
+    if inner_end:
+        w *= rise[::-1]
+    return w
+
+
+class Tiler:
+    """Geometry of overlapping tiles over one image.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the image.
+    tile_shape : tuple of int or None
+        ``(ty, tx)``; `None` for one tile of the whole image.
+    margin : int
+        Pixels of context the method needs on each side.
+    """
+
+    def __init__(self, shape, tile_shape, margin=0):
+        self.shape = tuple(int(s) for s in shape)
+        self.tile_shape = self.shape if tile_shape is None else tuple(int(t) for t in tile_shape)
+        self.margin = int(margin)
+        self.starts = []
+        self.weights = []
+        per_axis = []
+        for length, tile in zip(self.shape, self.tile_shape):
+            ramp = max(4, tile // 16)
+            overlap = 2 * self.margin + ramp
+            if length > tile and overlap >= tile:
+                raise ValueError(
+                    f"Tiles of {tile} pixels are too small for a margin of {self.margin} pixels"
+                )
+            starts = _starts(length, tile, overlap)
+            weights = [
+                _ramp(tile, self.margin, ramp, i > 0, i < len(starts) - 1)
+                for i in range(len(starts))
+            ]
+            per_axis.append((starts, weights))
+        (ys, wys), (xs, wxs) = per_axis
+        for y, wy in zip(ys, wys):
+            for x, wx in zip(xs, wxs):
+                self.starts.append((y, x))
+                self.weights.append(np.outer(wy, wx))
+
+    def __len__(self):
+        return len(self.starts)
+
+    def split(self, image):
+        """Tiles of ``image`` as an ``(n_tiles, ty, tx)`` array, zero-padded where short."""
+        ty, tx = self.tile_shape
+        out = np.zeros((len(self), ty, tx), dtype=image.dtype)
+        for i, (y, x) in enumerate(self.starts):
+            cut = image[y : y + ty, x : x + tx]
+            out[i, : cut.shape[0], : cut.shape[1]] = cut
+        return out
+
+    def merge(self, tiles):
+        """Stitch ``(..., n_tiles, ty, tx)`` tiles into ``(..., ny, nx)``."""
+        tiles = np.asarray(tiles)
+        if len(self) == 1:
+            return tiles[..., 0, : self.shape[0], : self.shape[1]]
+        ny, nx = self.shape
+        total = np.zeros(tiles.shape[:-3] + (ny, nx), dtype=np.float64)
+        norm = np.zeros((ny, nx))
+        for i, ((y, x), w) in enumerate(zip(self.starts, self.weights)):
+            h, v = min(ny - y, w.shape[0]), min(nx - x, w.shape[1])
+            total[..., y : y + h, x : x + v] += tiles[..., i, :h, :v] * w[:h, :v]
+            norm[y : y + h, x : x + v] += w[:h, :v]
+        return (total / norm).astype(tiles.dtype)
+
+
+def center_psf(psf, shape):
+    """Cut or zero-pad a PSF to ``shape`` with its peak at ``(ny // 2, nx // 2)``, peak 1.
+
+    Parameters
+    ----------
+    psf : `~numpy.ndarray`
+        2-D point-spread function of any size, NaN-free.
+    shape : tuple of int
+
+    Returns
+    -------
+    `~numpy.ndarray`
+    """
+    psf = np.asarray(psf, dtype=float)
+    py, px = np.unravel_index(np.argmax(psf), psf.shape)
+    peak = psf[py, px]
+    if not peak > 0:
+        raise ValueError("The PSF has no positive peak")
+    ny, nx = shape
+    out = np.zeros(shape)
+    # Offsets from the peak that exist in both arrays.
+    y0, y1 = max(-(ny // 2), -py), min(ny - ny // 2, psf.shape[0] - py)
+    x0, x1 = max(-(nx // 2), -px), min(nx - nx // 2, psf.shape[1] - px)
+    out[ny // 2 + y0 : ny // 2 + y1, nx // 2 + x0 : nx // 2 + x1] = psf[py + y0 : py + y1, px + x0 : px + x1]
+    return out / peak
