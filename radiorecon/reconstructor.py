@@ -1,5 +1,6 @@
 """`Reconstructor`: the front door that wraps every backend."""
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -12,6 +13,7 @@ from astropy.io import fits
 from astropy.nddata import StdDevUncertainty
 
 from . import __version__, modelfile, registry
+from ._noise import robust_std
 from ._runtime import resolve_device, seeded
 from .backend import Backend
 from .exceptions import CapabilityError, ModelFileError, NotFittedError, RadioreconWarning
@@ -40,11 +42,16 @@ def _is_dataset(obj):
     )
 
 
-def _robust_std(image):
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(finite - np.median(finite))))
+@dataclasses.dataclass
+class _Job:
+    """One image on its way through predict: what was read, and its tiles."""
+
+    image: object  # the NDData from io.read_image
+    mask: np.ndarray
+    unit: object
+    tiler: Tiler
+    tiles: np.ndarray
+    psf: np.ndarray = None
 
 
 def _per_beam(unit):
@@ -299,7 +306,7 @@ class Reconstructor:
             resume = self._read_checkpoint(checkpoint, epochs)
         if resume is None:
             self.units = {"input": units.get("input"), "target": units.get("target")}
-            self.scale = _LazyPairs.estimate_scale(train)
+            self.scale = _estimate_scale(train)
             self.history = []
         train = _Scaled(train, self.scale, paired)
         if validation is not None:
@@ -555,8 +562,8 @@ class Reconstructor:
                 if key not in psf_cache:
                     psf_cache[key] = center_psf(_read_psf(psf_in), tiler.tile_shape).astype(np.float32)
                 psf_tile = psf_cache[key]
-            jobs.append((image, mask, unit, tiler, tiler.split(arr / np.float32(scale)), psf_tile))
-        if "deblend" in self.capabilities and any(len(job[3]) > 1 for job in jobs):
+            jobs.append(_Job(image, mask, unit, tiler, tiler.split(arr / np.float32(scale)), psf_tile))
+        if "deblend" in self.capabilities and any(len(job.tiler) > 1 for job in jobs):
             raise ValueError(
                 f"Backend {self.backend_name!r} deblends whole images of at most "
                 f"{self.backend.tile_shape}; cut the image first"
@@ -573,16 +580,16 @@ class Reconstructor:
         import torch
         from tqdm.auto import tqdm
 
-        flat = [(j, t) for j, job in enumerate(jobs) for t in range(len(job[3]))]
+        flat = [(j, t) for j, job in enumerate(jobs) for t in range(len(job.tiler))]
         per_job = [dict(samples=[], mean=[], std=[], components=[], extras={}) for _ in jobs]
         n_batches = -(-len(flat) // batch_size)
         with seeded(seed, dev), torch.no_grad():
             for b in tqdm(range(n_batches), disable=not progress or n_batches < 2, desc="predict", unit="batch"):
                 chunk = flat[b * batch_size : (b + 1) * batch_size]
-                x = torch.from_numpy(np.stack([jobs[j][4][t] for j, t in chunk])).to(dev)
+                x = torch.from_numpy(np.stack([jobs[j].tiles[t] for j, t in chunk])).to(dev)
                 psf = None
-                if jobs[chunk[0][0]][5] is not None:
-                    psf = torch.from_numpy(np.stack([jobs[j][5] for j, _ in chunk])).to(dev)
+                if jobs[chunk[0][0]].psf is not None:
+                    psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(dev)
                 pred = self.backend.predict(x, n_samples=n_samples, psf=psf)
                 if pred.samples is not None and pred.samples.shape[:2] != (n_samples, len(chunk)):
                     raise RuntimeError(
@@ -604,7 +611,7 @@ class Reconstructor:
         return per_job
 
     def _assemble(self, job, out, n_samples, aggregate, seed, return_samples):
-        image, mask, in_unit, tiler, _, _ = job
+        image, mask, in_unit, tiler = job.image, job.mask, job.unit, job.tiler
         scale = np.float32(self.scale or 1.0)
         samples = std = None
         if out["samples"]:
@@ -761,13 +768,14 @@ class _LazyPairs:
         x = item[0] if isinstance(item, tuple) else item
         return torch.as_tensor(np.nan_to_num(np.asarray(x, dtype=np.float32))), torch.zeros(0)
 
-    @staticmethod
-    def estimate_scale(dataset, n_max=64):
-        """Median robust noise of (up to ``n_max``) training inputs."""
-        idx = np.linspace(0, len(dataset) - 1, min(n_max, len(dataset))).astype(int)
-        stds = [_robust_std(np.asarray(dataset[int(i)][0], dtype=np.float64)) for i in idx]
-        stds = [s for s in stds if s > 0]
-        return float(np.median(stds)) if stds else 1.0
+
+
+def _estimate_scale(dataset, n_max=64):
+    """Median robust noise of (up to ``n_max``, evenly spread) training inputs."""
+    idx = np.linspace(0, len(dataset) - 1, min(n_max, len(dataset))).astype(int)
+    stds = [robust_std(np.asarray(dataset[int(i)][0], dtype=np.float64)) for i in idx]
+    stds = [s for s in stds if s > 0]
+    return float(np.median(stds)) if stds else 1.0
 
 
 class _Scaled:

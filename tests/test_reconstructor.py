@@ -303,3 +303,30 @@ def test_backend_instance_and_repr():
     assert "test-smooth" in repr(rec) and "fitted" in repr(rec)
     with pytest.raises(TypeError, match="backend name or a Backend instance"):
         Reconstructor(42)
+
+
+def test_progress_bars_show_and_hide(pairs, capsys):
+    dirty, sky = pairs
+    rec = Reconstructor("test-conv")
+    rec.fit(dirty, sky, epochs=1, batch_size=4, progress=True)
+    rec.predict(list(dirty[:3]), batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "predict" in err
+    rec.fit(dirty, sky, epochs=1, batch_size=4, progress=False)
+    rec.predict(list(dirty[:3]), batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_training_is_logged(pairs, caplog):
+    dirty, sky = pairs
+    with caplog.at_level(logging.INFO, logger="radiorecon"):
+        Reconstructor("test-conv").fit(dirty, sky, epochs=1, progress=False)
+    assert "training test-conv on 24 images on cpu" in caplog.text
+
+
+def test_result_converts_to_ccddata(cube_file):
+    sky = Reconstructor("test-smooth").predict(cube_file, progress=False)
+    ccd = CCDData(sky)
+    assert ccd.unit == u.Jy / u.pix and ccd.wcs.naxis == 2
+    np.testing.assert_array_equal(ccd.mask, sky.mask)
+    assert ccd.header["RRBACKND"] == "test-smooth"

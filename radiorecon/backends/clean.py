@@ -3,13 +3,10 @@
 import numpy as np
 from scipy.ndimage import uniform_filter
 
+from .._noise import robust_std
 from ..backend import Backend, Prediction
 
 __all__ = ["CleanBackend", "hogbom"]
-
-
-def _robust_std(image):
-    return 1.4826 * np.median(np.abs(image - np.median(image)))
 
 
 def hogbom(dirty, psf, *, gain=0.1, niter=1000, threshold=0.0):
@@ -85,7 +82,7 @@ class CleanBackend(Backend):
         c = self.config
         models, stds, residuals = [], [], []
         for dirty, beam in zip(inputs.cpu().double().numpy(), psf.cpu().double().numpy()):
-            noise = _robust_std(dirty)
+            noise = robust_std(dirty)
             model, residual, _ = hogbom(
                 dirty, beam, gain=c["gain"], niter=c["niter"], threshold=c["threshold"] * noise
             )
