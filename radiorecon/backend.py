@@ -52,6 +52,9 @@ class Prediction:
     extras : dict of str to torch.Tensor
         Further ``(B, ny, nx)`` maps a method produces (a residual, a restored
         image); they come back in the result's ``extras``.
+    meta : list of dict or None
+        One dict per image of FITS-able scalars (keys of at most 8
+        characters, e.g. a fitted clean beam) added to the result's ``meta``.
     """
 
     samples: object = None
@@ -59,6 +62,7 @@ class Prediction:
     std: object = None
     components: object = None
     extras: dict = dataclasses.field(default_factory=dict)
+    meta: list = None
 
     def __post_init__(self):
         if (self.samples is None) == (self.mean is None):

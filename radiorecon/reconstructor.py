@@ -581,7 +581,7 @@ class Reconstructor:
         from tqdm.auto import tqdm
 
         flat = [(j, t) for j, job in enumerate(jobs) for t in range(len(job.tiler))]
-        per_job = [dict(samples=[], mean=[], std=[], components=[], extras={}) for _ in jobs]
+        per_job = [dict(samples=[], mean=[], std=[], components=[], extras={}, meta={}) for _ in jobs]
         n_batches = -(-len(flat) // batch_size)
         with seeded(seed, dev), torch.no_grad():
             for b in tqdm(range(n_batches), disable=not progress or n_batches < 2, desc="predict", unit="batch"):
@@ -608,6 +608,8 @@ class Reconstructor:
                         out["components"].append(pred.components[i].float().cpu().numpy())
                     for key, value in pred.extras.items():
                         out["extras"].setdefault(key, []).append(value[i].float().cpu().numpy())
+                    if pred.meta is not None:
+                        out["meta"].update(pred.meta[i])
         return per_job
 
     def _assemble(self, job, out, n_samples, aggregate, seed, return_samples):
@@ -647,13 +649,13 @@ class Reconstructor:
             mask=mask,
             wcs=image.wcs,
             unit=unit,
-            meta=self._provenance(image, n_samples, aggregate, seed, how),
+            meta=self._provenance(image, n_samples, aggregate, seed, how, out["meta"]),
             samples=samples if return_samples else None,
             components=components,
             extras=extras,
         )
 
-    def _provenance(self, image, n_samples, aggregate, seed, how):
+    def _provenance(self, image, n_samples, aggregate, seed, how, backend_meta):
         from .io import get_beam
 
         header = fits.Header()
@@ -682,6 +684,7 @@ class Reconstructor:
             header["RRBMAJ"] = (beam.major.to_value(u.deg), "[deg] input beam major axis")
             header["RRBMIN"] = (beam.minor.to_value(u.deg), "[deg] input beam minor axis")
             header["RRBPA"] = (beam.pa.to_value(u.deg), "[deg] input beam position angle")
+        header.update(backend_meta)
         return header
 
     # -- sampling ----------------------------------------------------------
