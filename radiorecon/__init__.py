@@ -35,7 +35,10 @@ _LAZY = {
     "Backend": "radiorecon.backend",
     "Prediction": "radiorecon.backend",
 }
-_SUBMODULES = {"io", "catalog", "registry", "exceptions", "backends", "tiling", "modelfile", "cli"}
+_SUBMODULES = {
+    "io", "catalog", "metrics", "simulate", "benchmark", "beam", "registry", "exceptions",
+    "backends", "tiling", "modelfile", "cli",
+}
 
 
 def __getattr__(name):

@@ -102,6 +102,13 @@ class Backend:
     version : str
         Version of the backend's model format, stored in model files. Bump it
         when a change makes old state incompatible; a newer file is refused.
+    psf_factor : int
+        The PSF reaches the backend at this many times the tile size (2 lets
+        CLEAN subtract a source's sidelobes across the whole image).
+    input_scale : {"noise", "peak", None}
+        How `~radiorecon.Reconstructor.fit` sets the normalisation: the
+        median robust noise of the training inputs (dirty images), their
+        median peak (noise-free skies, for unpaired training), or none.
     tile_shape : tuple of int or None
         ``(ny, nx)`` size the method works on. Larger images are cut into
         overlapping tiles of this size and stitched; smaller ones are padded
@@ -117,6 +124,8 @@ class Backend:
     version = "1"
     tile_shape = None
     tile_margin = 0
+    psf_factor = 1
+    input_scale = "noise"
     default_config = {}
 
     def __init_subclass__(cls, **kwargs):
@@ -362,14 +371,24 @@ class Backend:
         n_samples : int
             Number of draws, for backends with ``uncertainty``.
         psf : torch.Tensor or None
-            ``(B, ny, nx)`` point-spread functions, peak 1 at pixel
-            ``(ny // 2, nx // 2)``, for backends that need it.
+            ``(B, f * ny, f * nx)`` point-spread functions (``f`` =
+            `psf_factor`), peak 1 at pixel ``(f * ny // 2, f * nx // 2)``,
+            for backends that need it.
 
         Returns
         -------
         Prediction
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement predict")
+
+    def network_evaluations(self, n_samples):
+        """Forward passes of a network that one ``predict`` of one image costs.
+
+        The benchmark reports it next to the time. The default is one per
+        sample for backends with networks (`modules`) and none otherwise;
+        iterative samplers override it (steps times samples).
+        """
+        return n_samples if self.modules() else 0
 
     def sample(self, n, *, shape):
         """Draw ``n`` sky images of ``shape`` from the learned prior.

@@ -1,18 +1,29 @@
-"""Source catalogs from sky models and images, built on `photutils.segmentation`."""
+"""Source catalogs from sky models and images, built on `photutils.segmentation`.
+
+`find_sources` measures a catalog, `match` pairs it one-to-one with another
+(e.g. the true sources of a simulation) and `to_regions` turns it into
+`regions` shapes for DS9 or CASA.
+"""
 
 import warnings
+from dataclasses import dataclass
 
 import astropy.units as u
 import numpy as np
+from astropy.coordinates import SkyCoord
 from astropy.nddata import NDData, StdDevUncertainty
 from astropy.stats import sigma_clipped_stats
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
 from photutils.utils import NoDetectionsWarning
+from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-__all__ = ["find_sources"]
+__all__ = ["find_sources", "match", "Match", "to_regions"]
+
+# FWHM of a Gaussian in units of its standard deviation.
+_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 # A noise below this fraction of the peak is round-off, not thermal noise: no
 # interferometric image reaches a dynamic range of 1e7.
@@ -143,8 +154,14 @@ def find_sources(
         of samples with a detection within ``match_radius``). ``meta``
         holds ``threshold``, ``npixels``, ``noise_method`` ('uncertainty',
         'given' or 'robust') and, for a scalar noise, ``noise`` (float, in
-        the image's unit). An empty table with these columns is returned
-        when nothing is detected.
+        the image's unit). With a celestial WCS it also holds the pixel
+        grid's orientation at the image centre, which `to_regions` uses:
+        ``pixel_scale`` (float, arcsec/pix, the geometric mean of the two
+        axes), ``north_angle`` (float, deg: the direction of north on the
+        pixel grid, counter-clockwise from +x; 90 for north up) and
+        ``mirrored`` (bool: True when east is clockwise from north, i.e. to
+        the right for north up, unlike the sky as seen from Earth). An
+        empty table with these columns is returned when nothing is detected.
 
     Raises
     ------
@@ -169,6 +186,8 @@ def find_sources(
     meta = {"threshold": threshold, "npixels": npixels, "noise_method": method}
     if np.ndim(noise) == 0:
         meta["noise"] = float(noise)
+    if wcs is not None:
+        meta.update(_orientation(wcs, data.shape))
     noise = np.broadcast_to(noise, data.shape)
     # Pixels without a usable noise have no S/N; leave them out.
     bad = bad | ~(np.isfinite(noise) & (noise > 0))
@@ -195,6 +214,35 @@ def find_sources(
         table["detection_probability"] = found / len(samples)
         table.meta["match_radius"] = match_radius
     return table
+
+
+def _orientation(wcs, shape):
+    """``pixel_scale``, ``north_angle`` and ``mirrored`` of a celestial WCS at the centre.
+
+    Plain floats and a bool (not Quantities), so that the catalog's meta
+    still goes into a FITS header. Empty for a WCS without sky axes.
+    """
+    x0, y0 = (shape[1] - 1) / 2, (shape[0] - 1) / 2
+    centre, step_x, step_y = (wcs.pixel_to_world(x0 + dx, y0 + dy) for dx, dy in
+                              ((0, 0), (1, 0), (0, 1)))
+    if not isinstance(centre, SkyCoord):
+        return {}
+    # Local Jacobian d(east, north)/d(x, y) in arcsec/pix, from the offsets
+    # of one pixel along x and y, over which the projection is linear.
+    jac = np.empty((2, 2))
+    for col, step in enumerate((step_x, step_y)):
+        pa = centre.position_angle(step).to_value(u.rad)  # east of north
+        sep = centre.separation(step).to_value(u.arcsec)
+        jac[:, col] = sep * np.sin(pa), sep * np.cos(pa)
+    det = np.linalg.det(jac)
+    north = np.linalg.solve(jac, [0.0, 1.0])  # pixel direction of north
+    return {
+        "pixel_scale": float(np.sqrt(abs(det))),
+        "north_angle": float(np.degrees(np.arctan2(north[1], north[0])) % 360.0),
+        # On the sky as seen from Earth (east left of north up) +x runs
+        # west, so d(east)/dx < 0 and det < 0.
+        "mirrored": bool(det > 0),
+    }
 
 
 def _robust_noise(data, bad):
@@ -262,3 +310,291 @@ def _found_in(sample, positions, noise, bad, radius, *detection):
         return np.zeros(len(positions), bool)
     distance, _ = cKDTree(xy).query(positions, distance_upper_bound=radius)
     return np.isfinite(distance)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One-to-one match between a found and a true catalog (see `match`).
+
+    Attributes
+    ----------
+    found_index, truth_index : `~numpy.ndarray` of int
+        Rows of ``found`` and of ``truth`` paired with each other (the
+        true positives), in increasing order of ``found_index``.
+    separation : `~astropy.units.Quantity`
+        Distance of each pair, in the unit of the ``radius`` given to
+        `match` (pix for a pixel radius).
+    false_positives : `~numpy.ndarray` of int
+        Rows of ``found`` left unmatched, in increasing order.
+    false_negatives : `~numpy.ndarray` of int
+        Rows of ``truth`` left unmatched, in increasing order.
+    """
+
+    found_index: np.ndarray
+    truth_index: np.ndarray
+    separation: u.Quantity
+    false_positives: np.ndarray
+    false_negatives: np.ndarray
+
+    @property
+    def tp(self):
+        """Number of matched pairs (true positives)."""
+        return len(self.found_index)
+
+    @property
+    def fp(self):
+        """Number of unmatched found sources (false positives)."""
+        return len(self.false_positives)
+
+    @property
+    def fn(self):
+        """Number of unmatched true sources (false negatives)."""
+        return len(self.false_negatives)
+
+    @property
+    def truth_matched(self):
+        """Bool array over the rows of ``truth``: True where it was matched."""
+        matched = np.zeros(self.tp + self.fn, bool)
+        matched[self.truth_index] = True
+        return matched
+
+    def to_table(self):
+        """The pairs as a `~astropy.table.QTable`.
+
+        Its columns are ``found_index``, ``truth_index`` and ``separation``.
+        """
+        return QTable(
+            [self.found_index, self.truth_index, self.separation],
+            names=["found_index", "truth_index", "separation"],
+        )
+
+
+def _pix(column):
+    """Plain float array of a pixel column (float or Quantity in pix)."""
+    if isinstance(column, u.Quantity):
+        return column.to_value(u.pix)
+    return np.asarray(column, dtype=float)
+
+
+def _column(table, name, what):
+    if name not in table.colnames:
+        raise ValueError(f"the {what} table has no {name!r} column")
+    return table[name]
+
+
+def _sky(table, what):
+    if "sky_centroid" not in table.colnames or not isinstance(table["sky_centroid"], SkyCoord):
+        raise ValueError(
+            f"an angular radius needs sky positions, but the {what} table has no "
+            "'sky_centroid' SkyCoord column (find_sources adds it when the image has "
+            "a WCS); give the radius in pixels to match on 'x' and 'y'"
+        )
+    return table["sky_centroid"]
+
+
+def match(found, truth, radius):
+    """Match two catalogs one-to-one within a radius (Hungarian algorithm).
+
+    Among all one-to-one pairings of ``found`` with ``truth`` sources whose
+    distance is at most ``radius``, the one with the most pairs is chosen
+    and, among those, the one of least total distance
+    (`scipy.optimize.linear_sum_assignment`). Unlike greedy nearest-neighbour
+    matching, a source is not taken by a neighbour that has an alternative,
+    and the result does not depend on the order of the rows.
+
+    Parameters
+    ----------
+    found, truth : `~astropy.table.Table`
+        The catalogs, e.g. from `find_sources` and of the true sources. For
+        a pixel radius they need ``x`` and ``y`` columns (0-based pixels,
+        float or Quantity in pix), for an angular one a ``sky_centroid``
+        `~astropy.coordinates.SkyCoord` column. Either may be empty.
+    radius : float or `~astropy.units.Quantity`
+        Largest distance of a pair: in pixels (float or Quantity in pix),
+        or an angle (e.g. ``0.5 * u.arcsec``) to match on the sky.
+
+    Returns
+    -------
+    match : `Match`
+        Matched rows (``found_index``, ``truth_index``, ``separation`` in
+        the unit of ``radius``), the unmatched rows (``false_positives`` of
+        ``found``, ``false_negatives`` of ``truth``) and their counts
+        ``tp``, ``fp`` and ``fn``.
+
+    Notes
+    -----
+    The full ``len(found) x len(truth)`` distance matrix is built, which is
+    meant for per-image catalogs (up to a few thousand sources).
+    """
+    if isinstance(radius, u.Quantity) and radius.unit.physical_type == "angle":
+        unit, on_sky = radius.unit, True
+    elif isinstance(radius, u.Quantity) and radius.unit != u.pix:
+        raise u.UnitsError(f"radius must be in pix or an angle, not {radius.unit}")
+    else:
+        unit, on_sky = u.pix, False
+    radius = u.Quantity(radius, unit).value
+    if not radius >= 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+
+    if on_sky:
+        a, b = _sky(found, "found"), _sky(truth, "truth")
+        dist = a[:, np.newaxis].separation(b[np.newaxis, :]).to_value(unit)
+    else:
+        a = np.column_stack([_pix(_column(found, c, "found")) for c in "xy"])
+        b = np.column_stack([_pix(_column(truth, c, "truth")) for c in "xy"])
+        dist = np.hypot(*(a[:, np.newaxis, :] - b[np.newaxis, :, :]).transpose(2, 0, 1))
+    dist = dist.reshape(len(found), len(truth))
+    near = dist <= radius  # False for NaN positions
+
+    # Only rows and columns with a candidate take part.
+    rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
+    found_index = truth_index = np.zeros(0, int)
+    if len(rows):
+        sub, ok = dist[np.ix_(rows, cols)], near[np.ix_(rows, cols)]
+        # A pair beyond the radius costs more than any set of pairs within
+        # it, so the assignment first maximises the number of pairs.
+        big = (min(sub.shape) + 1) * sub[ok].max() + 1.0
+        r, c = linear_sum_assignment(np.where(ok, sub, big))
+        keep = ok[r, c]
+        found_index, truth_index = rows[r[keep]], cols[c[keep]]
+    return Match(
+        found_index=found_index,
+        truth_index=truth_index,
+        separation=dist[found_index, truth_index] * unit,
+        false_positives=np.setdiff1d(np.arange(len(found)), found_index),
+        false_negatives=np.setdiff1d(np.arange(len(truth)), truth_index),
+    )
+
+
+def _meta(meta, key, default=None):
+    """``meta[key]``, also as the upper-case key that FITS makes of short names."""
+    return meta.get(key, meta.get(key.upper(), default))
+
+
+def _scale(pixel_scale, meta):
+    """Pixel scale in arcsec/pix from the keyword or the catalog's meta."""
+    if pixel_scale is None:
+        if _meta(meta, "pixel_scale") is None:
+            raise ValueError(
+                "the pixel scale is unknown: the catalog's meta has no 'pixel_scale' "
+                "(find_sources stores it when the image has a WCS); pass pixel_scale= "
+                "or wcs="
+            )
+        return float(_meta(meta, "pixel_scale"))
+    if isinstance(pixel_scale, u.Quantity):
+        if (pixel_scale.unit * u.pix).physical_type == "angle":  # angle / pix
+            pixel_scale = pixel_scale * u.pix
+        return pixel_scale.to_value(u.arcsec)
+    return float(pixel_scale)
+
+
+def to_regions(catalog, *, shape="ellipse", wcs=None, pixel_scale=None):
+    """Regions of a catalog's sources on the sky, for DS9, CARTA or CASA.
+
+    Parameters
+    ----------
+    catalog : `~astropy.table.Table`
+        A catalog from `find_sources`, or any table with ``sky_centroid``
+        (`~astropy.coordinates.SkyCoord`) and, for ellipses and circles,
+        ``a``, ``b`` (standard deviations along the major and minor axes,
+        pix) and ``theta`` (major axis counter-clockwise from +x, deg).
+        With ``wcs`` given, ``x`` and ``y`` (0-based pixels) replace
+        ``sky_centroid``.
+    shape : {'ellipse', 'circle', 'point'}, optional
+        'ellipse': the source's FWHM ellipse (axes ``2 sqrt(2 ln 2)`` times
+        ``a`` and ``b``); 'circle': the circle of the same area (radius
+        ``sqrt(2 ln 2 a b)``, half the FWHM of the mean sigma); 'point': the
+        centroid alone, drawn as a '+'.
+    wcs : `~astropy.wcs.WCS`, optional
+        The image's WCS. Each region is then mapped from pixels to the sky
+        exactly at its own position (`regions.EllipsePixelRegion.to_sky`),
+        for any rotation, flip or non-square pixels.
+    pixel_scale : float or `~astropy.units.Quantity`, optional
+        Used without ``wcs``: the angular size of a pixel (angle or
+        angle/pix; a float is in arcsec/pix). By default the
+        ``pixel_scale`` in the catalog's meta, set by `find_sources`.
+
+    Returns
+    -------
+    regions : `regions.Regions`
+        One `~regions.EllipseSkyRegion`, `~regions.CircleSkyRegion` or
+        `~regions.PointSkyRegion` per row, with the source ``id`` as its
+        ``text`` and ``label`` meta (shown by DS9 and CASA respectively).
+        ``regions.write('cat.reg', format='ds9')`` or ``format='crtf'``
+        writes them out.
+
+    Raises
+    ------
+    ValueError
+        If the catalog has no sky positions (and no ``wcs`` is given), or
+        the pixel scale of an ellipse or circle is unknown.
+
+    Notes
+    -----
+    Without ``wcs``, the catalog's ``north_angle`` and ``mirrored`` meta
+    (from `find_sources`; by default north up and not mirrored, the usual
+    orientation of radio images) turn ``theta`` into the `regions` sky
+    angle, which is measured counter-clockwise from the longitude axis
+    (west) as seen on the sky, so that it equals the pixel angle for an
+    image with north up and east left. This uses one pixel scale and
+    orientation for the whole image; pass ``wcs`` for wide fields.
+    """
+    from regions import (
+        CirclePixelRegion, CircleSkyRegion, EllipsePixelRegion, EllipseSkyRegion, PixCoord,
+        PointPixelRegion, PointSkyRegion, Regions,
+    )
+
+    if shape not in ("ellipse", "circle", "point"):
+        raise ValueError(f"shape must be 'ellipse', 'circle' or 'point', not {shape!r}")
+    n = len(catalog)
+    ids = catalog["id"] if "id" in catalog.colnames else np.arange(1, n + 1)
+    metas = [{"text": str(i), "label": str(i)} for i in ids]
+    visual = {"symbol": "+"} if shape == "point" else {}
+    if shape != "point":
+        a = _pix(_column(catalog, "a", "catalog")) * _FWHM_PER_SIGMA
+        b = _pix(_column(catalog, "b", "catalog")) * _FWHM_PER_SIGMA
+        theta = u.Quantity(_column(catalog, "theta", "catalog"), u.deg).value
+
+    if wcs is not None:
+        if getattr(wcs, "naxis", 2) > 2:
+            wcs = wcs.celestial
+        centres = PixCoord(_pix(_column(catalog, "x", "catalog")),
+                           _pix(_column(catalog, "y", "catalog")))
+        if shape == "ellipse":
+            pixel = [EllipsePixelRegion(centres[i], a[i], b[i], angle=theta[i] * u.deg)
+                     for i in range(n)]
+        elif shape == "circle":
+            pixel = [CirclePixelRegion(centres[i], np.sqrt(a[i] * b[i]) / 2) for i in range(n)]
+        else:
+            pixel = [PointPixelRegion(centres[i]) for i in range(n)]
+        sky = [region.to_sky(wcs) for region in pixel]
+        for region, meta in zip(sky, metas):
+            region.meta.update(meta)
+            region.visual.update(visual)
+        return Regions(sky)
+
+    if "sky_centroid" not in catalog.colnames or not isinstance(catalog["sky_centroid"], SkyCoord):
+        raise ValueError(
+            "to_regions needs sky positions: the catalog has no 'sky_centroid' SkyCoord "
+            "column (find_sources adds it when the image has a WCS); pass wcs="
+        )
+    centres = catalog["sky_centroid"]
+    if shape == "point":
+        return Regions([PointSkyRegion(centres[i], meta=metas[i], visual=visual)
+                        for i in range(n)])
+    scale = _scale(pixel_scale, catalog.meta) * u.arcsec
+    if shape == "circle":
+        radius = np.sqrt(a * b) / 2 * scale
+        return Regions([CircleSkyRegion(centres[i], radius[i], meta=metas[i]) for i in range(n)])
+    north = float(_meta(catalog.meta, "north_angle", 90.0))
+    # The sky angle of an axis at theta on the pixel grid; on the sky seen
+    # from Earth +x is west (sky angle 0) when north is up.
+    if _meta(catalog.meta, "mirrored", False):
+        angle = (north - theta + 90.0) % 360.0
+    else:
+        angle = (theta - north + 90.0) % 360.0
+    return Regions([
+        EllipseSkyRegion(centres[i], a[i] * scale, b[i] * scale, angle=angle[i] * u.deg,
+                         meta=metas[i])
+        for i in range(n)
+    ])

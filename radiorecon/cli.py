@@ -98,6 +98,8 @@ def cmd_predict(args):
 
     if os.path.exists(args.output) and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
+    if args.catalog and os.path.abspath(args.catalog) == os.path.abspath(args.output):
+        raise ValueError("--catalog and -o name the same file")
     if args.catalog and os.path.exists(args.catalog) and not args.overwrite:
         raise FileExistsError(f"{args.catalog} already exists; pass --overwrite to replace it")
     for name in (args.input, args.psf):
@@ -151,6 +153,56 @@ def cmd_train(args):
     return 0
 
 
+def cmd_simulate(args):
+    from . import simulate
+
+    if args.list_presets:
+        for name in simulate.available_presets():
+            print(name)
+        return 0
+    if args.n is None or args.out is None:
+        raise ValueError("give the number of images and the output directory: radiorecon simulate N OUT")
+    data = simulate.make_dataset(
+        args.n, preset=args.preset, seed=args.seed, out=args.out, overwrite=args.overwrite,
+        workers=args.workers, progress=not args.no_progress, **_config_pairs(args.set),
+    )
+    print(f"wrote {len(data)} images to {args.out}")
+    return 0
+
+
+def _methods(specs, samples):
+    """(label, Reconstructor, n_samples) rows from backend names or model files."""
+    methods = []
+    for spec in specs:
+        rec = _open_model(spec, {})
+        label = spec if not os.path.exists(spec) else os.path.basename(spec)
+        sampling = "uncertainty" in rec.capabilities and rec.backend.network_evaluations(2) > 0
+        for n in samples if sampling else [1]:
+            methods.append((f"{label} ({n})" if sampling else label, rec, n))
+    return methods
+
+
+def cmd_benchmark(args):
+    from .benchmark import plot_report, run_benchmark, to_markdown
+
+    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace its report")
+    samples = [int(n) for n in args.samples.split(",")]
+    methods = _methods([s for s in args.backends.split(",") if s], samples)
+    table, examples = run_benchmark(
+        args.data, methods, n_images=args.n_images, threshold=args.threshold, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    table.write(os.path.join(args.out, "benchmark.ecsv"), overwrite=True)
+    markdown = to_markdown(table)
+    with open(os.path.join(args.out, "benchmark.md"), "w") as fh:
+        fh.write(markdown + "\n")
+    plot_report(table, examples, args.out)
+    print(markdown)
+    return 0
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="radiorecon",
@@ -188,6 +240,31 @@ def _parser():
     p.add_argument("--catalog", help="also write a source catalog (ECSV)")
     p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("simulate", help="simulate a data set of dirty images, skies and PSFs")
+    p.add_argument("n", type=int, nargs="?", help="number of images")
+    p.add_argument("out", nargs="?", help="output directory")
+    p.add_argument("--preset", default="alma-cycle5-c43-3", help="simulation preset (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help='preset overrides, e.g. --set noise_rms="30 uJy" (repeatable)')
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("benchmark", help="score methods on a simulated data set, as the papers do")
+    p.add_argument("--data", required=True, help="data set directory (radiorecon simulate)")
+    p.add_argument("--backends", default="clean", help="comma-separated backend names or model files")
+    p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
+    p.add_argument("--n-images", type=int, default=None, help="use the first N images")
+    p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report directory (ECSV, Markdown, PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("train", parents=[common], help="train a backend on FITS images")
     p.add_argument("backend", help="backend name")

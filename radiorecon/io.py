@@ -171,8 +171,17 @@ def get_beam(image):
     -------
     beam : `radio_beam.Beam` or None
         The beam, or None when the header records none.
+
+    Raises
+    ------
+    ValueError
+        If ``BMAJ``, ``BMIN`` or ``BPA`` holds something other than a number.
     """
     meta = getattr(image, "meta", image)
+    for key in ("BMAJ", "BMIN", "BPA"):
+        value = meta.get(key) if isinstance(meta, Mapping) else None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+            raise ValueError(f"beam card {key} = {value!r} is not a number of degrees")
     if not isinstance(meta, fits.Header):
         # radio_beam accepts only a real Header.
         meta = fits.Header([(key, meta[key]) for key in ("BMAJ", "BMIN", "BPA") if key in meta])

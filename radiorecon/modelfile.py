@@ -44,6 +44,11 @@ def _digest(tensors):
     return sha.hexdigest()
 
 
+def _document_digest(doc):
+    body = {k: v for k, v in doc.items() if k != "document_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
 def save(path, document, tensors, *, overwrite=False):
     """Write a model file atomically.
 
@@ -75,6 +80,7 @@ def save(path, document, tensors, *, overwrite=False):
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": _digest(tensors),
     }
+    doc["document_sha256"] = _document_digest(doc)
     payload = st_save(tensors, metadata={_KEY: json.dumps(doc, allow_nan=False)})
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".rrm")
@@ -120,11 +126,14 @@ def read_header(path):
         raise ModelFileError(f"{path}: not a radiorecon model file (header is not valid JSON)") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path}: not a radiorecon model file (unexpected header)")
-    end = max((e.get("data_offsets", [0, 0])[1] for k, e in header.items() if k != "__metadata__"), default=0)
+    entries = [e for k, e in header.items() if k != "__metadata__"]
+    if not all(isinstance(e, dict) and isinstance(e.get("data_offsets"), list) for e in entries):
+        raise ModelFileError(f"{path}: not a radiorecon model file (malformed tensor table)")
+    end = max((e["data_offsets"][1] for e in entries), default=0)
     if 8 + n + end > size:
         raise ModelFileError(f"{path}: file is truncated ({size} bytes, expected {8 + n + end})")
     meta = header.get("__metadata__") or {}
-    if _KEY not in meta:
+    if not isinstance(meta, dict) or _KEY not in meta:
         raise ModelFileError(
             f"{path}: a safetensors file, but not a radiorecon model file (no radiorecon metadata)"
         )
@@ -133,7 +142,8 @@ def read_header(path):
     except json.JSONDecodeError:
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted (invalid JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not a radiorecon model file (format is {doc.get('format')!r})")
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ModelFileError(f"{path}: not a radiorecon model file (format is {found!r})")
     version = doc.get("format_version")
     if not isinstance(version, int):
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted (no format version)")
@@ -142,6 +152,8 @@ def read_header(path):
             f"{path}: model format version {version} is newer than this radiorecon "
             f"supports ({FORMAT_VERSION}); upgrade radiorecon to read it"
         )
+    if doc.get("document_sha256") != _document_digest(doc):
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted or was edited (checksum mismatch)")
     return doc
 
 

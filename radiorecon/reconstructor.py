@@ -306,7 +306,7 @@ class Reconstructor:
             resume = self._read_checkpoint(checkpoint, epochs)
         if resume is None:
             self.units = {"input": units.get("input"), "target": units.get("target")}
-            self.scale = _estimate_scale(train)
+            self.scale = _estimate_scale(train, self.backend.input_scale)
             self.history = []
         train = _Scaled(train, self.scale, paired)
         if validation is not None:
@@ -433,15 +433,18 @@ class Reconstructor:
             backend_cls = registry.get_backend(name)
         except ValueError as exc:
             raise ModelFileError(f"{os.fspath(path)}: needs backend {name!r}, which is not available. {exc}") from None
-        try:
-            self = cls(name, **doc.get("config", {}))
-        except TypeError as exc:
-            raise ModelFileError(f"{os.fspath(path)}: config does not fit backend {name!r}: {exc}") from None
         if _version_tuple(doc.get("backend_version", "0")) > _version_tuple(backend_cls.version):
             raise ModelFileError(
                 f"{os.fspath(path)}: written by backend {name!r} version {doc['backend_version']}, "
                 f"newer than the installed version {backend_cls.version}; upgrade the backend"
             )
+        config = doc.get("config", {})
+        if not isinstance(config, dict):
+            raise ModelFileError(f"{os.fspath(path)}: config is not a mapping")
+        try:
+            self = cls(name, **config)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{os.fspath(path)}: config does not fit backend {name!r}: {exc}") from None
         self._restore(doc, {k: v for k, v in tensors.items() if not k.startswith("train/")}, path)
         self.fitted = bool(doc.get("fitted")) or "training" in doc or "needs_training" not in self.capabilities
         self.origin = os.path.basename(os.fspath(path))
@@ -453,9 +456,20 @@ class Reconstructor:
             self.backend.load_state_dict(tensors)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise ModelFileError(f"{os.fspath(path)}: tensors do not fit backend {self.backend_name!r}: {exc}") from None
-        self.scale = doc.get("normalisation", {}).get("scale")
-        self.units = dict(doc.get("units") or {"input": None, "target": None})
-        self.history = list(doc.get("history", []))
+        norm = doc.get("normalisation") or {}
+        units = doc.get("units") or {"input": None, "target": None}
+        scale = norm.get("scale") if isinstance(norm, dict) else "?"
+        if not (scale is None or (isinstance(scale, (int, float)) and scale > 0)):
+            raise ModelFileError(f"{os.fspath(path)}: normalisation scale {scale!r} is not a positive number")
+        try:
+            for value in (units.get("input"), units.get("target")):
+                if value is not None:
+                    u.Unit(value)
+        except (AttributeError, TypeError, ValueError):
+            raise ModelFileError(f"{os.fspath(path)}: units {units!r} are not readable") from None
+        self.scale = scale
+        self.units = {"input": units.get("input"), "target": units.get("target")}
+        self.history = list(doc.get("history") or [])
 
     # -- prediction --------------------------------------------------------
 
@@ -536,11 +550,14 @@ class Reconstructor:
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
 
-        many = _is_image_list(data)
+        # A stack of 2-D arrays is a list of images, as in fit.
+        many = _is_image_list(data) or (type(data) is np.ndarray and data.ndim == 3 and len(data) > 1)
         images = list(data) if many else [data]
         if _is_image_list(psf):
             if len(psf) != len(images):
                 raise ValueError(f"{len(psf)} PSFs for {len(images)} images")
+            if any(p is None for p in psf):
+                raise ValueError("A list of PSFs needs one PSF for every image (found None)")
             psfs = list(psf)
         else:
             psfs = [psf] * len(images)
@@ -560,7 +577,8 @@ class Reconstructor:
             if psf_in is not None:
                 key = (id(psf_in), tiler.tile_shape)
                 if key not in psf_cache:
-                    psf_cache[key] = center_psf(_read_psf(psf_in), tiler.tile_shape).astype(np.float32)
+                    shape = tuple(self.backend.psf_factor * t for t in tiler.tile_shape)
+                    psf_cache[key] = center_psf(_read_psf(psf_in), shape).astype(np.float32)
                 psf_tile = psf_cache[key]
             jobs.append(_Job(image, mask, unit, tiler, tiler.split(arr / np.float32(scale)), psf_tile))
         if "deblend" in self.capabilities and any(len(job.tiler) > 1 for job in jobs):
@@ -590,12 +608,7 @@ class Reconstructor:
                 psf = None
                 if jobs[chunk[0][0]].psf is not None:
                     psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(dev)
-                pred = self.backend.predict(x, n_samples=n_samples, psf=psf)
-                if pred.samples is not None and pred.samples.shape[:2] != (n_samples, len(chunk)):
-                    raise RuntimeError(
-                        f"Backend {self.backend_name!r} returned samples of shape "
-                        f"{tuple(pred.samples.shape)}, expected ({n_samples}, {len(chunk)}, ...)"
-                    )
+                pred = self._predict_chunked(x, n_samples, psf, batch_size)
                 for i, (j, _) in enumerate(chunk):
                     out = per_job[j]
                     if pred.samples is not None:
@@ -611,6 +624,32 @@ class Reconstructor:
                     if pred.meta is not None:
                         out["meta"].update(pred.meta[i])
         return per_job
+
+    def _predict_chunked(self, x, n_samples, psf, batch_size):
+        """Call the backend for at most ``batch_size`` samples at a time."""
+        import torch
+
+        parts = []
+        for start in range(0, n_samples, batch_size):
+            k = min(batch_size, n_samples - start)
+            pred = self.backend.predict(x, n_samples=k, psf=psf)
+            if pred.samples is None:
+                if n_samples > 1:
+                    raise CapabilityError(
+                        f"Backend {self.backend_name!r} does not sample (it returns one estimate "
+                        "with its own uncertainty): use n_samples=1"
+                    )
+                return pred
+            if tuple(pred.samples.shape[:2]) != (k, x.shape[0]):
+                raise RuntimeError(
+                    f"Backend {self.backend_name!r} returned samples of shape "
+                    f"{tuple(pred.samples.shape)}, expected ({k}, {x.shape[0]}, ...)"
+                )
+            parts.append(pred)
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        return dataclasses.replace(first, samples=torch.cat([p.samples for p in parts]))
 
     def _assemble(self, job, out, n_samples, aggregate, seed, return_samples):
         image, mask, in_unit, tiler = job.image, job.mask, job.unit, job.tiler
@@ -679,7 +718,11 @@ class Reconstructor:
         for key, value, comment in cards:
             # A long value leaves no room for a comment in an 80-character card.
             header[key] = (value, comment) if len(str(value)) + len(comment) < 60 else value
-        beam = get_beam(image)
+        try:
+            beam = get_beam(image)
+        except ValueError as exc:  # a malformed BMAJ/BMIN/BPA card
+            warnings.warn(f"Ignoring the input's beam cards: {exc}", RadioreconWarning, stacklevel=4)
+            beam = None
         if beam is not None:
             header["RRBMAJ"] = (beam.major.to_value(u.deg), "[deg] input beam major axis")
             header["RRBMIN"] = (beam.minor.to_value(u.deg), "[deg] input beam minor axis")
@@ -773,12 +816,24 @@ class _LazyPairs:
 
 
 
-def _estimate_scale(dataset, n_max=64):
-    """Median robust noise of (up to ``n_max``, evenly spread) training inputs."""
+def _estimate_scale(dataset, method, n_max=64):
+    """The normalisation scale of training inputs (up to ``n_max``, evenly spread).
+
+    ``"noise"``: their median robust noise; ``"peak"``: their median peak
+    absolute value (for sparse skies without noise); None: 1.
+    """
+    if method is None:
+        return 1.0
     idx = np.linspace(0, len(dataset) - 1, min(n_max, len(dataset))).astype(int)
-    stds = [robust_std(np.asarray(dataset[int(i)][0], dtype=np.float64)) for i in idx]
-    stds = [s for s in stds if s > 0]
-    return float(np.median(stds)) if stds else 1.0
+    images = [np.asarray(dataset[int(i)][0], dtype=np.float64) for i in idx]
+    if method == "noise":
+        values = [robust_std(image) for image in images]
+    elif method == "peak":
+        values = [float(np.nanmax(np.abs(image))) for image in images]
+    else:
+        raise ValueError(f"Unknown input_scale {method!r}: use 'noise', 'peak' or None")
+    values = [v for v in values if v > 0]
+    return float(np.median(values)) if values else 1.0
 
 
 class _Scaled:

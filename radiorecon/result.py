@@ -49,6 +49,11 @@ class Reconstruction(NDDataRef):
 
     def _slice(self, item):
         kwargs = super()._slice(item)
+        from astropy.wcs import WCS
+
+        if isinstance(self.wcs, WCS):
+            # Keep a FITS WCS (as CCDData does), so slices can be written.
+            kwargs["wcs"] = self.wcs[item]
         planes = (slice(None),) + (item if isinstance(item, tuple) else (item,))
         if self.samples is not None:
             kwargs["samples"] = self.samples[planes]

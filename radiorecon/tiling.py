@@ -91,7 +91,8 @@ class Tiler:
         if len(self) == 1:
             return tiles[..., 0, : self.shape[0], : self.shape[1]]
         ny, nx = self.shape
-        total = np.zeros(tiles.shape[:-3] + (ny, nx), dtype=np.float64)
+        # The tiles' own precision: samples can be large, and float32 is enough.
+        total = np.zeros(tiles.shape[:-3] + (ny, nx), dtype=np.result_type(tiles.dtype, np.float32))
         norm = np.zeros((ny, nx))
         for i, ((y, x), w) in enumerate(zip(self.starts, self.weights)):
             h, v = min(ny - y, w.shape[0]), min(nx - x, w.shape[1])

@@ -54,3 +54,8 @@ def test_unimplemented_methods_say_which():
 
     with pytest.raises(NotImplementedError, match="Bare does not implement predict"):
         Bare().predict(torch.zeros(1, 2, 2))
+
+
+def test_network_evaluations_default():
+    assert _backends.ConvBackend().network_evaluations(10) == 10
+    assert _backends.SmoothBackend().network_evaluations(1) == 0

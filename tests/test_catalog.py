@@ -1,5 +1,6 @@
-"""Tests of `radiorecon.catalog.find_sources` on synthetic skies."""
+"""Tests of `radiorecon.catalog`: find_sources on synthetic skies, match and to_regions."""
 
+import itertools
 import sys
 
 import astropy.units as u
@@ -8,9 +9,14 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.nddata import CCDData, NDData, StdDevUncertainty, VarianceUncertainty
 from astropy.utils.exceptions import AstropyUserWarning
+from astropy.table import QTable
 from astropy.wcs import WCS
+from regions import (
+    CircleSkyRegion, EllipseSkyRegion, PointSkyRegion, Regions,
+)
 
-from radiorecon.catalog import find_sources
+from radiorecon.catalog import Match, find_sources, to_regions
+from radiorecon.catalog import match as match_catalogs
 from radiorecon.result import Reconstruction
 
 SHAPE = (96, 96)
@@ -195,3 +201,316 @@ def test_noiseless_sky_model_asks_for_noise():
     with pytest.raises(ValueError, match="noise="):
         find_sources(model)
     assert len(find_sources(model, noise=SIGMA)) == 1
+
+
+# --- find_sources: orientation meta -------------------------------------------------
+
+
+def test_celestial_wcs_orientation_is_stored_in_meta():
+    table = find_sources(nddata(sky()))
+    assert table.meta["pixel_scale"] == pytest.approx(0.1, rel=1e-6)  # arcsec/pix
+    assert table.meta["north_angle"] == pytest.approx(90.0, abs=1e-6)
+    assert table.meta["mirrored"] is False
+    assert "pixel_scale" not in find_sources(sky()).meta  # no WCS, no orientation
+
+
+# --- match --------------------------------------------------------------------------
+
+
+def xy_table(x, y=None, **columns):
+    x = np.asarray(x, float)
+    return QTable({"x": x, "y": np.zeros_like(x) if y is None else np.asarray(y, float),
+                   **columns})
+
+
+def test_match_beats_greedy_nearest_neighbour():
+    # f0's nearest true source is t0 (0.4 px), but t0 is f1's only one
+    # within 1 px; f0 also reaches t1 (0.8 px). Greedy matching pairs f0-t0
+    # and leaves f1 alone (1 match); the best assignment has 2:
+    # f0-t1 and f1-t0, 0.8 px each.
+    found = xy_table([0.0, 1.2])
+    truth = xy_table([0.4, -0.8])
+    m = match_catalogs(found, truth, 1.0)
+    assert isinstance(m, Match)
+    assert list(m.found_index) == [0, 1] and list(m.truth_index) == [1, 0]
+    np.testing.assert_allclose(m.separation.to_value(u.pix), [0.8, 0.8])
+    assert (m.tp, m.fp, m.fn) == (2, 0, 0)
+    assert m.false_positives.size == m.false_negatives.size == 0
+    pairs = m.to_table()
+    assert pairs.colnames == ["found_index", "truth_index", "separation"]
+    assert pairs["separation"].unit == u.pix
+
+
+def test_match_minimises_total_distance_among_maximal_matchings():
+    # All four pairs are within 2 px: f0-t0 + f1-t1 = 0.1 + 0.1 beats
+    # f0-t1 + f1-t0 = 0.9 + 1.1.
+    m = match_catalogs(xy_table([0.0, 1.0]), xy_table([0.1, 0.9]), 2.0)
+    assert list(m.truth_index) == [0, 1]
+    np.testing.assert_allclose(m.separation.value, [0.1, 0.1])
+
+
+def brute_force(dist, radius):
+    """(number of pairs, total distance) of the best partial one-to-one matching."""
+    n, k = dist.shape
+    best = (0, 0.0)
+    for size in range(1, min(n, k) + 1):
+        for rows in itertools.combinations(range(n), size):
+            for cols in itertools.permutations(range(k), size):
+                d = dist[rows, cols]
+                if np.all(d <= radius):
+                    best = max(best, (size, -d.sum()))
+    return best[0], -best[1]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_match_agrees_with_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    found = xy_table(*rng.uniform(0, 4, (2, 5)))
+    truth = xy_table(*rng.uniform(0, 4, (2, 4)))
+    m = match_catalogs(found, truth, 1.5)
+    dist = np.hypot(found["x"][:, None] - truth["x"], found["y"][:, None] - truth["y"])
+    n, total = brute_force(dist, 1.5)
+    assert m.tp == n
+    assert m.separation.value.sum() == pytest.approx(total)
+    assert m.fp == 5 - n and m.fn == 4 - n
+    assert set(m.false_positives) == set(range(5)) - set(m.found_index)
+    assert set(m.false_negatives) == set(range(4)) - set(m.truth_index)
+
+
+def test_match_radius_is_inclusive_and_respected():
+    found, truth = xy_table([0.0, 10.0]), xy_table([1.5, 11.5 + 1e-9])
+    m = match_catalogs(found, truth, 1.5 * u.pix)  # a Quantity in pix works too
+    assert list(m.found_index) == [0] and list(m.truth_index) == [0]
+    assert list(m.false_positives) == [1] and list(m.false_negatives) == [1]
+    assert match_catalogs(found, truth, 1.4).tp == 0
+    assert match_catalogs(found, truth, 0.0).tp == 0
+
+
+def test_match_in_arcsec_on_the_sky():
+    wcs = celestial_wcs()  # 0.1 arcsec pixels
+    found = xy_table([10.0, 40.0, 70.0], [10.0, 40.0, 70.0])
+    truth = xy_table([40.0, 10.9, 90.0], [41.2, 10.0, 90.0])
+    for table in (found, truth):
+        table["sky_centroid"] = wcs.pixel_to_world(table["x"], table["y"])
+    truth["sky_centroid"] = truth["sky_centroid"].transform_to("galactic")  # any frame
+    m = match_catalogs(found, truth, 0.15 * u.arcsec)
+    assert list(m.found_index) == [0, 1] and list(m.truth_index) == [1, 0]
+    assert m.separation.unit == u.arcsec
+    np.testing.assert_allclose(m.separation.value, [0.09, 0.12], rtol=1e-5)
+    assert list(m.false_positives) == [2] and list(m.false_negatives) == [2]
+    # The same sources in pixels.
+    in_pixels = match_catalogs(found, truth, 1.5)
+    assert list(in_pixels.truth_index) == list(m.truth_index)
+    # Radius in mas: separations come back in mas.
+    assert match_catalogs(found, truth, 100 * u.mas).separation.unit == u.mas
+
+
+def test_match_needs_sky_positions_for_an_angular_radius():
+    found = find_sources(sky())  # no WCS: no sky_centroid
+    with pytest.raises(ValueError, match="sky_centroid"):
+        match_catalogs(found, found, 0.2 * u.arcsec)
+    with pytest.raises(u.UnitsError, match="pix or an angle"):
+        match_catalogs(found, found, 1 * u.m)
+    with pytest.raises(ValueError, match=">= 0"):
+        match_catalogs(found, found, -1.0)
+    with pytest.raises(ValueError, match="no 'x' column"):
+        match_catalogs(found, QTable({"y": [1.0]}), 1.0)
+
+
+@pytest.mark.parametrize("radius", [2.0, 0.2 * u.arcsec])
+def test_match_with_empty_tables(radius):
+    table = find_sources(nddata(sky()))
+    empty = find_sources(nddata(sky(sources=[])))
+    assert len(table) == 3 and len(empty) == 0
+    m = match_catalogs(empty, table, radius)
+    assert (m.tp, m.fp, m.fn) == (0, 0, 3) and list(m.false_negatives) == [0, 1, 2]
+    m = match_catalogs(table, empty, radius)
+    assert (m.tp, m.fp, m.fn) == (0, 3, 0) and list(m.false_positives) == [0, 1, 2]
+    m = match_catalogs(empty, empty, radius)
+    assert (m.tp, m.fp, m.fn) == (0, 0, 0)
+    assert len(m.to_table()) == 0 and m.truth_matched.shape == (0,)
+
+
+def test_match_of_a_catalog_with_itself_and_truth_matched():
+    table = find_sources(nddata(sky()))
+    m = match_catalogs(table, table[::-1], 0.5)
+    assert m.tp == 3 and list(m.truth_index) == [2, 1, 0]
+    assert np.all(m.separation == 0) and m.truth_matched.all()
+
+
+# --- to_regions ---------------------------------------------------------------------
+
+
+def rotated_wcs(rotation=0.0, mirrored=False):
+    """celestial_wcs rotated by ``rotation`` deg, optionally with east to the right."""
+    wcs = celestial_wcs()
+    c, s = np.cos(np.radians(rotation)), np.sin(np.radians(rotation))
+    wcs.wcs.pc = [[c, -s], [s, c]]
+    if mirrored:
+        wcs.wcs.cdelt = [0.1 / 3600, 0.1 / 3600]
+    return wcs
+
+
+def ellipse_catalog(wcs):
+    """Hand-made catalog of three ellipses, with find_sources' orientation meta."""
+    table = QTable({"id": [1, 2, 3], "x": [30.0, 50.0, 70.0], "y": [40.0, 20.0, 60.0]})
+    table["sky_centroid"] = wcs.pixel_to_world(table["x"], table["y"])
+    table["a"] = [3.0, 2.0, 1.5] * u.pix
+    table["b"] = [1.0, 1.5, 1.5] * u.pix
+    table["theta"] = [20.0, 100.0, 170.0] * u.deg
+    # The meta find_sources stores for this WCS.
+    table.meta.update(find_sources(NDData(sky(), wcs=wcs)).meta)
+    return table
+
+
+@pytest.mark.parametrize("rotation, mirrored", [(0, False), (35, False), (-120, False),
+                                                (0, True), (35, True)])
+@pytest.mark.parametrize("use_wcs", [False, True])
+def test_ellipse_round_trip_through_the_sky(rotation, mirrored, use_wcs):
+    wcs = rotated_wcs(rotation, mirrored)
+    table = ellipse_catalog(wcs)
+    assert table.meta["mirrored"] is mirrored
+    # North on the pixel grid, independently: from the centre to a point 1" north.
+    centre = wcs.pixel_to_world(47.5, 47.5)
+    north = wcs.world_to_pixel(centre.directional_offset_by(0 * u.deg, 1 * u.arcsec))
+    expected = np.degrees(np.arctan2(north[1] - 47.5, north[0] - 47.5)) % 360
+    assert table.meta["north_angle"] == pytest.approx(expected, abs=1e-4)
+    regions = to_regions(table, wcs=wcs if use_wcs else None)
+    assert isinstance(regions, Regions) and len(regions) == 3
+    fwhm = 2 * np.sqrt(2 * np.log(2))
+    for row, region in zip(table, regions):
+        assert isinstance(region, EllipseSkyRegion)
+        assert region.meta["text"] == region.meta["label"] == str(row["id"])
+        np.testing.assert_allclose(region.width.to_value(u.arcsec), fwhm * row["a"].value * 0.1,
+                                   rtol=1e-4)
+        back = region.to_pixel(wcs)
+        assert back.center.x == pytest.approx(row["x"], abs=1e-6)
+        assert back.center.y == pytest.approx(row["y"], abs=1e-6)
+        assert back.width == pytest.approx(fwhm * row["a"].value, rel=1e-4)
+        assert back.height == pytest.approx(fwhm * row["b"].value, rel=1e-4)
+        if row["a"] != row["b"]:  # a circle has no orientation
+            diff = (back.angle.to_value(u.deg) - row["theta"].value + 90) % 180 - 90
+            assert abs(diff) < 1e-3
+
+
+def test_ellipse_sky_angle_convention():
+    # North up, east left: the regions sky angle equals theta, measured from
+    # the longitude axis; the major axis' position angle (east of north) is
+    # the sky angle - 90 deg. Check it against the WCS directly.
+    wcs = celestial_wcs()
+    table = ellipse_catalog(wcs)
+    for row, region in zip(table, to_regions(table)):
+        assert region.angle.to_value(u.deg) == pytest.approx(row["theta"].value)
+        t = np.radians(row["theta"].value)
+        tip = wcs.pixel_to_world(row["x"] + np.cos(t), row["y"] + np.sin(t))
+        pa = row["sky_centroid"].position_angle(tip).to_value(u.deg)
+        diff = pa - (region.angle.to_value(u.deg) - 90)
+        assert (diff + 180) % 360 - 180 == pytest.approx(0, abs=1e-3)
+    # theta = 90 (along +y): the major axis points north.
+    table["theta"] = 90 * u.deg
+    assert to_regions(table)[0].angle.to_value(u.deg) == pytest.approx(90)
+
+
+def test_to_regions_of_found_sources():
+    # An elongated source (sigma 3 and 1.2 px, major axis at 30 deg from +x)
+    # on a rotated WCS: the sky ellipse maps back onto it.
+    wcs = rotated_wcs(40)
+    y, x = np.indices(SHAPE)
+    t = np.radians(30)
+    dx, dy = x - 48.0, y - 40.0
+    u1, u2 = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
+    data = sky(sources=[]) + 0.01 * np.exp(-0.5 * ((u1 / 3.0) ** 2 + (u2 / 1.2) ** 2))
+    table = find_sources(NDData(data, unit=u.Jy / u.beam, wcs=wcs))
+    assert len(table) == 1
+    (region,) = to_regions(table)
+    back = region.to_pixel(wcs)
+    assert back.angle.to_value(u.deg) == pytest.approx(30.0, abs=1.0)
+    assert back.center.x == pytest.approx(48.0, abs=0.1)
+    assert back.width == pytest.approx(table["a"][0].value * 2 * np.sqrt(2 * np.log(2)), rel=1e-3)
+
+
+def test_circles_points_and_pixel_scale_keyword():
+    table = ellipse_catalog(celestial_wcs())
+    circles = to_regions(table, shape="circle")
+    assert all(isinstance(r, CircleSkyRegion) for r in circles)
+    # Same area as the FWHM ellipse: r = FWHM(sqrt(a b)) / 2.
+    expected = np.sqrt(2 * np.log(2) * table["a"].value * table["b"].value) * 0.1
+    np.testing.assert_allclose([r.radius.to_value(u.arcsec) for r in circles], expected,
+                               rtol=1e-5)
+    points = to_regions(table, shape="point")
+    assert all(isinstance(r, PointSkyRegion) for r in points)
+    assert points[1].center.separation(table["sky_centroid"][1]) < 1e-9 * u.arcsec
+
+    del table.meta["pixel_scale"]
+    with pytest.raises(ValueError, match="pixel_scale="):
+        to_regions(table)
+    assert len(to_regions(table, shape="point")) == 3  # points need no scale
+    for scale in (0.2, 0.2 * u.arcsec, 0.2 * u.arcsec / u.pix, 200 * u.mas / u.pix):
+        region = to_regions(table, pixel_scale=scale)[0]
+        assert region.width.to_value(u.arcsec) == pytest.approx(
+            2 * np.sqrt(2 * np.log(2)) * 3.0 * 0.2)
+    with pytest.raises(ValueError, match="shape"):
+        to_regions(table, shape="box")
+
+
+def test_to_regions_needs_sky_positions():
+    table = find_sources(sky())
+    with pytest.raises(ValueError, match="sky_centroid"):
+        to_regions(table)
+    # With the WCS, pixel positions do.
+    regions = to_regions(table, wcs=celestial_wcs())
+    assert len(regions) == 3
+    assert regions[0].center.separation(celestial_wcs().pixel_to_world(
+        table["x"][0], table["y"][0])) < 1e-6 * u.arcsec
+
+
+def test_empty_catalog_gives_no_regions(tmp_path):
+    table = find_sources(nddata(sky(sources=[])))
+    regions = to_regions(table)
+    assert isinstance(regions, Regions) and len(regions) == 0
+    regions.write(tmp_path / "empty.reg", format="ds9")
+    assert len(Regions.read(tmp_path / "empty.reg", format="ds9")) == 0
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("ds9", 1e-4), ("crtf", 0.01)])
+@pytest.mark.parametrize("shape", ["ellipse", "circle", "point"])
+def test_regions_files_round_trip(tmp_path, fmt, tolerance, shape):
+    # DS9 stores degrees to 8 decimals (3.6e-5 arcsec), CRTF FK5 degrees to 6.
+    table = ellipse_catalog(rotated_wcs(25))
+    regions = to_regions(table, shape=shape)
+    path = tmp_path / f"sources.{fmt}"
+    regions.write(path, format=fmt)
+    with pytest.raises(OSError):
+        regions.write(path, format=fmt)
+    regions.write(path, format=fmt, overwrite=True)
+    back = Regions.read(path, format=fmt)
+    assert len(back) == 3
+    label = "text" if fmt == "ds9" else "label"
+    for region, read in zip(regions, back):
+        assert type(read) is type(region)
+        assert str(read.meta[label]) == region.meta["text"]
+        assert region.center.separation(read.center) < tolerance * u.arcsec
+        if shape == "ellipse":
+            for attr in ("width", "height"):
+                assert getattr(read, attr).to_value(u.arcsec) == pytest.approx(
+                    getattr(region, attr).to_value(u.arcsec), abs=tolerance)
+            diff = (read.angle - region.angle).to_value(u.deg)
+            assert (diff + 90) % 180 - 90 == pytest.approx(0, abs=1e-5)
+        elif shape == "circle":
+            assert read.radius.to_value(u.arcsec) == pytest.approx(
+                region.radius.to_value(u.arcsec), abs=tolerance)
+
+
+@pytest.mark.filterwarnings("ignore:Keyword name:astropy.io.fits.verify.VerifyWarning")
+@pytest.mark.parametrize("fmt", ["ascii.ecsv", "fits"])
+def test_to_regions_of_a_catalog_read_back_from_a_file(tmp_path, fmt):
+    # FITS upper-cases short meta keys (MIRRORED); the orientation survives.
+    wcs = rotated_wcs(35, mirrored=True)
+    table = find_sources(NDData(sky(), unit=u.Jy / u.beam, wcs=wcs))
+    path = tmp_path / f"catalog.{fmt.split('.')[-1]}"
+    table.write(path, format=fmt)
+    back = QTable.read(path, format=fmt)
+    for region, read in zip(to_regions(table), to_regions(back)):
+        assert read.angle.to_value(u.deg) == pytest.approx(region.angle.to_value(u.deg))
+        assert read.width.to_value(u.arcsec) == pytest.approx(region.width.to_value(u.arcsec))
+        assert read.center.separation(region.center) < 1e-6 * u.arcsec

@@ -153,3 +153,57 @@ def test_nested_state_round_trip():
     assert back["param_groups"][0]["eps"] == float("inf")
     with pytest.raises(TypeError, match="cannot store"):
         modelfile.flatten_state({"f": object()}, {})
+
+
+def _rewrite(path, edit):
+    """Rewrite a model file with its JSON document changed by ``edit``."""
+    from safetensors.torch import load_file
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    doc = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["radiorecon"])
+    edit(doc)
+    save_file(load_file(path), path, metadata={"radiorecon": json.dumps(doc)})
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["config"].update(noise=0.9),
+        lambda d: d.update(normalisation=None),
+        lambda d: d.update(units="Jy"),
+    ],
+)
+def test_hand_edited_metadata_is_refused(trained, tmp_path, edit):
+    path = tmp_path / "m.rrm"
+    trained.save(path)
+    _rewrite(path, edit)
+    with pytest.raises(ModelFileError, match="corrupted or was edited"):
+        Reconstructor.load(path)
+
+
+def test_malformed_documents_are_model_file_errors(trained, tmp_path):
+    path = tmp_path / "m.rrm"
+    doc = trained._document()
+    for bad, reason in [
+        ({**doc, "config": {"noise": "loud", "learning_rate": 0.1}}, None),
+        ({**doc, "config": ["noise"]}, "config is not a mapping"),
+        ({**doc, "normalisation": {"scale": -1}}, "not a positive number"),
+        ({**doc, "units": {"input": "furlong/fortnight/beamz"}}, "not readable"),
+    ]:
+        modelfile.save(path, bad, trained.backend.state_dict(), overwrite=True)
+        if reason is None:
+            Reconstructor.load(path)  # a config the backend accepts loads
+            continue
+        with pytest.raises(ModelFileError, match=reason):
+            Reconstructor.load(path)
+    header_only = tmp_path / "h.rrm"
+    body = json.dumps({"w": "nonsense", "__metadata__": {"radiorecon": "{}"}}).encode()
+    header_only.write_bytes(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(ModelFileError, match="malformed tensor table"):
+        Reconstructor.load(header_only)
+    listed = tmp_path / "l.rrm"
+    body = json.dumps({"__metadata__": ["radiorecon"]}).encode()
+    listed.write_bytes(struct.pack("<Q", len(body)) + body)
+    with pytest.raises(ModelFileError, match="no radiorecon metadata"):
+        Reconstructor.load(listed)
