@@ -83,6 +83,10 @@ def test_point_source_survives_simulator_clean_and_find_sources():
     assert len(found) == 1
     assert found["x"][0] == pytest.approx(150.0, abs=0.3)
     assert found["y"][0] == pytest.approx(110.0, abs=0.3)
-    # The clean components hold the apparent flux (sky x primary beam).
-    assert np.nansum(result.data[100:121, 140:161]) == pytest.approx(1.0e-3 * gain, rel=0.1)
-    assert np.nanmax(restored) == pytest.approx(1.0e-3 * gain, rel=0.1)
+    apparent = 1.0e-3 * gain  # the sky times the primary beam
+    sigma = obs.noise_rms.to_value(u.Jy / u.beam)
+    # The restored image (components + residual) carries the whole apparent flux;
+    # the components alone miss what CLEAN left below its 2-sigma stop.
+    assert np.nanmax(restored) == pytest.approx(apparent, abs=3 * sigma)
+    components = np.nansum(result.data[100:121, 140:161])
+    assert apparent - 2 * sigma - 3 * sigma < components < apparent + 3 * sigma
