@@ -94,9 +94,10 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     table : `~astropy.table.QTable`
         One row per method plus ``truth limit`` and ``dirty``, with `COLUMNS`.
     examples : dict
-        For the first image: ``dirty``, ``truth`` and, per method label, the
-        `~radiorecon.Reconstruction`; with ``fluxes``, per label, the matched
-        (true, measured) flux pairs over all images. For `plot_report`.
+        For the first image: ``dirty``, ``truth`` and ``results`` (per method
+        label, the `~radiorecon.Reconstruction`); and ``fluxes``, per row
+        label, the matched (true, measured) flux pairs over all images. For
+        `plot_report`.
     """
     from tqdm.auto import tqdm
 
@@ -112,7 +113,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]
     rows = {label: [] for label in labels}
     times = {label: [] for label in labels}
-    examples = {"fluxes": {label: [] for label in labels}}
+    examples = {"fluxes": {label: [] for label in labels}, "results": {}}
     for i in tqdm(range(n), desc="benchmark", disable=not progress, unit="image"):
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
@@ -158,7 +159,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                 found = _catalog(fftconvolve(model, kernel, mode="same"), wcs, noise, threshold, model, fwhm_px)
             score(label, found, model, elapsed, rec.backend.network_evaluations(n_samples), n_samples)
             if i == 0:
-                examples[label] = result
+                examples["results"][label] = result
     table = QTable(names=COLUMNS, dtype=[str, int] + [float] * 8 + [int, float, int])
     for label in labels:
         s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in rows[label]])
@@ -196,12 +197,12 @@ def plot_report(table, examples, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [m for m in table["method"] if m in examples]
+    labels = list(examples["results"])
     n = 2 + 2 * len(labels)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2))
     panels = [("dirty", examples["dirty"].data), ("truth (apparent)", examples["truth"])]
     for label in labels:
-        result = examples[label]
+        result = examples["results"][label]
         panels.append((label, result.data))
         sigma = result.uncertainty.array if result.uncertainty is not None else np.full(result.shape, np.nan)
         panels.append((f"{label}: uncertainty", sigma))

@@ -42,6 +42,7 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
         assert np.array_equal(table[column], again[column], equal_nan=True)
     text = to_markdown(table)
     assert text.splitlines()[0].startswith("| method | n_samples | purity")
+    assert list(examples["results"]) == ["clean"]
     assert "| truth limit | 1 | 1 | 1 |" in text
 
 
