@@ -116,7 +116,7 @@ def cmd_predict(args):
         progress=not args.no_progress,
         return_samples=bool(args.catalog) and args.samples > 1,
     )
-    write_result(sky, args.output, overwrite=args.overwrite)
+    write_result(sky, args.output, overwrite=args.overwrite, extras=True)
     print(f"wrote {args.output}")
     if args.catalog:
         from .catalog import find_sources

@@ -191,7 +191,7 @@ def get_beam(image):
         return None
 
 
-def write_result(result, path, *, overwrite=False, samples=False):
+def write_result(result, path, *, overwrite=False, samples=False, extras=False):
     """Write an image or reconstruction to a FITS file in CCDData's layout.
 
     The primary HDU holds ``result.data`` with ``result.meta``, the WCS
@@ -215,6 +215,9 @@ def write_result(result, path, *, overwrite=False, samples=False):
         Replace an existing file.
     samples : bool, optional
         Also write ``result.samples`` when it is not None.
+    extras : bool, optional
+        Also write each map of ``result.extras`` (e.g. CLEAN's ``residual``
+        and ``restored``) as an extension named after its key in capitals.
 
     Raises
     ------
@@ -262,6 +265,8 @@ def write_result(result, path, *, overwrite=False, samples=False):
         hdus.append(fits.ImageHDU(mask.astype(np.uint8), name="MASK"))
     if samples and getattr(result, "samples", None) is not None:
         hdus.append(fits.ImageHDU(np.asarray(result.samples), unit_cards, name="SAMPLES"))
+    for key, value in (getattr(result, "extras", None) or {}).items() if extras else ():
+        hdus.append(fits.ImageHDU(np.asarray(value), name=key.upper()))
 
     directory, base = os.path.split(os.path.abspath(path))
     # Prefixed, not suffixed, so that astropy still sees a .gz suffix.

@@ -48,6 +48,8 @@ def test_predict_clean_with_catalog(observation, tmp_path, capsys):
     assert sky.unit.to_string() == "Jy / pix"
     assert sky.header["RRBACKND"] == "clean" and '"niter": 300' in sky.header["RRCONFIG"]
     assert sky.uncertainty is not None
+    with fits.open(out) as hdul:  # CLEAN's extra maps travel with the result
+        assert "RESTORED" in hdul and "RESIDUAL" in hdul
     # PSF-shaped sources of 2 and 1 mJy/beam peak are point sources of 3 mJy in all.
     assert np.nansum(sky.data) == pytest.approx(3e-3, rel=0.05)
     # A smooth reconstruction suits segmentation: the catalog finds both sources.
