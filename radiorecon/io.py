@@ -13,7 +13,6 @@ import copy
 import io
 import os
 import re
-import secrets
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from radio_beam import Beam, Beams
 from radio_beam.beam import NoBeamException
 
+from ._files import atomic_path
 from .exceptions import RadioreconWarning
 from .result import Reconstruction
 
@@ -229,9 +229,8 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False):
         the WCS is not a `~astropy.wcs.WCS` with one axis per data axis.
     """
     path = os.fspath(path)
-    exists = FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    if not overwrite and os.path.exists(path):
-        raise exists
+    if not overwrite and os.path.exists(path):  # before the work, not only after
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     data = np.asarray(result.data)
     header = _meta_header(result.meta)
     wcs = result.wcs
@@ -268,25 +267,8 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False):
     for key, value in (getattr(result, "extras", None) or {}).items() if extras else ():
         hdus.append(fits.ImageHDU(np.asarray(value), name=key.upper()))
 
-    directory, base = os.path.split(os.path.abspath(path))
-    # Prefixed, not suffixed, so that astropy still sees a .gz suffix.
-    tmp = os.path.join(directory, f".{secrets.token_hex(6)}.tmp.{base}")
-    try:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         hdus.writeto(tmp)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                # link() refuses to clobber a file that appeared since the
-                # check above, which replace() would silently do.
-                os.link(tmp, path)
-            except FileExistsError:
-                raise exists from None
-            except OSError:  # no hard links on this file system
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_result(path):

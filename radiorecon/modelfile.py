@@ -19,8 +19,8 @@ import json
 import math
 import os
 import struct
-import tempfile
 
+from ._files import atomic_path
 from .exceptions import ModelFileError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save", "load", "read_header", "flatten_state", "unflatten_state"]
@@ -70,7 +70,7 @@ def save(path, document, tensors, *, overwrite=False):
     from safetensors.torch import save as st_save
 
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
+    if os.path.exists(path) and not overwrite:  # before the work, not only after
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     doc = {
@@ -82,15 +82,8 @@ def save(path, document, tensors, *, overwrite=False):
     }
     doc["document_sha256"] = _document_digest(doc)
     payload = st_save(tensors, metadata={_KEY: json.dumps(doc, allow_nan=False)})
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".rrm")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        fh.write(payload)
 
 
 def read_header(path):

@@ -36,6 +36,7 @@ import numpy as np
 from astropy.table import QTable
 
 from .. import __version__
+from .._files import atomic_path, is_temporary
 from .observe import _draw_centre, _rng, _setup, _simulate, common_meta, image_meta, image_wcs, truth_table
 from .presets import DEFAULT_PRESET, from_json, resolve_parameters, to_json
 
@@ -59,25 +60,13 @@ def _shard_name(kind, k):
 
 
 def _atomic_save(path, array):
-    """Write ``array`` to ``path`` under a temporary name, then rename it."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _atomic_write_table(path, table):
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
-    try:
+    with atomic_path(path) as tmp:
         table.write(tmp, format="ascii.ecsv")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _preload(out, params):
@@ -246,12 +235,11 @@ def make_dataset(n, *, preset=DEFAULT_PRESET, seed=None, out, overwrite=False, w
     config = json.loads(json.dumps(config))  # as it will read back, for comparisons
     resumed = _claim(out, config, overwrite)
     if not resumed:
-        with open(os.path.join(out, ".config.json.tmp"), "w") as f:
+        with atomic_path(os.path.join(out, "config.json")) as tmp, open(tmp, "w") as f:
             json.dump(config, f, indent=1)
-        os.replace(os.path.join(out, ".config.json.tmp"), os.path.join(out, "config.json"))
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
     for name in os.listdir(os.path.join(out, "shards")):
-        if name.startswith(".tmp-"):  # left by an interrupted run
+        if is_temporary(name):  # left by an interrupted run
             os.remove(os.path.join(out, "shards", name))
     if not all(os.path.exists(os.path.join(out, name)) for name in _PLAN_FILES):
         _write_plan(out, params, int(seed), n)
