@@ -8,6 +8,7 @@ import importlib
 import importlib.metadata
 import logging
 
+from .pretrained import available_pretrained
 from .registry import available_backends, backend_info
 
 try:
@@ -22,6 +23,7 @@ __all__ = [
     "Backend",
     "Prediction",
     "available_backends",
+    "available_pretrained",
     "backend_info",
 ]
 
@@ -37,7 +39,7 @@ _LAZY = {
 }
 _SUBMODULES = {
     "io", "catalog", "metrics", "simulate", "benchmark", "beam", "registry", "exceptions",
-    "backends", "tiling", "modelfile", "cli",
+    "backends", "tiling", "modelfile", "cli", "nn", "pretrained",
 }
 
 

@@ -22,6 +22,7 @@ CAPABILITIES = frozenset(
         "reconstruct",  # predict(): dirty image -> sky model
         "uncertainty",  # predict() gives several samples, or a std
         "sample",  # sample(): unconditional draws from the learned sky prior
+        "generate",  # generate(): sky model -> synthetic dirty images
         "deblend",  # predict() also returns one model per source
         "needs_training",  # predict()/sample() only after fit() or a model file
         "needs_psf",  # predict() needs the point-spread function
@@ -90,6 +91,9 @@ class Backend:
 
     Parameters
     ----------
+    preset : str, optional
+        Name of a set of configuration values in `presets` (e.g. a
+        published network size); ``config`` overrides it in turn.
     **config
         Overrides of `default_config`. Keys outside it are refused, and
         values must be JSON-serialisable, since the config is stored in model
@@ -118,6 +122,9 @@ class Backend:
         overlap between tiles is at least twice this.
     default_config : dict
         Every configuration key with its default value.
+    presets : dict of str to dict
+        Named partial configurations. The stored config is always the full,
+        merged one, so model files do not depend on preset definitions.
     """
 
     capabilities = frozenset()
@@ -127,6 +134,7 @@ class Backend:
     psf_factor = 1
     input_scale = "noise"
     default_config = {}
+    presets = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -138,7 +146,14 @@ class Backend:
             )
         cls.capabilities = frozenset(cls.capabilities)
 
-    def __init__(self, **config):
+    def __init__(self, preset=None, **config):
+        if preset is not None:
+            if preset not in self.presets:
+                raise ValueError(
+                    f"Unknown preset {preset!r} for backend {type(self).__name__}; "
+                    f"choose among {sorted(self.presets) or 'none'}"
+                )
+            config = {**self.presets[preset], **config}
         unknown = set(config) - set(self.default_config)
         if unknown:
             raise TypeError(
@@ -369,7 +384,10 @@ class Backend:
         inputs : torch.Tensor
             ``(B, ny, nx)`` normalised dirty images, NaN-free.
         n_samples : int
-            Number of draws, for backends with ``uncertainty``.
+            Number of draws, for backends with ``uncertainty``. The front
+            door calls with 1 only when one sample was asked for (it splits
+            larger requests into calls of at least 2), so a backend may
+            answer 1 with its direct, most probable estimate.
         psf : torch.Tensor or None
             ``(B, f * ny, f * nx)`` point-spread functions (``f`` =
             `psf_factor`), peak 1 at pixel ``(f * ny // 2, f * nx // 2)``,
@@ -389,6 +407,26 @@ class Backend:
         iterative samplers override it (steps times samples).
         """
         return n_samples if self.modules() else 0
+
+    def generate(self, sky, *, n_samples=1, like=None):
+        """Synthetic dirty images of sky models (capability ``generate``).
+
+        Parameters
+        ----------
+        sky : torch.Tensor
+            ``(B, ny, nx)`` normalised sky models.
+        n_samples : int
+            Dirty images per sky model.
+        like : torch.Tensor or None
+            ``(B, ny, nx)`` normalised dirty images whose instrument and
+            noise to imitate; None draws them from the learned prior.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(n_samples, B, ny, nx)``, normalised units.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement generate")
 
     def sample(self, n, *, shape):
         """Draw ``n`` sky images of ``shape`` from the learned prior.

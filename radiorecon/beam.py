@@ -56,11 +56,17 @@ def fit_clean_beam(psf, pixel_scale, *, level=0.35):
     return Beam(major=sx * _FWHM_PER_SIGMA * scale, minor=sy * _FWHM_PER_SIGMA * scale, pa=pa * u.deg)
 
 
-def beam_kernel(beam, pixel_scale, shape):
+def beam_kernel(beam, pixel_scale, shape=None):
     """The beam as an image of ``shape`` with peak 1 at ``(ny // 2, nx // 2)``.
 
     Convolving a sky model in Jy/pixel with it gives an image in Jy/beam.
+    By default the image is square, ``2 * ceil(4 * FWHM) + 1`` pixels on a
+    side for the major-axis FWHM in pixels, which holds the beam down to
+    1e-19 of its peak.
     """
+    if shape is None:
+        side = 2 * int(np.ceil(4 * (beam.major / pixel_scale).decompose().value)) + 1
+        shape = (side, side)
     ny, nx = shape
     scale = pixel_scale.to_value(u.deg)
     sx = beam.major.to_value(u.deg) / _FWHM_PER_SIGMA / scale

@@ -6,8 +6,8 @@ Every method is scored the same way on a simulated data set
 - The reference is the *apparent* sky, the true sky times the primary beam,
   which is what the dirty image encodes; true fluxes are compared as
   ``flux * pb_gain``.
-- Sources are detected with `radiorecon.catalog.find_sources` in the method's
-  sky model convolved with the clean beam (Jy/beam), at ``threshold`` times
+- Sources are detected with `radiorecon.catalog.find_sources_in_model`: in
+  the method's sky model convolved with the clean beam (Jy/beam), at ``threshold`` times
   the robust noise of the dirty image, so that point-like models (CLEAN
   components) and smooth ones (networks) meet the same detector. The *truth
   limit* row does this with the true sky: no method can beat it. The *dirty*
@@ -26,49 +26,21 @@ import time
 
 import numpy as np
 import astropy.units as u
-from astropy.nddata import NDData
 from astropy.table import QTable
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.signal import fftconvolve
 
 from . import metrics
 from .beam import beam_kernel
-from .catalog import find_sources
+from .catalog import _model_catalog, find_sources_in_model
 from ._noise import robust_std
 
 __all__ = ["run_benchmark", "to_markdown", "COLUMNS"]
 
 #: Columns of the benchmark table, in order.
-COLUMNS = ["method", "n_samples", "purity", "completeness", "f1", "f1_std", "flux_r2",
-           "l2", "psnr", "ssim", "network_runs", "seconds_per_image", "n_images"]
-
-
-def _aperture_sum(image, x, y, radius):
-    """Sum of ``image`` within ``radius`` of each position, pixels shared by
-    neighbours going to the nearest one (so blended sources are not counted twice)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) == 0:
-        return np.zeros(0)
-    r = int(np.ceil(radius))
-    y0, y1 = max(0, int(y.min()) - r), min(image.shape[0], int(y.max()) + r + 2)
-    x0, x1 = max(0, int(x.min()) - r), min(image.shape[1], int(x.max()) + r + 2)
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    distance = np.hypot(yy[None] - y[:, None, None], xx[None] - x[:, None, None])
-    nearest = np.argmin(distance, axis=0)
-    inside = distance.min(axis=0) <= radius
-    cut = np.nan_to_num(image[y0:y1, x0:x1])
-    return np.array([cut[inside & (nearest == k)].sum() for k in range(len(x))])
-
-
-def _catalog(detect, wcs, noise, threshold, flux_image, radius, psf=None):
-    """Detect in ``detect``; measure fluxes on ``flux_image`` in apertures."""
-    found = find_sources(NDData(detect, wcs=wcs), threshold=threshold, noise=noise)
-    flux = _aperture_sum(flux_image, found["x"], found["y"], radius)
-    if psf is not None:  # a dirty image: divide by the PSF's share of the aperture
-        cy, cx = np.array(psf.shape) // 2
-        flux = flux / _aperture_sum(psf, [cx], [cy], radius)[0]
-    found["flux"] = flux * u.Jy
-    return found
+COLUMNS = ["method", "n_samples", "threshold", "purity", "completeness", "f1", "f1_std", "flux_r2",
+           "l2", "psnr", "ssim", "coverage_1sigma", "coverage_2sigma", "network_runs",
+           "seconds_per_image", "n_images"]
 
 
 def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progress=True):
@@ -82,8 +54,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         ``(label, reconstructor, n_samples)`` for each row.
     n_images : int, optional
         Use the first ``n_images`` images (all by default).
-    threshold : float
-        Detection threshold in units of the dirty image's robust noise.
+    threshold : float or sequence of float
+        Detection threshold in units of the dirty image's robust noise;
+        several give rows for each, from the same predictions.
     seed : int
         Image ``i`` is predicted with seed ``seed + i``: same seed, same table.
     progress : bool
@@ -92,11 +65,22 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     Returns
     -------
     table : `~astropy.table.QTable`
-        One row per method plus ``truth limit`` and ``dirty``, with `COLUMNS`.
+        One row per method and threshold, plus ``truth limit`` and
+        ``dirty``, with `COLUMNS`. For methods with an uncertainty,
+        ``coverage_1sigma`` and ``coverage_2sigma`` are the fractions of
+        source pixels (where the apparent sky exceeds a tenth of its image's
+        maximum) whose error lies within 1 and 2 standard deviations
+        (`radiorecon.metrics.coverage`; 0.683 and 0.954 when calibrated).
     examples : dict
         For the first image: ``dirty``, ``truth`` and ``results`` (per method
-        label, the `~radiorecon.Reconstruction`); and ``fluxes``, per row
-        label, the matched (true, measured) flux pairs over all images. For
+        label, the `~radiorecon.Reconstruction`); ``fluxes``, per row label,
+        the matched (true, measured) flux pairs over all images (at the
+        first threshold); and ``calibration``, per ``(label, threshold)``
+        of a sampling method, the arrays ``(detection_probability,
+        is_true_positive)`` of all its detections, for
+        `radiorecon.metrics.reliability`; ``recovered``, per ``(label,
+        threshold)``, the arrays ``(peak_snr, matched)`` of all true
+        sources, for `radiorecon.metrics.completeness_by_snr`. For
         `plot_report`.
     """
     from tqdm.auto import tqdm
@@ -108,12 +92,13 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     n = len(data) if n_images is None else min(int(n_images), len(data))
     if n < 1:
         raise ValueError("The data set holds no images")
+    thresholds = [float(t) for t in np.atleast_1d(threshold)]
     pb = data.primary_beam
     truth_all = data.truth
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]
-    rows = {label: [] for label in labels}
-    times = {label: [] for label in labels}
-    examples = {"fluxes": {label: [] for label in labels}, "results": {}}
+    rows = {(label, t): [] for label in labels for t in thresholds}
+    cover = {label: np.zeros(3) for label in labels}  # within 1 sigma, within 2 sigma, pixels
+    examples = {"fluxes": {label: [] for label in labels}, "results": {}, "calibration": {}, "recovered": {}}
     for i in tqdm(range(n), desc="benchmark", disable=not progress, unit="image"):
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
@@ -121,56 +106,78 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         wcs = dirty.wcs
         beam = data.beam(i)
         pixel = proj_plane_pixel_scales(wcs)[1] * u.deg
-        kernel = beam_kernel(beam, pixel, (65, 65))
+        kernel = beam_kernel(beam, pixel)
         fwhm_px = float((beam.major / pixel).decompose())
         noise = robust_std(dirty.data)
         truth = truth_all[truth_all["image_id"] == i]
         truth = QTable(truth)
         truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
+        sources = sky > 0.1 * sky.max() if sky.max() > 0 else np.zeros(sky.shape, bool)
 
-        def score(label, found, model=None, seconds=None, runs=0, n_samples=1):
-            row = metrics.score_catalog(found, truth, fwhm_px)
-            if model is not None:
-                row.update(metrics.image_scores(model, sky))
-            row["seconds"] = np.nan if seconds is None else float(seconds)
-            row["runs"], row["n_samples"] = runs, n_samples
-            rows[label].append(row)
-            examples["fluxes"][label].append((row["flux_true"], row["flux_found"]))
+        def score(label, catalog, model=None, seconds=None, runs=0, n_samples=1):
+            images = metrics.image_scores(model, sky) if model is not None else {}
+            for t in thresholds:
+                found = catalog(t)
+                row = metrics.score_catalog(found, truth, fwhm_px)
+                row.update(images)
+                row["seconds"] = np.nan if seconds is None else float(seconds)
+                row["runs"], row["n_samples"] = runs, n_samples
+                if "detection_probability" in found.colnames:
+                    tp = np.zeros(len(found), bool)
+                    tp[row["match"].found_index] = True
+                    calib = examples["calibration"].setdefault((label, t), ([], []))
+                    calib[0].append(np.asarray(found["detection_probability"], float))
+                    calib[1].append(tp)
+                rows[(label, t)].append(row)
+                recovered = examples["recovered"].setdefault((label, t), ([], []))
+                recovered[0].append(np.asarray(truth["peak_snr"], float))
+                recovered[1].append(row["match"].truth_matched)
+                if t == thresholds[0]:
+                    examples["fluxes"][label].append((row["flux_true"], row["flux_found"]))
 
         smooth = fftconvolve(sky, kernel, mode="same")
-        score("truth limit", _catalog(smooth, wcs, noise, threshold, sky, fwhm_px))
+        score("truth limit", lambda t: _model_catalog(smooth, wcs, noise, t, sky, fwhm_px))
         dirty_data = np.nan_to_num(np.asarray(dirty.data, float))
-        score("dirty", _catalog(dirty_data, wcs, noise, threshold, dirty_data, fwhm_px, psf=psf))
+        score("dirty", lambda t: _model_catalog(dirty_data, wcs, noise, t, dirty_data, fwhm_px, psf=psf))
         if i == 0:
             examples.update(dirty=dirty, truth=sky)
         for label, rec, n_samples in methods:
             needs_psf = "needs_psf" in rec.capabilities
             start = time.perf_counter()
             result = rec.predict(dirty, psf=data.psf(i, full=True) if needs_psf else None,
-                                 n_samples=n_samples, seed=seed + i, progress=False)
+                                 n_samples=n_samples, seed=seed + i, progress=False,
+                                 return_samples=n_samples > 1)
             elapsed = time.perf_counter() - start
             model = np.nan_to_num(np.asarray(result.data, float))
-            if "restored" in result.extras:
-                # The method's own detection image (CLEAN's restored image):
-                # detect there, and measure fluxes there as for the dirty image.
-                restored = np.nan_to_num(np.asarray(result.extras["restored"], float))
-                found = _catalog(restored, wcs, noise, threshold, restored, fwhm_px, psf=kernel)
-            else:
-                found = _catalog(fftconvolve(model, kernel, mode="same"), wcs, noise, threshold, model, fwhm_px)
-            score(label, found, model, elapsed, rec.backend.network_evaluations(n_samples), n_samples)
+            if result.uncertainty is not None and sources.any():
+                c = metrics.coverage(model, np.asarray(result.uncertainty.array, float), sky, mask=sources)
+                cover[label] += [c[1.0] * c["n"], c[2.0] * c["n"], c["n"]]
+            if result.wcs is None:
+                result.wcs = wcs
+            catalog = lambda t: find_sources_in_model(result, threshold=t, beam=beam, noise=noise)  # noqa: E731
+            score(label, catalog, model, elapsed, rec.backend.network_evaluations(n_samples), n_samples)
             if i == 0:
                 examples["results"][label] = result
-    table = QTable(names=COLUMNS, dtype=[str, int] + [float] * 8 + [int, float, int])
-    for label in labels:
-        s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in rows[label]])
-        seconds = [r["seconds"] for r in rows[label]]
-        table.add_row([
-            label, rows[label][0]["n_samples"], s["purity"], s["completeness"], s["f1"],
-            s.get("f1_std", np.nan), s.get("flux_r2", np.nan), s.get("mse_mean", np.nan),
-            s.get("psnr_mean", np.nan), s.get("ssim_mean", np.nan), rows[label][0]["runs"],
-            float(np.median(seconds)) if np.isfinite(seconds).any() else np.nan, len(rows[label]),
-        ])
-    table.meta.update(threshold=threshold, seed=seed, match_radius="1 clean-beam FWHM",
+    for name in ("calibration", "recovered"):
+        examples[name] = {
+            key: (np.concatenate(a) if a else np.zeros(0), np.concatenate(b) if b else np.zeros(0, bool))
+            for key, (a, b) in examples[name].items()
+        }
+    table = QTable(names=COLUMNS, dtype=[str, int] + [float] * 11 + [int, float, int])
+    for t in thresholds:
+        for label in labels:
+            runs = rows[(label, t)]
+            s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in runs])
+            seconds = [r["seconds"] for r in runs]
+            c1, c2, npx = cover[label]
+            table.add_row([
+                label, runs[0]["n_samples"], t, s["purity"], s["completeness"], s["f1"],
+                s.get("f1_std", np.nan), s.get("flux_r2", np.nan), s.get("mse_mean", np.nan),
+                s.get("psnr_mean", np.nan), s.get("ssim_mean", np.nan),
+                c1 / npx if npx else np.nan, c2 / npx if npx else np.nan, runs[0]["runs"],
+                float(np.median(seconds)) if np.isfinite(seconds).any() else np.nan, len(runs),
+            ])
+    table.meta.update(threshold=thresholds, seed=seed, match_radius="1 clean-beam FWHM",
                       reference="apparent sky (sky x primary beam)")
     return table, examples
 
@@ -204,7 +211,7 @@ def plot_report(table, examples, out):
     for label in labels:
         result = examples["results"][label]
         panels.append((label, result.data))
-        sigma = result.uncertainty.array if result.uncertainty is not None else np.full(result.shape, np.nan)
+        sigma = result.uncertainty.array if result.uncertainty is not None else np.full(result.data.shape, np.nan)
         panels.append((f"{label}: uncertainty", sigma))
     c = np.array(examples["dirty"].data.shape) // 2
     for ax, (title, image) in zip(axes, panels):

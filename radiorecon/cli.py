@@ -31,6 +31,10 @@ def _open_model(spec, config):
     from . import available_backends
     from .reconstructor import Reconstructor
 
+    if spec.startswith("pretrained:"):
+        if config:
+            raise ValueError("--set applies to a backend name, not to a shipped model")
+        return Reconstructor.pretrained(spec.partition(":")[2])
     if os.path.exists(spec):
         if config:
             raise ValueError("--set applies to a backend name, not to a model file")
@@ -94,6 +98,8 @@ def cmd_info(args):
 
 
 def cmd_predict(args):
+    import astropy.units as u
+
     from .io import write_result
 
     if os.path.exists(args.output) and not args.overwrite:
@@ -119,9 +125,13 @@ def cmd_predict(args):
     write_result(sky, args.output, overwrite=args.overwrite, extras=True)
     print(f"wrote {args.output}")
     if args.catalog:
-        from .catalog import find_sources
+        from .catalog import find_sources, find_sources_in_model
 
-        catalog = find_sources(sky, threshold=args.threshold)
+        if sky.unit is not None and sky.unit.is_equivalent(u.Jy / u.pix):
+            # A sky model: detect it through the clean beam against the input's noise.
+            catalog = find_sources_in_model(sky, args.input, args.threshold)
+        else:
+            catalog = find_sources(sky, threshold=args.threshold)
         catalog.write(args.catalog, format="ascii.ecsv", overwrite=args.overwrite)
         print(f"wrote {args.catalog} ({len(catalog)} sources)")
     return 0
@@ -188,9 +198,10 @@ def cmd_benchmark(args):
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace its report")
     samples = [int(n) for n in args.samples.split(",")]
+    thresholds = [float(t) for t in args.threshold.split(",")]
     methods = _methods([s for s in args.backends.split(",") if s], samples)
     table, examples = run_benchmark(
-        args.data, methods, n_images=args.n_images, threshold=args.threshold, seed=args.seed,
+        args.data, methods, n_images=args.n_images, threshold=thresholds, seed=args.seed,
         progress=not args.no_progress,
     )
     os.makedirs(args.out, exist_ok=True)
@@ -200,6 +211,34 @@ def cmd_benchmark(args):
         fh.write(markdown + "\n")
     plot_report(table, examples, args.out)
     print(markdown)
+    return 0
+
+
+def cmd_demo(args):
+    import astropy.units as u
+
+    from .demo import run_demo
+
+    out = run_demo(args.out, model=args.model, n_samples=args.samples, seed=args.seed,
+                   threshold=args.threshold, overwrite=args.overwrite, progress=not args.no_progress)
+    obs, catalog, s = out["observation"], out["catalog"], out["scores"]
+    print(f"simulated {obs!r}")
+    print(f"reconstructed with {args.model} and {args.samples} samples; {len(catalog)} sources found "
+          f"at S/N >= {args.threshold:g}:")
+    cols = [c for c in ("label", "x", "y", "sky_centroid", "flux", "snr", "detection_probability")
+            if c in catalog.colnames]
+    if len(catalog):
+        table = catalog[cols]
+        table["flux"] = table["flux"].to(u.mJy)
+        for name in ("x", "y", "snr", "detection_probability"):
+            if name in table.colnames:
+                table[name].info.format = ".2f"
+        table["flux"].info.format = ".3f"
+        print(table)
+    print(f"against the {len(obs.truth)} true sources: purity {s['purity']:.2f}, "
+          f"completeness {s['completeness']:.2f}, F1 {s['f1']:.2f}")
+    for path in out["files"]:
+        print(f"wrote {path}")
     return 0
 
 
@@ -231,13 +270,15 @@ def _parser():
     )
 
     p = sub.add_parser("predict", parents=[common], help="reconstruct the sky model of a FITS image")
-    p.add_argument("model", help="model file (.rrm), or the name of a backend that needs no training")
+    p.add_argument("model", help="model file (.rrm), pretrained:NAME for a shipped model, "
+                   "or the name of a backend that needs no training")
     p.add_argument("input", help="dirty image (FITS; CASA cubes with degenerate axes are fine)")
     p.add_argument("-o", "--output", required=True, help="output FITS (data, UNCERT, MASK)")
     p.add_argument("--samples", type=int, default=1, help="samples for the uncertainty (default 1)")
     p.add_argument("--aggregate", choices=["median", "mean"], default="median")
     p.add_argument("--psf", help="PSF FITS image, for backends that need it")
-    p.add_argument("--catalog", help="also write a source catalog (ECSV)")
+    p.add_argument("--catalog", help="also write a source catalog (ECSV); a sky model is detected through "
+                   "the input's clean beam against the input's noise")
     p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
     p.set_defaults(func=cmd_predict)
 
@@ -259,12 +300,23 @@ def _parser():
     p.add_argument("--backends", default="clean", help="comma-separated backend names or model files")
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
     p.add_argument("--n-images", type=int, default=None, help="use the first N images")
-    p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
+    p.add_argument("--threshold", default="5", help="detection threshold(s) in sigma, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (ECSV, Markdown, PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("demo", help="simulate an observation, reconstruct it with the shipped STAR "
+                       "model, and write the result, catalog, regions and a picture")
+    p.add_argument("--out", default="radiorecon-demo", help="output directory (default: %(default)s)")
+    p.add_argument("--model", default="star", help="shipped model name or model file (default: star)")
+    p.add_argument("--samples", type=int, default=10, help="styles for the uncertainty (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common], help="train a backend on FITS images")
     p.add_argument("backend", help="backend name")

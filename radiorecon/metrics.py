@@ -49,6 +49,8 @@ __all__ = [
     "ssim",
     "image_scores",
     "completeness_by_snr",
+    "coverage",
+    "reliability",
     "score_catalog",
     "summarize",
 ]
@@ -499,3 +501,79 @@ def _pooled(arrays):
         unit = next(unit for unit in units if unit is not None)
         return u.Quantity(np.concatenate([u.Quantity(a, unit).value for a in arrays]), unit)
     return np.concatenate([np.asarray(a, float) for a in arrays]) if arrays else np.zeros(0)
+
+
+def coverage(prediction, std, truth, *, mask=None, k=(1.0, 2.0)):
+    """Fraction of pixels whose error lies within ``k`` standard deviations.
+
+    For calibrated Gaussian uncertainties the fractions are 0.683 (1 sigma)
+    and 0.954 (2 sigma); smaller fractions mean the uncertainty is too small.
+
+    Parameters
+    ----------
+    prediction, std, truth : array or `~astropy.units.Quantity`
+        Estimate, its one-sigma uncertainty and the true image, same shape
+        and unit.
+    mask : bool array, optional
+        True where pixels count (e.g. the sources' footprints); default all
+        pixels where the three are finite.
+    k : sequence of float
+        Multiples of ``std``.
+
+    Returns
+    -------
+    dict
+        ``{k: fraction}`` for each ``k``, and ``"n"``: the number of pixels.
+    """
+    pred = np.asarray(u.Quantity(prediction).value, float)
+    unit = getattr(prediction, "unit", None)
+    sig = np.asarray(u.Quantity(std, unit).value if unit is not None else std, float)
+    true = np.asarray(u.Quantity(truth, unit).value if unit is not None else truth, float)
+    if not pred.shape == sig.shape == true.shape:
+        raise ValueError(f"shapes differ: prediction {pred.shape}, std {sig.shape}, truth {true.shape}")
+    good = np.isfinite(pred) & np.isfinite(sig) & np.isfinite(true)
+    if mask is not None:
+        good &= np.asarray(mask, bool)
+    err = np.abs(pred[good] - true[good])
+    out = {float(kk): (float(np.mean(err <= kk * sig[good])) if good.any() else np.nan) for kk in k}
+    out["n"] = int(good.sum())
+    return out
+
+
+def reliability(probability, correct, bins=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)):
+    """Detection probability against the fraction of detections that are real.
+
+    For calibrated probabilities, detections given probability ``p`` are
+    true positives a fraction ``p`` of the time.
+
+    Parameters
+    ----------
+    probability : array
+        Detection probability of each found source (e.g. the
+        ``detection_probability`` column of `~radiorecon.catalog.find_sources`).
+    correct : bool array
+        Whether each found source matched a true one.
+    bins : sequence of float
+        Bin edges in [0, 1]; the last bin includes 1.
+
+    Returns
+    -------
+    `~astropy.table.QTable`
+        Per bin: ``p_low``, ``p_high``, ``n``, ``mean_probability`` and
+        ``true_positive_rate`` (NaN for empty bins).
+    """
+    from astropy.table import QTable
+
+    p = np.asarray(probability, float)
+    ok = np.asarray(correct, bool)
+    if p.shape != ok.shape:
+        raise ValueError(f"{p.shape[0] if p.ndim else 0} probabilities but {ok.shape[0] if ok.ndim else 0} flags")
+    edges = np.asarray(bins, float)
+    index = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    rows = []
+    for b in range(len(edges) - 1):
+        sel = index == b
+        rows.append((edges[b], edges[b + 1], int(sel.sum()),
+                     float(p[sel].mean()) if sel.any() else np.nan,
+                     float(ok[sel].mean()) if sel.any() else np.nan))
+    return QTable(rows=rows, names=["p_low", "p_high", "n", "mean_probability", "true_positive_rate"])

@@ -71,8 +71,12 @@ class Reconstructor:
     backend : str or `~radiorecon.Backend`
         Name of an installed backend (see `~radiorecon.available_backends`),
         or a backend instance.
+    preset : str, optional
+        A named configuration of the backend (its ``presets``, e.g.
+        ``"paper"`` for the published network sizes).
     **config
-        Backend configuration, overriding its ``default_config``.
+        Backend configuration, overriding the preset and the backend's
+        ``default_config``.
 
     Attributes
     ----------
@@ -136,14 +140,21 @@ class Reconstructor:
 
     def _require_fitted(self):
         if not self.fitted:
+            from .pretrained import available_pretrained
+
+            hint = ""
+            if self.backend_name in available_pretrained():
+                hint = (f" A trained {self.backend_name!r} model ships with radiorecon: "
+                        f"Reconstructor.pretrained({self.backend_name!r}) (pretrained:{self.backend_name} "
+                        "on the command line).")
             raise NotFittedError(
                 f"Backend {self.backend_name!r} needs training: call fit() or load a model "
-                "file with Reconstructor.load() first."
+                f"file with Reconstructor.load() first.{hint}"
             )
 
     # -- inputs ------------------------------------------------------------
 
-    def _read(self, obj, what="data"):
+    def _read(self, obj, what="data", role="input"):
         from .io import read_image
 
         image = read_image(obj)
@@ -154,7 +165,7 @@ class Reconstructor:
         if mask.all():
             raise ValueError(f"Every pixel of the {what} is blank (NaN or masked)")
         unit = image.unit
-        want = self.units["input"]
+        want = self.units[role]
         if want is not None:
             want = u.Unit(want)
             if unit is None:
@@ -415,6 +426,29 @@ class Reconstructor:
         modelfile.save(path, self._document(), self.backend.state_dict(), overwrite=overwrite)
 
     @classmethod
+    def pretrained(cls, name, *, device="auto"):
+        """Load a model that ships with radiorecon (no download).
+
+        Parameters
+        ----------
+        name : str
+            One of `radiorecon.available_pretrained` (e.g. ``"star"``).
+        device : str
+            ``"auto"``, ``"cpu"`` or ``"cuda"``.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> Reconstructor.pretrained("star")  # doctest: +ELLIPSIS
+        <Reconstructor backend='star' fitted config=...>
+        """
+        from .pretrained import pretrained_path
+
+        self = cls.load(pretrained_path(name), device=device)
+        self.origin = f"pretrained:{name}"
+        return self
+
+    @classmethod
     def load(cls, path, *, device="auto"):
         """Read a model file written by `save`.
 
@@ -626,12 +660,15 @@ class Reconstructor:
         return per_job
 
     def _predict_chunked(self, x, n_samples, psf, batch_size):
-        """Call the backend for at most ``batch_size`` samples at a time."""
+        """Call the backend for about ``batch_size`` samples at a time (fewer than twice that)."""
         import torch
 
+        # Calls of at least 2 samples whenever more than one was asked for:
+        # a backend may answer n_samples=1 with its direct estimate.
+        n_calls = max(1, n_samples // max(2, batch_size))
+        sizes = [n_samples // n_calls + (i < n_samples % n_calls) for i in range(n_calls)]
         parts = []
-        for start in range(0, n_samples, batch_size):
-            k = min(batch_size, n_samples - start)
+        for k in sizes:
             pred = self.backend.predict(x, n_samples=k, psf=psf)
             if pred.samples is None:
                 if n_samples > 1:
@@ -730,6 +767,80 @@ class Reconstructor:
         header.update(backend_meta)
         return header
 
+    # -- generation --------------------------------------------------------
+
+    def generate(self, sky, n=1, *, like=None, seed=None, batch_size=8, progress=True, device="auto"):
+        """Synthetic dirty images of a sky model (backends with ``generate``, e.g. STAR).
+
+        Parameters
+        ----------
+        sky : image
+            Sky model in the unit of the training targets (Jy/pixel for the
+            shipped models), as the model learned it: for models trained on
+            simulated data sets that is the *apparent* sky, the true sky
+            times the primary beam. Anything `~radiorecon.io.read_image`
+            reads.
+        n : int
+            Number of dirty images, each with its own instrument-and-noise
+            realisation.
+        like : image, optional
+            A dirty image whose instrument and noise to imitate; by default
+            they are drawn from the learned prior.
+        seed : int, optional
+            Makes the draws repeatable.
+        batch_size, progress, device
+            As for `predict`.
+
+        Returns
+        -------
+        `~radiorecon.Reconstruction`
+            ``data`` of shape ``(n, ny, nx)`` in the training inputs' unit
+            (Jy/beam for simulated data); blank pixels of the sky model are
+            NaN and set in ``mask``. Its WCS is the sky's celestial WCS with
+            a third, ``SAMPLE`` axis, so ``result[k]`` is image ``k`` with a
+            2-D WCS.
+        """
+        self._require("generate", "generate dirty images")
+        self._require_fitted()
+        if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"n must be a positive integer, not {n!r}")
+        import torch
+
+        image, arr, mask, _ = self._read(sky, "sky model", role="target")
+        scale = np.float32(self.scale or 1.0)
+        ref = None
+        if like is not None:
+            _, ref, _, _ = self._read(like, "dirty image")
+            if ref.shape != arr.shape:
+                raise ValueError(f"like= has shape {ref.shape}, the sky model {arr.shape}")
+            ref = torch.from_numpy(ref / scale)[None]
+        from tqdm.auto import tqdm
+
+        dev = resolve_device(device)
+        self.backend.to(dev)
+        self.backend.eval()
+        chunks = []
+        with seeded(seed, dev), torch.no_grad():
+            x = torch.from_numpy(arr / scale)[None].to(dev)
+            like_t = None if ref is None else ref.to(dev)
+            for start in tqdm(range(0, n, batch_size), disable=not progress or n <= batch_size, desc="generate"):
+                k = min(batch_size, n - start)
+                chunks.append(self.backend.generate(x, n_samples=k, like=like_t)[:, 0].float().cpu().numpy())
+        data = np.concatenate(chunks) * scale
+        data[:, mask] = np.nan
+        unit = self.units.get("input")
+        wcs = None
+        if image.wcs is not None:
+            wcs = image.wcs.sub([1, 2, 0])
+            wcs.wcs.ctype[2] = "SAMPLE"
+        meta = fits.Header()
+        meta["RRVERS"] = (__version__, "radiorecon version")
+        meta["RRBACKND"] = (self.backend_name, "radiorecon backend")
+        meta["RRMODEL"] = (self.origin, "model the images were generated with")
+        meta["RRSEED"] = (seed, "random seed")
+        meta["RRLIKE"] = (like is not None, "style taken from a given dirty image")
+        return Reconstruction(data, unit=unit, meta=meta, wcs=wcs, mask=np.broadcast_to(mask, data.shape).copy())
+
     # -- sampling ----------------------------------------------------------
 
     def sample(self, n=1, *, shape=None, seed=None, batch_size=8, progress=True, device="auto"):
@@ -752,7 +863,7 @@ class Reconstructor:
         """
         self._require("sample", "draw samples")
         self._require_fitted()
-        if not (isinstance(n, int) and n >= 1):
+        if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"n must be a positive integer, not {n!r}")
         shape = tuple(shape or self.backend.tile_shape or ())
         if len(shape) != 2:

@@ -10,7 +10,8 @@ import _backends
 
 def test_capability_vocabulary():
     assert CAPABILITIES == {
-        "reconstruct", "uncertainty", "sample", "deblend", "needs_training", "needs_psf", "paired",
+        "reconstruct", "uncertainty", "sample", "generate", "deblend", "needs_training", "needs_psf",
+        "paired",
     }
     with pytest.raises(TypeError, match="unknown capabilities"):
         type("Bad", (Backend,), {"capabilities": {"reconstruct", "teleport"}})
@@ -23,6 +24,18 @@ def test_config_is_checked_and_json_only():
         _backends.ConvBackend(colour="red")
     with pytest.raises(TypeError, match="JSON-serialisable"):
         _backends.ConvBackend(noise=np.float32(0.1) * np.ones(2))
+
+
+def test_presets_merge_under_the_config():
+    class Preset(_backends.ConvBackend):
+        presets = {"loud": {"noise": 2.0, "learning_rate": 0.5}}
+
+    assert Preset(preset="loud").config == {"learning_rate": 0.5, "noise": 2.0}
+    assert Preset(preset="loud", noise=3.0).config == {"learning_rate": 0.5, "noise": 3.0}
+    with pytest.raises(ValueError, match="Unknown preset 'quiet'.*loud"):
+        Preset(preset="quiet")
+    with pytest.raises(ValueError, match="choose among none"):
+        _backends.ConvBackend(preset="loud")
 
 
 def test_state_dict_round_trip():

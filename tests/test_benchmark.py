@@ -41,9 +41,31 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     for column in ("purity", "completeness", "f1", "flux_r2", "l2"):
         assert np.array_equal(table[column], again[column], equal_nan=True)
     text = to_markdown(table)
-    assert text.splitlines()[0].startswith("| method | n_samples | purity")
+    assert text.splitlines()[0].startswith("| method | n_samples | threshold | purity")
     assert list(examples["results"]) == ["clean"]
-    assert "| truth limit | 1 | 1 | 1 |" in text
+    assert "| truth limit | 1 | 5 | 1 | 1 |" in text
+    # CLEAN's uncertainty is the residual rms: too small for the model's errors on the sources.
+    assert 0 <= rows["clean"]["coverage_1sigma"] <= rows["clean"]["coverage_2sigma"] <= 1
+    assert not np.isfinite(rows["dirty"]["coverage_1sigma"])
+
+
+def test_benchmark_thresholds_and_calibration(dataset):
+    """Several thresholds from one prediction; a sampling method gets detection probabilities."""
+    # A learned 3x3 convolution whose samples scatter around its estimate.
+    rec = Reconstructor("test-conv", noise=0.05)
+    rec.fit(dataset, epochs=2, batch_size=2, seed=0, progress=False)
+    table, examples = run_benchmark(dataset, [("prior", rec, 4)], threshold=[5, 3], progress=False)
+    assert list(table["threshold"]) == [5, 5, 5, 3, 3, 3]
+    assert list(table["method"]) == ["truth limit", "dirty", "prior"] * 2
+    rows = {(r["method"], r["threshold"]): r for r in table}
+    # A lower threshold never finds fewer true sources.
+    for name in ("truth limit", "dirty", "prior"):
+        assert rows[(name, 3.0)]["completeness"] >= rows[(name, 5.0)]["completeness"]
+    assert np.isfinite(rows[("prior", 5.0)]["coverage_1sigma"])
+    snr, matched = examples["recovered"][("truth limit", 3.0)]
+    assert len(snr) == len(matched) == len(dataset.truth) and matched.all()
+    p, ok = examples["calibration"][("prior", 3.0)]
+    assert len(p) == len(ok) > 0 and np.all((p >= 0) & (p <= 1))
 
 
 def test_cli_simulate_and_benchmark(dataset, tmp_path, capsys):

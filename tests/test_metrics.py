@@ -278,3 +278,40 @@ def test_summarize_a_table_of_scalars():
     assert summary["completeness_mean"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert "flux_r2" not in summary
     assert metrics.summarize([]) == {"n_images": 0}
+
+
+def test_coverage_counts_errors_within_k_sigma():
+    from radiorecon.metrics import coverage
+
+    truth = np.zeros(10)
+    pred = np.array([0.5, -0.5, 1.5, -1.5, 2.5, 0.0, 0.9, -3.0, 1.0, 2.0])
+    out = coverage(pred, np.ones(10), truth)
+    assert out[1.0] == pytest.approx(0.5) and out[2.0] == pytest.approx(0.8) and out["n"] == 10
+    mask = np.zeros(10, bool)
+    mask[:4] = True
+    assert coverage(pred, np.ones(10), truth, mask=mask)[1.0] == pytest.approx(0.5)
+    q = coverage(pred * u.mJy, np.ones(10) * u.mJy, truth * u.Jy)
+    assert q[1.0] == pytest.approx(0.5)
+    # Calibrated Gaussian errors cover 68% and 95%.
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.5, 2.0, 20000)
+    g = coverage(rng.normal(0, sigma), sigma, np.zeros(20000))
+    assert g[1.0] == pytest.approx(0.683, abs=0.01) and g[2.0] == pytest.approx(0.954, abs=0.01)
+    with pytest.raises(ValueError, match="shapes differ"):
+        coverage(np.zeros(3), np.ones(2), np.zeros(3))
+
+
+def test_reliability_bins_probabilities():
+    from radiorecon.metrics import reliability
+
+    p = np.array([0.1, 0.1, 0.5, 0.9, 1.0, 1.0])
+    ok = np.array([False, True, True, True, True, False])
+    table = reliability(p, ok, bins=[0, 0.5, 1])
+    assert list(table["n"]) == [2, 4]
+    assert table["true_positive_rate"][0] == pytest.approx(0.5)
+    assert table["true_positive_rate"][1] == pytest.approx(0.75)
+    assert table["mean_probability"][1] == pytest.approx(0.85)
+    empty = reliability(np.zeros(0), np.zeros(0, bool))
+    assert np.all(empty["n"] == 0) and np.all(np.isnan(empty["true_positive_rate"]))
+    with pytest.raises(ValueError):
+        reliability([0.1, 0.2], [True])

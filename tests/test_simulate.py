@@ -364,7 +364,12 @@ def test_dataset_contents(dataset):
     # Image i is observe(seed=seed, index=i).
     one = simulate.observe(seed=7, index=5, **SMALL)
     np.testing.assert_array_equal(one.dirty.data, dirty)
-    np.testing.assert_array_equal(one.sky.data, sky)
+    # Pairs hold the apparent sky (what the dirty image shows) unless asked for the true one.
+    np.testing.assert_allclose(sky, one.sky.data * one.primary_beam, rtol=1e-6)
+    true_sky = simulate.load_dataset(ds.path, target="sky")
+    np.testing.assert_array_equal(true_sky[5][1], one.sky.data)
+    with pytest.raises(ValueError, match="target must be"):
+        simulate.load_dataset(ds.path, target="true")
     np.testing.assert_array_equal(ds.psf(5).data, one.psf.data)
     assert ds.psf(5, full=True).shape == (128, 128)
     image = ds.image(5)
@@ -377,7 +382,7 @@ def test_dataset_contents(dataset):
     # Every image's pixels sum to its sources' fluxes.
     for i in range(len(ds)):
         fluxes = truth["flux"][truth["image_id"] == i].to_value(u.Jy)
-        assert ds[i][1].sum() == pytest.approx(fluxes.sum(), rel=1e-5, abs=1e-9)
+        assert true_sky[i][1].sum() == pytest.approx(fluxes.sum(), rel=1e-5, abs=1e-9)
     assert ds.config["seed"] == 7 and ds.config["parameters"]["npix"] == 64
     assert ds.parameters["placement_radius"] == 2 * u.arcsec
     reopened = simulate.load_dataset(ds.path)
@@ -490,3 +495,22 @@ def test_bad_dataset_inputs(tmp_path):
         simulate.observe(QTable({"flux": [1.0] * u.mJy}), npix=64)
     assert simulate.available_presets()[0] == simulate.DEFAULT_PRESET == "alma-cycle5-c43-3"
     assert simulate.preset_parameters()["noise_rms"] == 50 * u.uJy / u.beam
+
+
+def test_simulated_pairs_equal_the_written_data_set(dataset):
+    pairs = simulate.SimulatedPairs(12, seed=7, **SMALL)
+    assert len(pairs) == 12 and pairs.units == dataset.units
+    for i in (0, 5, -1):
+        dirty, sky = pairs[i]
+        np.testing.assert_array_equal(dirty, dataset[i][0])
+        np.testing.assert_allclose(sky, dataset[i][1], rtol=1e-6)
+    np.testing.assert_array_equal(simulate.SimulatedPairs(12, seed=7, target="sky", **SMALL)[3][1],
+                                  dataset.sky(3).data)
+    with pytest.raises(IndexError):
+        pairs[12]
+    with pytest.raises(TypeError):
+        pairs[1.5]
+    for bad in (dict(n=0), dict(n=3, seed=-1), dict(n=3, target="x")):
+        with pytest.raises(ValueError):
+            simulate.SimulatedPairs(**bad)
+    assert "12 pairs of 64" in repr(pairs)

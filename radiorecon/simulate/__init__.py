@@ -13,6 +13,7 @@ from .imaging import UVCoverage, imaging_weights, visibility_noise
 from .observe import SimulatedObservation, observe
 from .presets import DEFAULT_PRESET, available_presets, preset_parameters, resolve_parameters
 from .primary_beam import primary_beam_fwhm, primary_beam_gain, primary_beam_image
+from .stream import SimulatedPairs
 from .uv import earth_rotation_uvw, hour_angles
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "make_dataset",
     "load_dataset",
     "SimulatedDataset",
+    "SimulatedPairs",
     "available_presets",
     "preset_parameters",
     "resolve_parameters",

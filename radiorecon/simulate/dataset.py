@@ -55,6 +55,16 @@ _TRUTH_DTYPE = np.dtype(
 )
 
 
+def check_index(i, n):
+    """Image ``i`` (negative counts from the end) of ``n``, as a non-negative int."""
+    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"data set indices are integers, not {type(i).__name__}")
+    j = int(i) + n if i < 0 else int(i)
+    if not 0 <= j < n:
+        raise IndexError(f"image {i} out of range for a data set of {n}")
+    return j
+
+
 def _shard_name(kind, k):
     return os.path.join("shards", f"{kind}_{k:05d}.npy")
 
@@ -283,20 +293,22 @@ def _run_pool(out, params, seed, todo, workers, bar):
     pool.shutdown()
 
 
-def load_dataset(path):
+def load_dataset(path, *, target="apparent"):
     """Open a data set written by `~radiorecon.simulate.make_dataset`.
 
     Parameters
     ----------
     path : str or os.PathLike
         The data set's directory.
+    target : {"apparent", "sky"}
+        What ``ds[i]`` pairs with the dirty image (see `SimulatedDataset`).
 
     Returns
     -------
     dataset : `~radiorecon.simulate.SimulatedDataset`
         The same as ``SimulatedDataset(path)``.
     """
-    return SimulatedDataset(path)
+    return SimulatedDataset(path, target=target)
 
 
 class SimulatedDataset:
@@ -311,6 +323,12 @@ class SimulatedDataset:
     ----------
     path : str or os.PathLike
         Directory written by `~radiorecon.simulate.make_dataset`.
+    target : {"apparent", "sky"}
+        The sky of the pairs: ``"apparent"`` (default) is the sky times the
+        primary beam, what the dirty image shows and what a translation-
+        invariant network can learn to recover (divide by `primary_beam` for
+        the true sky); ``"sky"`` is the true sky. `sky` always gives the
+        true sky.
 
     Attributes
     ----------
@@ -330,7 +348,11 @@ class SimulatedDataset:
 
     units = {"input": "Jy / beam", "target": "Jy / pix"}
 
-    def __init__(self, path):
+    def __init__(self, path, *, target="apparent"):
+        if target not in ("apparent", "sky"):
+            raise ValueError(f"target must be 'apparent' or 'sky', not {target!r}")
+        self.target = target
+        self._pb = None
         self.path = os.fspath(path)
         config_path = os.path.join(self.path, "config.json")
         if not os.path.exists(config_path):
@@ -353,12 +375,7 @@ class SimulatedDataset:
         return self._n
 
     def _index(self, i):
-        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
-            raise TypeError(f"data set indices are integers, not {type(i).__name__}")
-        j = int(i) + self._n if i < 0 else int(i)
-        if not 0 <= j < self._n:
-            raise IndexError(f"image {i} out of range for a data set of {self._n}")
-        return j
+        return check_index(i, self._n)
 
     def _array(self, kind, i):
         k, j = divmod(self._index(i), self._shard)
@@ -369,7 +386,12 @@ class SimulatedDataset:
         return np.array(self._maps[key][j])
 
     def __getitem__(self, i):
-        return self._array("dirty", i), self._array("sky", i)
+        sky = self._array("sky", i)
+        if self.target == "apparent":
+            if self._pb is None:
+                self._pb = self.primary_beam
+            sky *= self._pb
+        return self._array("dirty", i), sky
 
     def __getstate__(self):
         # Memory maps are not sent to DataLoader worker processes; they reopen them.

@@ -1,0 +1,325 @@
+"""Network pieces shared by the learned backends.
+
+One home for the building blocks the backends reuse rather than copy: a
+compact U-Net (optionally conditioned on a diffusion time), a pix2pix-style
+patch discriminator, the distance correlation that STAR uses to keep content
+and style apart, and flux-conserving 2x binning between the native pixel grid
+and the coarser grid a network may work on.
+
+Importing this module imports torch.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "UNet",
+    "ChannelNorm",
+    "ResBlock",
+    "SelfAttention2d",
+    "PatchDiscriminator",
+    "timestep_embedding",
+    "distance_correlation",
+    "bin_image",
+    "unbin_image",
+    "pad_to_multiple",
+    "count_parameters",
+]
+
+
+class ChannelNorm(nn.Module):
+    """Layer normalisation over the channels of each pixel, with a learned affine map.
+
+    Unlike `~torch.nn.GroupNorm`, whose statistics run over the whole image,
+    it treats every pixel alike whatever the image size, so that a network
+    trained on small cut-outs behaves the same on a full 512x512 image (with
+    GroupNorm, a source's features shrink as the empty field around it grows).
+    """
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _norm(channels):
+    return ChannelNorm(channels)
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding of diffusion times (or noise levels).
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        ``(B,)`` times, any real values.
+    dim : int
+        Embedding size (even).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, dim)``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with a residual path; an embedding shifts and scales the features."""
+
+    def __init__(self, in_channels, out_channels, emb_dim=None, dropout=0.0):
+        super().__init__()
+        self.norm1 = _norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x, emb=None):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.norm2(h)
+        if self.emb is not None:
+            scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map."""
+
+    def __init__(self, channels, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (b, heads, hw, c/heads)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """A compact U-Net for image-to-image mappings.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    base_channels : int
+        Feature channels at full resolution.
+    channel_mult : sequence of int
+        Channels per level as multiples of ``base_channels``; each level
+        after the first halves the resolution, so inputs must be divisible
+        by ``2 ** (len(channel_mult) - 1)`` (see `pad_to_multiple`).
+    blocks_per_level : int
+        Residual blocks per level on the way down (one more on the way up).
+    attention_levels : sequence of int
+        Levels (0 = full resolution) that get self-attention after each block.
+    time_embedding : bool
+        Condition every block on a scalar per image (a diffusion time),
+        passed as ``forward(x, t)``.
+    dropout : float
+    """
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        base_channels=32,
+        channel_mult=(1, 2, 4),
+        blocks_per_level=1,
+        attention_levels=(),
+        time_embedding=False,
+        dropout=0.0,
+    ):
+        super().__init__()
+        self.levels = len(channel_mult)
+        emb_dim = 4 * base_channels if time_embedding else None
+        self.base_channels = base_channels
+        self.time_mlp = (
+            nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if time_embedding
+            else None
+        )
+        self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        attention_levels = set(attention_levels)
+
+        self.down = nn.ModuleList()
+        skips, ch = [base_channels], base_channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(blocks_per_level):
+                out = base_channels * mult
+                self.down.append(self._block(ch, out, emb_dim, dropout, level in attention_levels))
+                ch = out
+                skips.append(ch)
+            if level < self.levels - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.middle = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention2d(ch), ResBlock(ch, ch, emb_dim, dropout)]
+            if self.levels - 1 in attention_levels
+            else [ResBlock(ch, ch, emb_dim, dropout)]
+        )
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(blocks_per_level + 1):
+                out = base_channels * mult
+                self.up.append(self._block(ch + skips.pop(), out, emb_dim, dropout, level in attention_levels))
+                ch = out
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+        self.head = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+
+    @staticmethod
+    def _block(cin, cout, emb_dim, dropout, attention):
+        block = nn.ModuleList([ResBlock(cin, cout, emb_dim, dropout)])
+        if attention:
+            block.append(SelfAttention2d(cout))
+        return block
+
+    @staticmethod
+    def _run(block, h, emb):
+        if isinstance(block, nn.ModuleList):
+            for layer in block:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            return h, True
+        return block(h), False
+
+    def forward(self, x, t=None):
+        emb = None
+        if self.time_mlp is not None:
+            if t is None:
+                raise ValueError("this U-Net is conditioned on time: call it as net(x, t)")
+            emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        h = self.stem(x)
+        skips = [h]
+        for block in self.down:
+            h, _ = self._run(block, h, emb)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        for block in self.up:
+            if isinstance(block, nn.ModuleList):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h, _ = self._run(block, h, emb)
+        return self.head(h)
+
+    @property
+    def multiple(self):
+        """Input sizes must be divisible by this."""
+        return 2 ** (self.levels - 1)
+
+
+class PatchDiscriminator(nn.Module):
+    """A pix2pix-style discriminator: one real/fake score per overlapping patch.
+
+    Parameters
+    ----------
+    in_channels : int
+    base_channels : int
+    layers : int
+        Stride-2 convolutions; the receptive field grows with each.
+    """
+
+    def __init__(self, in_channels, base_channels=32, layers=3):
+        super().__init__()
+        mods, ch = [nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)], base_channels
+        for _ in range(layers - 1):
+            mods += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), _norm(2 * ch), nn.LeakyReLU(0.2)]
+            ch *= 2
+        mods.append(nn.Conv2d(ch, 1, 3, padding=1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _centred_distances(x, eps):
+    d = torch.cdist(x, x).pow(2)
+    # The square root's gradient is infinite at 0 (the diagonal); eps keeps it finite.
+    d = torch.sqrt(d + eps)
+    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+
+def distance_correlation(x, y, eps=1e-9):
+    """Sample distance correlation between two batches (Szekely et al. 2007).
+
+    Zero in the limit of many samples when ``x`` and ``y`` are independent,
+    one when they are related by a similarity (e.g. linearly); differentiable
+    everywhere, so it can be used as a loss.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        ``(n, ...)`` batches of ``n`` samples each (any trailing shape; they
+        are flattened).
+    eps : float
+        Added under the square roots so that gradients stay finite.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar in [0, 1].
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"distance_correlation needs batches of equal size, got {x.shape[0]} and {y.shape[0]}")
+    a = _centred_distances(x.reshape(x.shape[0], -1).double(), eps)
+    b = _centred_distances(y.reshape(y.shape[0], -1).double(), eps)
+    dcov2 = (a * b).mean().clamp_min(0)
+    dvar2 = (a * a).mean() * (b * b).mean()
+    return torch.sqrt(dcov2 / (torch.sqrt(dvar2) + eps) + eps).to(x.dtype)
+
+
+def bin_image(x, factor, *, reduce="mean"):
+    """Bin the last two axes by ``factor`` (sizes must be divisible by it).
+
+    ``reduce="mean"`` suits intensities per beam (dirty images),
+    ``"sum"`` fluxes per pixel (sky models), which it conserves.
+    """
+    if factor == 1:
+        return x
+    out = F.avg_pool2d(x, factor)
+    return out * factor**2 if reduce == "sum" else out
+
+
+def unbin_image(x, factor, *, reduce="mean"):
+    """Inverse of `bin_image`: bilinear interpolation back to the fine grid.
+
+    With ``reduce="sum"`` values are divided by ``factor ** 2`` so that the
+    total flux is kept.
+    """
+    if factor == 1:
+        return x
+    out = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    return out / factor**2 if reduce == "sum" else out
+
+
+def pad_to_multiple(x, multiple):
+    """Zero-pad the last two axes up to a multiple; returns the padded tensor and the original size."""
+    ny, nx = x.shape[-2:]
+    py, px = (-ny) % multiple, (-nx) % multiple
+    if py or px:
+        x = F.pad(x, (0, px, 0, py))
+    return x, (ny, nx)
+
+
+def count_parameters(module):
+    """Number of trainable parameters of a module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

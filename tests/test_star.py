@@ -1,0 +1,173 @@
+"""The STAR backend: training, style sampling, generation, model files."""
+
+import json
+
+import astropy.units as u
+import numpy as np
+import pytest
+import torch
+from astropy.nddata import CCDData
+
+from radiorecon import Reconstructor, available_pretrained
+from radiorecon.backends.star import StarBackend
+from radiorecon.exceptions import CapabilityError
+from radiorecon.simulate import SimulatedPairs, observe
+
+TINY = dict(base_channels=8, style_base_channels=4, channel_mult=[1, 2])
+
+
+JY_BEAM, JY_PIX = u.Jy / u.beam, u.Jy / u.pix
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return SimulatedPairs(16, seed=5, npix=32, placement_radius=1.2 * u.arcsec, flux_range=[0.5, 1.0] * u.mJy)
+
+
+@pytest.fixture(scope="module")
+def trained(pairs):
+    rec = Reconstructor("star", **TINY)
+    rec.fit(pairs, epochs=3, batch_size=8, seed=3, progress=False)
+    return rec
+
+
+def test_presets_and_sizes():
+    paper = StarBackend(preset="paper").parameter_counts()
+    # The papers' networks: encoder 13.9M, decoder 11.0M parameters.
+    assert paper["encoder"] == pytest.approx(13.9e6, rel=0.05)
+    assert paper["decoder"] == pytest.approx(11.0e6, rel=0.1)
+    only = StarBackend(preset="only-mse").config
+    assert only["dcor_weight"] == 0 and not only["two_branches"] and not only["two_to_one"]
+    assert StarBackend(preset="dcor", dcor_weight=0.5).config["dcor_weight"] == 0.5
+    with pytest.raises(ValueError, match="Unknown preset 'papr'.*paper"):
+        StarBackend(preset="papr")
+    with pytest.raises(TypeError, match="Unknown configuration"):
+        StarBackend(dcor=1)
+
+
+def test_training_lowers_every_loss_and_is_seeded(pairs, trained):
+    first, last = trained.history[0], trained.history[-1]
+    assert set(first) >= {"content", "composite", "dcor", "kl", "branch2", "style"}
+    assert last["content"] < first["content"]
+    assert last["composite"] < first["composite"]
+    again = Reconstructor("star", **TINY).fit(pairs, epochs=3, batch_size=8, seed=3, progress=False)
+    for key, value in trained.backend.state_dict().items():
+        torch.testing.assert_close(value, again.backend.state_dict()[key])
+
+
+def test_ablation_switches_drop_their_losses(pairs):
+    rec = Reconstructor("star", preset="only-mse", **TINY).fit(pairs, epochs=1, batch_size=8, seed=0, progress=False)
+    assert set(rec.history[0]) == {"content", "epoch"}
+    rec = Reconstructor("star", preset="dcor", **TINY).fit(pairs, epochs=1, batch_size=8, seed=0, progress=False)
+    assert set(rec.history[0]) == {"content", "composite", "dcor", "kl", "epoch"}
+
+
+def test_adversarial_terms_train_discriminators(pairs):
+    rec = Reconstructor("star", adversarial_weight=0.01, **TINY)
+    assert "discriminators" in rec.backend.modules()
+    rec.fit(pairs, epochs=1, batch_size=8, seed=0, progress=False)
+    assert {"adversarial", "discriminator"} <= set(rec.history[0])
+
+
+def test_direct_prediction_is_deterministic_and_styles_spread(pairs, trained):
+    dirty = pairs[0][0] * JY_BEAM
+    one = trained.predict(dirty, seed=1, progress=False)
+    two = trained.predict(dirty, seed=2, progress=False)
+    np.testing.assert_array_equal(one.data, two.data)  # the mean style: no randomness
+    assert one.uncertainty is None
+    many = trained.predict(dirty, n_samples=5, seed=1, progress=False, return_samples=True)
+    assert many.samples.shape == (5, 32, 32)
+    assert np.all(many.uncertainty.array >= 0) and many.uncertainty.array.max() > 0
+    again = trained.predict(dirty, n_samples=5, seed=1, progress=False)
+    np.testing.assert_array_equal(many.data, again.data)
+    # Every chunk of samples is a draw: batch_size 1 must not fall back to the direct estimate.
+    small = trained.predict(dirty, n_samples=3, seed=1, batch_size=1, progress=False, return_samples=True)
+    assert not np.allclose(small.samples[0], small.samples[1])
+
+
+def test_prediction_keeps_flux_scale(pairs, trained):
+    # The sky normalisation must be inverted: outputs are in the targets' unit.
+    dirty, sky = pairs[1]
+    dirty = dirty * JY_BEAM
+    out = trained.predict(dirty, progress=False)
+    assert out.unit.to_string() == "Jy / pix"
+    assert out.data.shape == dirty.shape
+    assert 0.01 < np.nansum(out.data) / sky.sum() < 100
+
+
+def test_generate_gives_dirty_images(pairs, trained):
+    dirty, sky = pairs[2]
+    dirty, sky = dirty * JY_BEAM, sky * JY_PIX
+    gen = trained.generate(sky, n=4, seed=0)
+    assert gen.data.shape == (4, 32, 32)
+    assert gen.unit.to_string() == "Jy / beam"
+    assert not np.allclose(gen.data[0], gen.data[1])  # a new style each
+    np.testing.assert_array_equal(gen.data, trained.generate(sky, n=4, seed=0).data)
+    like = trained.generate(sky, n=1, like=dirty, seed=0)
+    assert like.data.shape == (1, 32, 32) and like.meta["RRLIKE"]
+    with pytest.raises(ValueError, match="like= has shape"):
+        trained.generate(sky, like=np.zeros((16, 16)) * JY_BEAM)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            trained.generate(sky, n=bad)
+    with pytest.raises(CapabilityError, match="generate"):
+        Reconstructor("clean").generate(sky)
+
+
+def test_generate_in_batches_with_mask_and_sample_axis(pairs, trained):
+    dirty, sky = pairs[2]
+    sky = sky.copy()
+    sky[0, :3] = np.nan
+    obs = observe(seed=1, npix=32)
+    sky = CCDData(sky, unit=JY_PIX, wcs=obs.dirty.wcs)
+    gen = trained.generate(sky, n=5, like=dirty * JY_BEAM, seed=2, batch_size=2, progress=False)
+    assert gen.data.shape == (5, 32, 32)
+    assert np.isnan(gen.data[:, 0, :3]).all() and gen.mask[:, 0, :3].all() and not gen.mask[:, 1:].any()
+    # Styles drawn around the image's own style still differ from draw to draw.
+    assert not np.allclose(gen.data[3, 1:], gen.data[4, 1:])
+    assert gen.wcs.naxis == 3 and gen.wcs.wcs.ctype[2] == "SAMPLE"
+    first = gen[0]
+    assert first.data.shape == (32, 32) and first.wcs.pixel_n_dim == 2
+    assert first.wcs.world_axis_physical_types == obs.dirty.wcs.world_axis_physical_types
+
+
+def test_sky_normalisation_is_inverted_exactly(trained):
+    x = torch.tensor([0.0, 1e-3, 0.5, 3.0, 200.0])[None, None, None, :]
+    back = trained.backend.sky_inverse(trained.backend.sky_forward(x))
+    torch.testing.assert_close(back, x, rtol=1e-5, atol=1e-7)
+
+
+def test_model_file_round_trip(tmp_path, pairs, trained):
+    path = tmp_path / "star.rrm"
+    trained.save(path)
+    loaded = Reconstructor.load(path)
+    assert loaded.config == trained.config
+    dirty = pairs[3][0] * JY_BEAM
+    a = trained.predict(dirty, n_samples=3, seed=4, progress=False)
+    b = loaded.predict(dirty, n_samples=3, seed=4, progress=False)
+    np.testing.assert_array_equal(a.data, b.data)
+    doc = json.loads(json.dumps(loaded.backend.config))
+    assert doc["sky_softening"] == trained.config["sky_softening"]
+
+
+def test_shipped_model_reconstructs_a_source():
+    assert "star" in available_pretrained()
+    rec = Reconstructor.pretrained("star")
+    assert rec.fitted and rec.origin == "pretrained:star"
+    import astropy.units as u
+    from astropy.table import QTable
+
+    table = QTable({"x": [256.0], "y": [270.0], "flux": [0.4] * u.mJy,
+                    "fwhm_major": [0.6] * u.arcsec, "fwhm_minor": [0.5] * u.arcsec, "pa": [30.0] * u.deg})
+    obs = observe(table, seed=7)
+    out = rec.predict(obs.dirty, n_samples=3, seed=0, progress=False)
+    assert out.meta["RRMODEL"] == "pretrained:star"
+    peak = np.unravel_index(np.nanargmax(out.data), out.data.shape)
+    assert abs(peak[0] - 270) <= 3 and abs(peak[1] - 256) <= 3
+    total = np.nansum(out.data[250:290, 236:276]) * 1e3
+    assert 0.15 < total < 0.8  # mJy; the apparent flux is 0.4 x 0.98
+
+
+def test_unknown_pretrained_name():
+    with pytest.raises(ValueError, match="No pretrained model 'stra'.*Did you mean 'star'"):
+        Reconstructor.pretrained("stra")
