@@ -312,7 +312,8 @@ def _parser():
     p.add_argument("--out", default="radiorecon-demo", help="output directory (default: %(default)s)")
     p.add_argument("--model", default="star", help="shipped model name or model file (default: star)")
     p.add_argument("--samples", type=int, default=10, help="styles for the uncertainty (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=3,
+                   help="seed of the observation and the samples (default 3: five sources)")
     p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
