@@ -58,6 +58,22 @@ def _per_beam(unit):
     return unit is not None and dict(zip(unit.bases, unit.powers)).get(u.beam) == -1
 
 
+def _chunk_sizes(n, batch_size):
+    """Sizes of the backend calls for ``n`` draws, about ``batch_size`` each.
+
+    Every call gets at least 2 draws whenever more than one was asked for:
+    a backend may answer a call for 1 with its direct estimate (the mean
+    style, the most probable sky) instead of a draw.
+    """
+    n_calls = max(1, n // max(2, batch_size))
+    return [n // n_calls + (i < n % n_calls) for i in range(n_calls)]
+
+
+def _check_count(n):
+    if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
+        raise ValueError(f"n must be a positive integer, not {n!r}")
+
+
 class Reconstructor:
     """Reconstruct sky models from dirty images with a pluggable backend.
 
@@ -663,12 +679,8 @@ class Reconstructor:
         """Call the backend for about ``batch_size`` samples at a time (fewer than twice that)."""
         import torch
 
-        # Calls of at least 2 samples whenever more than one was asked for:
-        # a backend may answer n_samples=1 with its direct estimate.
-        n_calls = max(1, n_samples // max(2, batch_size))
-        sizes = [n_samples // n_calls + (i < n_samples % n_calls) for i in range(n_calls)]
         parts = []
-        for k in sizes:
+        for k in _chunk_sizes(n_samples, batch_size):
             pred = self.backend.predict(x, n_samples=k, psf=psf)
             if pred.samples is None:
                 if n_samples > 1:
@@ -802,9 +814,9 @@ class Reconstructor:
         """
         self._require("generate", "generate dirty images")
         self._require_fitted()
-        if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
-            raise ValueError(f"n must be a positive integer, not {n!r}")
+        _check_count(n)
         import torch
+        from tqdm.auto import tqdm
 
         image, arr, mask, _ = self._read(sky, "sky model", role="target")
         scale = np.float32(self.scale or 1.0)
@@ -814,8 +826,6 @@ class Reconstructor:
             if ref.shape != arr.shape:
                 raise ValueError(f"like= has shape {ref.shape}, the sky model {arr.shape}")
             ref = torch.from_numpy(ref / scale)[None]
-        from tqdm.auto import tqdm
-
         dev = resolve_device(device)
         self.backend.to(dev)
         self.backend.eval()
@@ -823,8 +833,8 @@ class Reconstructor:
         with seeded(seed, dev), torch.no_grad():
             x = torch.from_numpy(arr / scale)[None].to(dev)
             like_t = None if ref is None else ref.to(dev)
-            for start in tqdm(range(0, n, batch_size), disable=not progress or n <= batch_size, desc="generate"):
-                k = min(batch_size, n - start)
+            sizes = _chunk_sizes(n, batch_size)
+            for k in tqdm(sizes, disable=not progress or len(sizes) == 1, desc="generate"):
                 chunks.append(self.backend.generate(x, n_samples=k, like=like_t)[:, 0].float().cpu().numpy())
         data = np.concatenate(chunks) * scale
         data[:, mask] = np.nan
@@ -833,11 +843,7 @@ class Reconstructor:
         if image.wcs is not None:
             wcs = image.wcs.sub([1, 2, 0])
             wcs.wcs.ctype[2] = "SAMPLE"
-        meta = fits.Header()
-        meta["RRVERS"] = (__version__, "radiorecon version")
-        meta["RRBACKND"] = (self.backend_name, "radiorecon backend")
-        meta["RRMODEL"] = (self.origin, "model the images were generated with")
-        meta["RRSEED"] = (seed, "random seed")
+        meta = self._draws_header("model the images were generated with", seed)
         meta["RRLIKE"] = (like is not None, "style taken from a given dirty image")
         return Reconstruction(data, unit=unit, meta=meta, wcs=wcs, mask=np.broadcast_to(mask, data.shape).copy())
 
@@ -863,8 +869,7 @@ class Reconstructor:
         """
         self._require("sample", "draw samples")
         self._require_fitted()
-        if isinstance(n, (bool, np.bool_)) or not (isinstance(n, (int, np.integer)) and n >= 1):
-            raise ValueError(f"n must be a positive integer, not {n!r}")
+        _check_count(n)
         shape = tuple(shape or self.backend.tile_shape or ())
         if len(shape) != 2:
             raise ValueError("Give shape=(ny, nx): the backend has no native size")
@@ -881,12 +886,17 @@ class Reconstructor:
                 draws.append(self.backend.sample(k, shape=shape).float().cpu().numpy())
         data = np.concatenate(draws) * np.float32(self.scale or 1.0)
         unit = self.units.get("target") or self.units.get("input")
+        meta = self._draws_header("model the samples were drawn from", seed)
+        return Reconstruction(data, unit=unit, meta=meta)
+
+    def _draws_header(self, model_comment, seed):
+        """Provenance cards of `generate` and `sample` results."""
         meta = fits.Header()
         meta["RRVERS"] = (__version__, "radiorecon version")
         meta["RRBACKND"] = (self.backend_name, "radiorecon backend")
-        meta["RRMODEL"] = (self.origin, "model the samples were drawn from")
+        meta["RRMODEL"] = (self.origin, model_comment)
         meta["RRSEED"] = (seed, "random seed")
-        return Reconstruction(data, unit=unit, meta=meta)
+        return meta
 
 
 def _read_psf(obj):

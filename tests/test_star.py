@@ -123,8 +123,11 @@ def test_generate_in_batches_with_mask_and_sample_axis(pairs, trained):
     gen = trained.generate(sky, n=5, like=dirty * JY_BEAM, seed=2, batch_size=2, progress=False)
     assert gen.data.shape == (5, 32, 32)
     assert np.isnan(gen.data[:, 0, :3]).all() and gen.mask[:, 0, :3].all() and not gen.mask[:, 1:].any()
-    # Styles drawn around the image's own style still differ from draw to draw.
+    # Styles drawn around the image's own style differ from draw to draw, even
+    # with batches of 1 (a backend call for one draw gives the image's own style).
     assert not np.allclose(gen.data[3, 1:], gen.data[4, 1:])
+    single = trained.generate(sky, n=2, like=dirty * JY_BEAM, seed=2, batch_size=1, progress=False)
+    assert not np.allclose(single.data[0, 1:], single.data[1, 1:])
     assert gen.wcs.naxis == 3 and gen.wcs.wcs.ctype[2] == "SAMPLE"
     first = gen[0]
     assert first.data.shape == (32, 32) and first.wcs.pixel_n_dim == 2

@@ -47,7 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
-from ..nn import PatchDiscriminator, UNet, bin_image, distance_correlation, pad_to_multiple, unbin_image
+from ..nn import (
+    PatchDiscriminator, UNet, bin_image, count_parameters, distance_correlation, pad_to_multiple, unbin_image,
+)
 
 __all__ = ["StarBackend"]
 
@@ -153,7 +155,7 @@ class StarBackend(Backend):
 
     def parameter_counts(self):
         """Trainable parameters of the encoder side, the decoder and in all."""
-        n = {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules().items()}
+        n = {name: count_parameters(m) for name, m in self.modules().items()}
         return {
             "encoder": n["style_encoder"] + n["content_net"] + n["style_net"],
             "decoder": n["decoder"],
@@ -314,6 +316,6 @@ class StarBackend(Backend):
             x, _ = self._to_grid(like, "mean")
             _, logvar = self.encode_style(x)
             mu = self.style(x, t_sky)
-            styles = self._styles(mu, logvar, n_samples) if n_samples > 1 else mu[None]
+            styles = self._styles(mu, logvar, n_samples)
         out = self.composite(t_sky.repeat(n_samples, 1, 1, 1), styles.reshape(n_samples * b, *shape[1:]))
         return self._from_grid(out, size, "mean").reshape(n_samples, b, *size)
