@@ -51,10 +51,6 @@ class ChannelNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-def _norm(channels):
-    return ChannelNorm(channels)
-
-
 def timestep_embedding(t, dim, max_period=10000.0):
     """Sinusoidal embedding of diffusion times (or noise levels).
 
@@ -81,9 +77,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels, out_channels, emb_dim=None, dropout=0.0):
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = ChannelNorm(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = ChannelNorm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_channels) if emb_dim else None
@@ -105,7 +101,7 @@ class SelfAttention2d(nn.Module):
     def __init__(self, channels, heads=4):
         super().__init__()
         self.heads = heads
-        self.norm = _norm(channels)
+        self.norm = ChannelNorm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -185,7 +181,7 @@ class UNet(nn.Module):
                 ch = out
             if level > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
-        self.head = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+        self.head = nn.Sequential(ChannelNorm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
 
     @staticmethod
     def _block(cin, cout, emb_dim, dropout, attention):
@@ -242,7 +238,7 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         mods, ch = [nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)], base_channels
         for _ in range(layers - 1):
-            mods += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), _norm(2 * ch), nn.LeakyReLU(0.2)]
+            mods += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), ChannelNorm(2 * ch), nn.LeakyReLU(0.2)]
             ch *= 2
         mods.append(nn.Conv2d(ch, 1, 3, padding=1))
         self.net = nn.Sequential(*mods)

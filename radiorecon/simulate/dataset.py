@@ -65,6 +65,13 @@ def check_index(i, n):
     return j
 
 
+def check_target(target):
+    """``target`` of a pairs data set: ``"apparent"`` (sky x primary beam) or ``"sky"``."""
+    if target not in ("apparent", "sky"):
+        raise ValueError(f"target must be 'apparent' or 'sky', not {target!r}")
+    return target
+
+
 def _shard_name(kind, k):
     return os.path.join("shards", f"{kind}_{k:05d}.npy")
 
@@ -349,9 +356,7 @@ class SimulatedDataset:
     units = {"input": "Jy / beam", "target": "Jy / pix"}
 
     def __init__(self, path, *, target="apparent"):
-        if target not in ("apparent", "sky"):
-            raise ValueError(f"target must be 'apparent' or 'sky', not {target!r}")
-        self.target = target
+        self.target = check_target(target)
         self._pb = None
         self.path = os.fspath(path)
         config_path = os.path.join(self.path, "config.json")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .dataset import check_index
+from .dataset import check_index, check_target
 from .observe import _simulate
 from .presets import DEFAULT_PRESET, resolve_parameters
 
@@ -51,9 +51,7 @@ class SimulatedPairs:
             raise ValueError(f"n must be a positive integer, not {n!r}")
         if not (isinstance(seed, (int, np.integer)) and seed >= 0):
             raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-        if target not in ("apparent", "sky"):
-            raise ValueError(f"target must be 'apparent' or 'sky', not {target!r}")
-        self.n, self.seed, self.target, self.preset = int(n), int(seed), target, preset
+        self.n, self.seed, self.target, self.preset = int(n), int(seed), check_target(target), preset
         self.parameters = resolve_parameters(preset, **overrides)
 
     def __len__(self):
