@@ -125,6 +125,10 @@ class Backend:
     presets : dict of str to dict
         Named partial configurations. The stored config is always the full,
         merged one, so model files do not depend on preset definitions.
+    inference_keys : frozenset of str
+        Configuration keys that only steer prediction (a sampler, its number
+        of steps), which `set_config` may change on a trained model. A
+        backend without networks (`modules` empty) may change any key.
     """
 
     capabilities = frozenset()
@@ -135,6 +139,7 @@ class Backend:
     input_scale = "noise"
     default_config = {}
     presets = {}
+    inference_keys = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -171,6 +176,46 @@ class Backend:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.config}>"
+
+    def set_config(self, **params):
+        """Change configuration values that do not alter the trained state.
+
+        Raises
+        ------
+        TypeError
+            For keys outside `default_config` or values that are not
+            JSON-serialisable.
+        ValueError
+            For keys outside `inference_keys` of a backend with networks:
+            they shape the networks or their training, so changing them
+            would leave the weights inconsistent with the stored config.
+        """
+        unknown = set(params) - set(self.default_config)
+        if unknown:
+            raise TypeError(
+                f"Unknown configuration for backend {type(self).__name__}: {', '.join(sorted(unknown))}. "
+                f"Valid keys: {', '.join(sorted(self.default_config)) or 'none'}."
+            )
+        fixed = set(params) - set(self.inference_keys) if self.modules() else set()
+        if fixed:
+            raise ValueError(
+                f"{', '.join(sorted(fixed))} of backend {type(self).__name__} shape(s) the trained networks "
+                f"and cannot change after construction; only {sorted(self.inference_keys) or 'no keys'} can. "
+                "Build (and train) a new model for the others."
+            )
+        try:
+            new = json.loads(json.dumps({**self.config, **params}, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"Backend configuration must be JSON-serialisable: {exc}") from None
+        old, self.config = self.config, new
+        try:
+            self._validate_config()
+        except Exception:
+            self.config = old
+            raise
+
+    def _validate_config(self):
+        """Check the values of `config`; subclasses raise ValueError for bad ones."""
 
     # -- state -------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from ._noise import robust_std
 __all__ = ["run_benchmark", "to_markdown", "COLUMNS"]
 
 #: Columns of the benchmark table, in order.
-COLUMNS = ["method", "n_samples", "threshold", "purity", "completeness", "f1", "f1_std", "flux_r2",
+COLUMNS = ["method", "n_samples", "threshold", "purity", "completeness", "f1", "f1_err", "f1_std", "flux_r2",
            "l2", "psnr", "ssim", "coverage_1sigma", "coverage_2sigma", "network_runs",
            "seconds_per_image", "n_images"]
 
@@ -71,6 +71,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         source pixels (where the apparent sky exceeds a tenth of its image's
         maximum) whose error lies within 1 and 2 standard deviations
         (`radiorecon.metrics.coverage`; 0.683 and 0.954 when calibrated).
+        ``f1_err`` is the bootstrap standard deviation of ``f1`` over
+        images (`radiorecon.metrics.bootstrap_f1`, seeded by ``seed``);
+        ``f1_std`` the spread of the per-image F1.
     examples : dict
         For the first image: ``dirty``, ``truth`` and ``results`` (per method
         label, the `~radiorecon.Reconstruction`); ``fluxes``, per row label,
@@ -163,15 +166,19 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             key: (np.concatenate(a) if a else np.zeros(0), np.concatenate(b) if b else np.zeros(0, bool))
             for key, (a, b) in examples[name].items()
         }
-    table = QTable(names=COLUMNS, dtype=[str, int] + [float] * 11 + [int, float, int])
+    table = QTable(names=COLUMNS, dtype=[str, int] + [float] * 12 + [int, float, int])
+    examples["counts"] = {}
     for t in thresholds:
         for label in labels:
             runs = rows[(label, t)]
+            counts = np.array([[r["tp"], r["fp"], r["fn"]] for r in runs], dtype=np.int64)
+            examples["counts"][(label, t)] = counts
+            f1_err = metrics.bootstrap_f1(counts, seed=seed)["std"]
             s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in runs])
             seconds = [r["seconds"] for r in runs]
             c1, c2, npx = cover[label]
             table.add_row([
-                label, runs[0]["n_samples"], t, s["purity"], s["completeness"], s["f1"],
+                label, runs[0]["n_samples"], t, s["purity"], s["completeness"], s["f1"], f1_err,
                 s.get("f1_std", np.nan), s.get("flux_r2", np.nan), s.get("mse_mean", np.nan),
                 s.get("psnr_mean", np.nan), s.get("ssim_mean", np.nan),
                 c1 / npx if npx else np.nan, c2 / npx if npx else np.nan, runs[0]["runs"],

@@ -31,14 +31,11 @@ def _open_model(spec, config):
     from . import available_backends
     from .reconstructor import Reconstructor
 
+    # A trained model takes only the settings that steer prediction (set_params).
     if spec.startswith("pretrained:"):
-        if config:
-            raise ValueError("--set applies to a backend name, not to a shipped model")
-        return Reconstructor.pretrained(spec.partition(":")[2])
+        return Reconstructor.pretrained(spec.partition(":")[2]).set_params(**config)
     if os.path.exists(spec):
-        if config:
-            raise ValueError("--set applies to a backend name, not to a model file")
-        return Reconstructor.load(spec)
+        return Reconstructor.load(spec).set_params(**config)
     if spec in available_backends():
         return Reconstructor(spec, **config)
     raise ValueError(
@@ -266,7 +263,9 @@ def _parser():
     common.add_argument("--overwrite", action="store_true", help="replace existing output files")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="backend configuration (repeatable)"
+        "--set", action="append", metavar="KEY=VALUE",
+        help="backend configuration (repeatable); for a trained model, only its prediction settings, "
+             "e.g. --set sampler=ddim --set steps=50",
     )
 
     p = sub.add_parser("predict", parents=[common], help="reconstruct the sky model of a FITS image")

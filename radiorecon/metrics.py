@@ -53,6 +53,7 @@ __all__ = [
     "reliability",
     "score_catalog",
     "summarize",
+    "bootstrap_f1",
 ]
 
 # Counts that `summarize` adds up over images.
@@ -577,3 +578,55 @@ def reliability(probability, correct, bins=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)):
                      float(p[sel].mean()) if sel.any() else np.nan,
                      float(ok[sel].mean()) if sel.any() else np.nan))
     return QTable(rows=rows, names=["p_low", "p_high", "n", "mean_probability", "true_positive_rate"])
+
+
+def bootstrap_f1(counts, *, reference=None, n_boot=2000, seed=0):
+    """Bootstrap over images of the micro-averaged F1 (or of its difference).
+
+    Images are drawn with replacement and the F1 of their summed counts is
+    recomputed, ``n_boot`` times; the spread says how much the F1 of a data
+    set of this size depends on which images it holds.
+
+    Parameters
+    ----------
+    counts : array-like
+        ``(n_images, 3)`` true positives, false positives and false negatives
+        of each image.
+    reference : array-like, optional
+        The same for another method on the same images: then the statistic
+        is F1(counts) - F1(reference), resampled with the *same* images for
+        both (a paired bootstrap, much tighter than two separate ones).
+    n_boot : int
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``value`` (the statistic on all images), ``std`` (its bootstrap
+        standard deviation) and ``low``/``high`` (the 2.5 and 97.5
+        percentiles).
+    """
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1, 3)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.int64).reshape(-1, 3)
+        if reference.shape != counts.shape:
+            raise ValueError(f"reference counts have shape {reference.shape}, expected {counts.shape}")
+    if len(counts) == 0:
+        raise ValueError("bootstrap_f1 needs the counts of at least one image")
+
+    def f1(c):
+        tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+        den = 2 * tp + fp + fn
+        return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+    def stat(idx):
+        value = f1(counts[idx].sum(axis=-2))
+        return value - f1(reference[idx].sum(axis=-2)) if reference is not None else value
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+    boot = stat(idx)
+    value = float(stat(np.arange(len(counts))))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"value": value, "std": float(boot.std(ddof=1)), "low": float(low), "high": float(high)}
+

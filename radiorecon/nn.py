@@ -23,9 +23,13 @@ __all__ = [
     "PatchDiscriminator",
     "timestep_embedding",
     "distance_correlation",
+    "sky_stretch",
+    "sky_unstretch",
     "bin_image",
     "unbin_image",
     "pad_to_multiple",
+    "to_grid",
+    "from_grid",
     "count_parameters",
 ]
 
@@ -283,6 +287,46 @@ def distance_correlation(x, y, eps=1e-9):
     return torch.sqrt(dcov2 / (torch.sqrt(dvar2) + eps) + eps).to(x.dtype)
 
 
+def sky_stretch(x, *, kind="asinh", softening=1.0, power=0.5, scale=1.0):
+    """Compress the dynamic range of sparse sky images for an MSE loss.
+
+    A sky model is zero almost everywhere, with a few pixels orders of
+    magnitude brighter than the faint sources a network must also learn;
+    MSE on raw intensities learns the bright ones only. The stretch is
+    ``asinh(x / softening) / scale`` (``kind="asinh"``: linear below
+    ``softening``, logarithmic above) or ``sign(x) |x / softening| ** power /
+    scale`` (``kind="power"``, the power transform of the reference DDPM
+    code). Both are odd and strictly increasing, so `sky_unstretch` inverts
+    them exactly.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Intensities (any unit; ``softening`` in the same unit).
+    kind : {"asinh", "power"}
+    softening : float
+        Intensity at which the compression sets in.
+    power : float
+        Exponent of ``kind="power"`` (0 < power <= 1).
+    scale : float
+        Divisor of the result, to bring the data to about unit range.
+    """
+    if kind == "asinh":
+        return torch.asinh(x / softening) / scale
+    if kind == "power":
+        return torch.sign(x) * (x.abs() / softening).pow(power) / scale
+    raise ValueError(f"Unknown sky stretch {kind!r}; choose 'asinh' or 'power'")
+
+
+def sky_unstretch(t, *, kind="asinh", softening=1.0, power=0.5, scale=1.0):
+    """Inverse of `sky_stretch` (same parameters)."""
+    if kind == "asinh":
+        return torch.sinh(t * scale) * softening
+    if kind == "power":
+        return torch.sign(t) * (t.abs() * scale).pow(1.0 / power) * softening
+    raise ValueError(f"Unknown sky stretch {kind!r}; choose 'asinh' or 'power'")
+
+
 def bin_image(x, factor, *, reduce="mean"):
     """Bin the last two axes by ``factor`` (sizes must be divisible by it).
 
@@ -314,6 +358,23 @@ def pad_to_multiple(x, multiple):
     if py or px:
         x = F.pad(x, (0, px, 0, py))
     return x, (ny, nx)
+
+
+def to_grid(x, factor, multiple, *, reduce="mean"):
+    """``(B, ny, nx)`` images to the ``(B, 1, h, w)`` grid a network works on.
+
+    Zero-pads to a multiple of ``multiple`` (native pixels) and bins by
+    ``factor`` (`bin_image`). Returns the grid and the original size, for
+    `from_grid`.
+    """
+    x, size = pad_to_multiple(x, multiple)
+    return bin_image(x[:, None], factor, reduce=reduce), size
+
+
+def from_grid(x, factor, size, *, reduce="mean"):
+    """Inverse of `to_grid`: ``(B, 1, h, w)`` back to ``(B, ny, nx)`` native pixels."""
+    out = unbin_image(x, factor, reduce=reduce)[:, 0]
+    return out[:, : size[0], : size[1]]
 
 
 def count_parameters(module):

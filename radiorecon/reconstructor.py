@@ -147,6 +147,25 @@ class Reconstructor:
         """The backend's configuration (dict)."""
         return self.backend.config
 
+    def set_params(self, **params):
+        """Change how a (trained) model predicts, and return it.
+
+        Only the backend's prediction settings (its ``inference_keys``,
+        e.g. the sampler and number of steps of ``ddpm``) can change on a
+        model with networks; the rest shape the networks and are fixed at
+        construction. The new values appear in the provenance of later
+        predictions and in files saved afterwards.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> rec = Reconstructor("clean").set_params(niter=50)
+        >>> rec.config["niter"]
+        50
+        """
+        self.backend.set_config(**params)
+        return self
+
     def _require(self, capability, action):
         if capability not in self.capabilities:
             raise CapabilityError(

@@ -36,6 +36,10 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     assert 0.65 < np.median(ratio) < 1.0
     assert np.corrcoef(true.value, found.value)[0, 1] > 0.8
     assert rows["clean"]["seconds_per_image"] > 0
+    # Every source found in every image: no bootstrap spread; counts per image kept.
+    assert rows["clean"]["f1_err"] == 0.0
+    counts = examples["counts"][("clean", 5.0)]
+    assert counts.shape == (4, 3) and (counts[:, 0] > 0).all() and (counts[:, 1:] == 0).all()
     assert np.isfinite(rows["clean"]["ssim"]) and not np.isfinite(rows["truth limit"]["ssim"])
     again, _ = run_benchmark(dataset, [("clean", rec, 1)], progress=False)
     for column in ("purity", "completeness", "f1", "flux_r2", "l2"):

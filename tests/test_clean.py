@@ -339,3 +339,14 @@ def test_unfittable_psf_is_reported():
     delta[8, 8] = 1.0
     with pytest.raises(ValueError, match="clean cannot fit a clean beam to the PSF"):
         Reconstructor("clean", niter=5).predict(delta, psf=delta, progress=False)
+
+
+def test_set_params_of_a_backend_without_networks():
+    rec = Reconstructor("clean")
+    assert rec.set_params(niter=20, gain=0.2) is rec
+    assert rec.config["niter"] == 20 and rec.config["gain"] == 0.2
+    with pytest.raises(TypeError, match="Unknown configuration .*: nitre"):
+        rec.set_params(nitre=3)
+    with pytest.raises(ValueError):
+        rec.set_params(gain=-1.0)
+    assert rec.config["gain"] == 0.2

@@ -148,3 +148,15 @@ def test_predict_with_a_shipped_model(observation, tmp_path, capsys):
     assert CCDData.read(out).unit == "Jy / pix"
     assert main(["predict", "pretrained:nope", str(image), "-o", str(tmp_path / "x.fits")]) == 1
     assert "No pretrained model 'nope'" in capsys.readouterr().err
+
+
+def test_set_changes_prediction_settings_of_a_trained_model(observation, tmp_path, capsys):
+    image, _ = observation
+    out = tmp_path / "star.fits"
+    assert main(["predict", "pretrained:star", str(image), "-o", str(out), "--samples", "2", "--no-progress",
+                 "--set", "style_temperature=0.5"]) == 0, capsys.readouterr().err
+    assert '"style_temperature": 0.5' in fits.getheader(out)["RRCONFIG"]
+    assert main(["predict", "pretrained:star", str(image), "-o", str(tmp_path / "x.fits"),
+                 "--set", "base_channels=4"]) == 1
+    err = capsys.readouterr().err
+    assert "base_channels" in err and "cannot change after construction" in err

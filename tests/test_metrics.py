@@ -315,3 +315,20 @@ def test_reliability_bins_probabilities():
     assert np.all(empty["n"] == 0) and np.all(np.isnan(empty["true_positive_rate"]))
     with pytest.raises(ValueError):
         reliability([0.1, 0.2], [True])
+
+
+def test_bootstrap_f1():
+    # Two images: one perfect (2 of 2 found), one a miss (0 of 2, 2 false).
+    counts = [[2, 0, 0], [0, 2, 2]]
+    out = metrics.bootstrap_f1(counts, n_boot=4000, seed=1)
+    assert out["value"] == pytest.approx(0.5)
+    # Resamples hold both images (F1 0.5), two perfect (1) or two misses (0).
+    assert out["low"] == 0.0 and out["high"] == 1.0
+    assert out["std"] == pytest.approx(np.sqrt(0.125), rel=0.05)
+    same = metrics.bootstrap_f1(counts, reference=counts, seed=1)
+    assert same == {"value": 0.0, "std": 0.0, "low": 0.0, "high": 0.0}
+    # Paired: a method that finds one more source in every image is better in every resample.
+    better = metrics.bootstrap_f1([[3, 0, 0], [1, 2, 1]], reference=[[2, 0, 1], [0, 2, 2]], seed=1)
+    assert better["value"] > 0 and better["low"] > 0
+    with pytest.raises(ValueError, match="reference counts have shape"):
+        metrics.bootstrap_f1(counts, reference=[[1, 0, 0]])

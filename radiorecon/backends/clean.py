@@ -335,8 +335,11 @@ class CleanBackend(Backend):
 
     def __init__(self, **config):
         super().__init__(**config)
-        _check_config(self.config)
+        self._validate_config()
         self._beams = OrderedDict()  # clean beams of recent PSFs, by content
+
+    def _validate_config(self):
+        _check_config(self.config)
 
     def clean_beam(self, psf):
         """``(major, minor, pa)`` of the clean beam of ``psf`` in pixels and degrees (cached)."""

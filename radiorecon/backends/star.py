@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
 from ..nn import (
-    PatchDiscriminator, UNet, bin_image, count_parameters, distance_correlation, pad_to_multiple, unbin_image,
+    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, sky_stretch, sky_unstretch, to_grid,
 )
 
 __all__ = ["StarBackend"]
@@ -86,6 +86,7 @@ class StarBackend(Backend):
     capabilities = {"reconstruct", "uncertainty", "generate", "needs_training", "paired"}
     version = "1"
     input_scale = "noise"
+    inference_keys = frozenset({"style_temperature"})
     default_config = {
         "downsample": 2,
         "base_channels": 16,
@@ -165,22 +166,18 @@ class StarBackend(Backend):
     # -- normalisation -----------------------------------------------------
 
     def _to_grid(self, x, reduce):
-        """Pad a (B, ny, nx) tensor, bin it, and add the channel axis."""
-        x, size = pad_to_multiple(x, self._multiple)
-        return bin_image(x[:, None], self.config["downsample"], reduce=reduce), size
+        return to_grid(x, self.config["downsample"], self._multiple, reduce=reduce)
 
     def _from_grid(self, x, size, reduce):
-        out = unbin_image(x, self.config["downsample"], reduce=reduce)[:, 0]
-        return out[:, : size[0], : size[1]]
+        return from_grid(x, self.config["downsample"], size, reduce=reduce)
 
     def sky_forward(self, sky):
         """Normalised intensity of a binned sky: ``asinh(sky / a)``."""
-        a = self.config["sky_softening"]
-        return torch.asinh(sky / a)
+        return sky_stretch(sky, softening=self.config["sky_softening"])
 
     def sky_inverse(self, t):
         """Inverse of `sky_forward`."""
-        return torch.sinh(t) * self.config["sky_softening"]
+        return sky_unstretch(t, softening=self.config["sky_softening"])
 
     # -- the four mappings -------------------------------------------------
 
