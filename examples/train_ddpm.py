@@ -5,6 +5,11 @@ This is the script that trained the model shipped as
 
     python examples/train_ddpm.py ddpm.rrm --threads 1 --seed 11
 
+With the defaults (4000 pairs simulated once, 60 epochs, batch 32: 7500
+optimisation steps) it took 37.9 minutes of wall time on a 2-core CPU (AMD
+EPYC, torch 2.13.0+cpu, one thread, next to other work); the last epoch's
+loss was 0.0045.
+
 Training pairs are 64x64-pixel observations of the default preset (0.1"
 pixels) with the sources within 3" of the centre, the cut-outs STAR trains
 on (seed ``--seed``, never the benchmark's). Diffusion needs many more

@@ -628,5 +628,7 @@ def bootstrap_f1(counts, *, reference=None, n_boot=2000, seed=0):
     boot = stat(idx)
     value = float(stat(np.arange(len(counts))))
     low, high = np.percentile(boot, [2.5, 97.5])
-    return {"value": value, "std": float(boot.std(ddof=1)), "low": float(low), "high": float(high)}
+    # Identical resamples give exactly zero, not a rounding residue.
+    std = float(boot.std(ddof=1)) if np.ptp(boot) > 0 else 0.0
+    return {"value": value, "std": std, "low": float(low), "high": float(high)}
 

@@ -20,7 +20,7 @@ def _directory():
 
 
 def available_pretrained():
-    """Names of the shipped models (sorted list of str), e.g. ``["star"]``."""
+    """Names of the shipped models (sorted list of str), e.g. ``["ddpm", "star"]``."""
     folder = _directory()
     if not folder.is_dir():
         return []

@@ -138,3 +138,23 @@ def test_interrupted_training_resumes_exactly(pairs, tmp_path, monkeypatch):
     assert resumed.backend.ema_steps == straight.backend.ema_steps == 6
     for key, value in straight.backend.state_dict().items():
         torch.testing.assert_close(resumed.backend.state_dict()[key], value)
+
+
+def test_shipped_model_reconstructs_a_source():
+    from astropy.table import QTable
+
+    from radiorecon import available_pretrained
+    from radiorecon.simulate import observe
+
+    assert "ddpm" in available_pretrained()
+    rec = Reconstructor.pretrained("ddpm")
+    assert rec.fitted and rec.config["sampler"] == "dpm++2m" and rec.config["clip_denoised"] == [0.0, 2.5]
+    table = QTable({"x": [30.0], "y": [36.0], "flux": [0.4] * u.mJy,
+                    "fwhm_major": [0.3] * u.arcsec, "fwhm_minor": [0.2] * u.arcsec, "pa": [30.0] * u.deg})
+    obs = observe(table, seed=7, npix=64)
+    out = rec.set_params(steps=10).predict(obs.dirty, n_samples=2, seed=0, progress=False)
+    assert out.meta["RRMODEL"] == "pretrained:ddpm"
+    peak = np.unravel_index(np.nanargmax(out.data), out.data.shape)
+    assert abs(peak[0] - 36) <= 2 and abs(peak[1] - 30) <= 2
+    total = np.nansum(out.data[26:46, 20:40]) * 1e3
+    assert 0.15 < total < 0.8  # mJy; the apparent flux is about 0.4

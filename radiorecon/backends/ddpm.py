@@ -58,9 +58,10 @@ class DdpmBackend(Backend):
     - ``sky_stretch`` ("asinh" or "power"), ``sky_softening`` (0.1, in units
       of the input noise per binned pixel), ``sky_power`` (0.5),
       ``sky_scale`` (2): the normalisation, see `radiorecon.nn.sky_stretch`.
-    - ``clip_denoised`` ([0, 6]): range of the normalised sky that predicted
-      skies are clipped to while sampling (the sky is not negative), or
-      null.
+    - ``clip_denoised`` ([0, 2.5]): range of the normalised sky that
+      predicted skies are clipped to while sampling (the sky is not
+      negative, and 2.5 is 5 times the flux of the brightest binned pixel of
+      the default training set), or null.
     - ``learning_rate`` (5e-4), ``ema_decay`` (0.999), ``augment`` (True).
     - ``sampler`` ("dpm++2m", "ddim" or "ddpm"), ``steps`` (20), ``eta``
       (0, DDIM only): how `predict` samples; these may change after
@@ -85,7 +86,10 @@ class DdpmBackend(Backend):
         "sky_softening": 0.1,
         "sky_power": 0.5,
         "sky_scale": 2.0,
-        "clip_denoised": [0.0, 6.0],
+        # The brightest binned pixel of the default training set stretches
+        # to 1.7; 2.5 allows 5 times that flux and stops deterministic
+        # samplers from running away to huge intensities.
+        "clip_denoised": [0.0, 2.5],
         "learning_rate": 5e-4,
         "ema_decay": 0.999,
         "augment": True,
