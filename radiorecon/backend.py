@@ -173,6 +173,7 @@ class Backend:
         except (TypeError, ValueError) as exc:
             raise TypeError(f"Backend configuration must be JSON-serialisable: {exc}") from None
         self.device = "cpu"
+        self.check_config()
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.config}>"
@@ -209,13 +210,17 @@ class Backend:
             raise TypeError(f"Backend configuration must be JSON-serialisable: {exc}") from None
         old, self.config = self.config, new
         try:
-            self._validate_config()
+            self.check_config()
         except Exception:
             self.config = old
             raise
 
-    def _validate_config(self):
-        """Check the values of `config`; subclasses raise ValueError for bad ones."""
+    def check_config(self):
+        """Check the values of `config`; subclasses raise ValueError for bad ones.
+
+        Called at construction and by `set_config`, which then restores the
+        previous configuration.
+        """
 
     # -- state -------------------------------------------------------------
 

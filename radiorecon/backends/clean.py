@@ -335,10 +335,9 @@ class CleanBackend(Backend):
 
     def __init__(self, **config):
         super().__init__(**config)
-        self._validate_config()
         self._beams = OrderedDict()  # clean beams of recent PSFs, by content
 
-    def _validate_config(self):
+    def check_config(self):
         _check_config(self.config)
 
     def clean_beam(self, psf):

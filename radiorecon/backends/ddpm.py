@@ -114,7 +114,6 @@ class DdpmBackend(Backend):
 
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
-        self._validate_config()
         c = self.config
         self.net = UNet(
             2,
@@ -132,7 +131,7 @@ class DdpmBackend(Backend):
         self._multiple = c["downsample"] * self.net.multiple
         self.ema_steps = 0
 
-    def _validate_config(self):
+    def check_config(self):
         c = self.config
         if c["sampler"] not in SAMPLERS:
             raise ValueError(f"Unknown sampler {c['sampler']!r}; choose among {sorted(SAMPLERS)}")
@@ -173,17 +172,14 @@ class DdpmBackend(Backend):
     @staticmethod
     def _augment(x, sky):
         """The same random flip or quarter turn of the square for each pair."""
-        b = x.shape[0]
-        flips = torch.randint(0, 2, (3, b), device=x.device).bool()
-        square = x.shape[-1] == x.shape[-2]
-        for k, (axis, on) in enumerate(zip((-1, -2, None), flips)):
-            if axis is None and not square:
-                break
-            m = on[:, None, None, None]
-            if axis is None:
-                x, sky = torch.where(m, x.transpose(-1, -2), x), torch.where(m, sky.transpose(-1, -2), sky)
-            else:
-                x, sky = torch.where(m, x.flip(axis), x), torch.where(m, sky.flip(axis), sky)
+        # Horizontal flip, vertical flip and transpose, each on or off: the
+        # eight symmetries of the square (non-square grids skip the transpose).
+        ops = [lambda t: t.flip(-1), lambda t: t.flip(-2)]
+        if x.shape[-1] == x.shape[-2]:
+            ops.append(lambda t: t.transpose(-1, -2))
+        for op in ops:
+            on = torch.randint(0, 2, (x.shape[0], 1, 1, 1), device=x.device).bool()
+            x, sky = torch.where(on, op(x), x), torch.where(on, op(sky), sky)
         return x, sky
 
     def _loss(self, inputs, targets, augment):
