@@ -159,21 +159,24 @@ class Backend:
                     f"choose among {sorted(self.presets) or 'none'}"
                 )
             config = {**self.presets[preset], **config}
-        unknown = set(config) - set(self.default_config)
+        self.config = self._merged(self.default_config, config)
+        self.device = "cpu"
+        self.check_config()
+
+    def _merged(self, base, changes):
+        """``base`` updated with ``changes``, whose keys must be known and values JSON-serialisable."""
+        unknown = set(changes) - set(self.default_config)
         if unknown:
             raise TypeError(
                 f"Unknown configuration for backend {type(self).__name__}: "
                 f"{', '.join(sorted(unknown))}. Valid keys: "
                 f"{', '.join(sorted(self.default_config)) or 'none'}."
             )
-        merged = {**self.default_config, **config}
         try:
             # Round trip so the stored config is exactly what a file holds.
-            self.config = json.loads(json.dumps(merged, allow_nan=False))
+            return json.loads(json.dumps({**base, **changes}, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"Backend configuration must be JSON-serialisable: {exc}") from None
-        self.device = "cpu"
-        self.check_config()
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.config}>"
@@ -191,12 +194,7 @@ class Backend:
             they shape the networks or their training, so changing them
             would leave the weights inconsistent with the stored config.
         """
-        unknown = set(params) - set(self.default_config)
-        if unknown:
-            raise TypeError(
-                f"Unknown configuration for backend {type(self).__name__}: {', '.join(sorted(unknown))}. "
-                f"Valid keys: {', '.join(sorted(self.default_config)) or 'none'}."
-            )
+        new = self._merged(self.config, params)
         fixed = set(params) - set(self.inference_keys) if self.modules() else set()
         if fixed:
             raise ValueError(
@@ -204,10 +202,6 @@ class Backend:
                 f"and cannot change after construction; only {sorted(self.inference_keys) or 'no keys'} can. "
                 "Build (and train) a new model for the others."
             )
-        try:
-            new = json.loads(json.dumps({**self.config, **params}, allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"Backend configuration must be JSON-serialisable: {exc}") from None
         old, self.config = self.config, new
         try:
             self.check_config()
