@@ -35,6 +35,10 @@ def test_sizes_and_presets():
         DdpmBackend(steps=0)
     with pytest.raises(ValueError, match="clip_denoised"):
         DdpmBackend(clip_denoised=[1.0, 0.0])
+    with pytest.raises(ValueError, match="Unknown sky_stretch 'log'"):
+        DdpmBackend(sky_stretch="log")
+    with pytest.raises(ValueError, match="sky_power must be in"):
+        DdpmBackend(sky_stretch="power", sky_power=2.0)
 
 
 def test_training_lowers_the_loss_is_seeded_and_averages_weights(pairs, trained):

@@ -46,8 +46,8 @@ class DdpmBackend(Backend):
     """Conditional DDPM: sky draws given the dirty image, with fast samplers.
 
     Configuration keys (`default_config`); preset ``"paper"`` has the
-    reference network size (128 base channels, attention at 16 and 8
-    pixels, 35.7M parameters):
+    reference network's shape (128 base channels, attention at 16 and 8
+    pixels): 37.9M parameters here, the reference's 35.7M:
 
     - ``downsample`` (2): networks work on ``downsample x downsample`` bins.
     - ``base_channels`` (16), ``channel_mult`` ([1, 2, 4]),
@@ -139,6 +139,10 @@ class DdpmBackend(Backend):
             raise ValueError(f"steps must be an integer from 1 to timesteps ({c['timesteps']}), not {c['steps']!r}")
         if not (isinstance(c["eta"], (int, float)) and c["eta"] >= 0):
             raise ValueError(f"eta must be a non-negative number, not {c['eta']!r}")
+        if c["sky_stretch"] not in ("asinh", "power"):
+            raise ValueError(f"Unknown sky_stretch {c['sky_stretch']!r}; choose 'asinh' or 'power'")
+        if not 0 < c["sky_power"] <= 1:
+            raise ValueError(f"sky_power must be in (0, 1], not {c['sky_power']!r}")
         clip = c["clip_denoised"]
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and clip[0] < clip[1]):
             raise ValueError(f"clip_denoised must be null or [low, high] with low < high, not {clip!r}")
