@@ -1,4 +1,4 @@
-"""Robust noise estimates shared by the front door and the backends."""
+"""The one robust noise estimate, shared by the front door, the backends and the catalogs."""
 
 import numpy as np
 
@@ -6,13 +6,31 @@ import numpy as np
 MAD_TO_STD = 1.4826
 
 
-def robust_std(image):
-    """Standard deviation of the finite pixels from their median absolute deviation.
+def robust_std(image, mask=None):
+    """Standard deviation of the pixels from their median absolute deviation.
 
-    Insensitive to the few bright pixels of sources; 0 for an image with no
-    finite pixels.
+    Insensitive to the few bright pixels of sources: up to half the pixels
+    may be outliers.
+
+    Parameters
+    ----------
+    image : array-like
+        The pixels, in any unit (the result is in the same unit).
+    mask : bool array-like, optional
+        True where pixels must be left out, in addition to non-finite ones;
+        broadcast to ``image``'s shape.
+
+    Returns
+    -------
+    float
+        ``1.4826 * median(|x - median(x)|)`` of the finite, unmasked pixels;
+        0 when there are none.
     """
-    finite = np.asarray(image)[np.isfinite(image)]
-    if finite.size == 0:
+    image = np.asarray(image)
+    good = np.isfinite(image)
+    if mask is not None:
+        good &= ~np.broadcast_to(np.asarray(mask, bool), image.shape)
+    pixels = image[good]
+    if pixels.size == 0:
         return 0.0
-    return float(MAD_TO_STD * np.median(np.abs(finite - np.median(finite))))
+    return float(MAD_TO_STD * np.median(np.abs(pixels - np.median(pixels))))

@@ -12,15 +12,15 @@ stays cheap; torch is imported when a backend trains or predicts.
 
 import dataclasses
 import json
-import math
 
-__all__ = ["Backend", "Prediction", "CAPABILITIES"]
+__all__ = ["Backend", "Prediction", "CAPABILITIES", "UNIT_KINDS"]
 
 #: Capabilities a backend may declare.
 CAPABILITIES = frozenset(
     {
         "reconstruct",  # predict(): dirty image -> sky model
-        "uncertainty",  # predict() gives several samples, or a std
+        "draws",  # predict() returns n_samples draws (Prediction.samples); n_samples > 1 allowed
+        "std",  # predict() returns one estimate with its standard deviation (Prediction.std)
         "sample",  # sample(): unconditional draws from the learned sky prior
         "generate",  # generate(): sky model -> synthetic dirty images
         "deblend",  # predict() also returns one model per source
@@ -30,12 +30,26 @@ CAPABILITIES = frozenset(
     }
 )
 
+# Capabilities that were renamed, with the message that says what to use.
+_RENAMED = {
+    "uncertainty": "'uncertainty' was split in two: declare 'draws' if predict() returns samples, "
+    "'std' if it returns a standard deviation with its estimate",
+}
+
+#: Units a Prediction field can be in: ``"model"`` is the unit of the sky
+#: model (Jy/pixel for a Jy/beam input), ``"input"`` that of the dirty image
+#: (Jy/beam), for maps such as a residual or a restored image.
+UNIT_KINDS = ("model", "input")
+
 
 @dataclasses.dataclass
 class Prediction:
     """What `Backend.predict` returns for a batch of ``B`` images.
 
-    Give either ``samples`` or ``mean`` (with an optional ``std``).
+    Give either ``samples`` (backends with ``draws``) or ``mean`` (with a
+    ``std`` for backends with ``std``). Every array is in normalised units:
+    the front door multiplies them by the normalisation scale and attaches
+    the unit each is in (see ``units``).
 
     Attributes
     ----------
@@ -46,16 +60,27 @@ class Prediction:
     mean : torch.Tensor or None
         ``(B, ny, nx)`` point estimate, for backends that do not sample.
     std : torch.Tensor or None
-        ``(B, ny, nx)`` one-sigma uncertainty that goes with ``mean``.
+        ``(B, ny, nx)`` one-sigma uncertainty of ``mean``, in the estimate's unit.
     components : list of torch.Tensor or None
         For ``deblend`` backends: one ``(n_sources, ny, nx)`` tensor per image,
         each plane the model of one source; their sum is the sky model.
     extras : dict of str to torch.Tensor
         Further ``(B, ny, nx)`` maps a method produces (a residual, a restored
-        image); they come back in the result's ``extras``.
+        image); they come back in the result's ``extras``, each with its unit.
+    units : dict of str to {"model", "input"}
+        The unit of the estimate (key ``"estimate"``: samples, mean, std and
+        components; ``"model"`` by default) and of every extra (no default:
+        each must be declared). ``"model"`` means the sky model's unit: for a
+        Jy/beam dirty image, Jy/pixel, as a deconvolved model is (each pixel
+        holds the flux density of the sky within it). ``"input"`` means the
+        dirty image's unit: a residual, a restored or a smoothed image are in
+        Jy/beam. A method whose output is a filtered image rather than a
+        model declares ``{"estimate": "input"}``, else its output would be
+        labelled Jy/pixel.
     meta : list of dict or None
-        One dict per image of FITS-able scalars (keys of at most 8
-        characters, e.g. a fitted clean beam) added to the result's ``meta``.
+        One dict per image of plain values (numbers, booleans, strings; any
+        key) describing the prediction (a fitted beam, the iterations run);
+        the front door writes them as FITS cards into the result's ``meta``.
     """
 
     samples: object = None
@@ -63,6 +88,7 @@ class Prediction:
     std: object = None
     components: object = None
     extras: dict = dataclasses.field(default_factory=dict)
+    units: dict = dataclasses.field(default_factory=dict)
     meta: list = None
 
     def __post_init__(self):
@@ -78,6 +104,21 @@ class Prediction:
                 raise ValueError(
                     f"Prediction {name} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)}"
                 )
+        self.units = {"estimate": "model", **self.units}
+        unknown = set(self.units) - {"estimate", *self.extras}
+        if unknown:
+            raise ValueError(f"Prediction.units names {sorted(unknown)}, which are neither 'estimate' nor extras")
+        undeclared = sorted(set(self.extras) - set(self.units))
+        if undeclared:
+            raise ValueError(
+                f"Declare the unit of the extra map(s) {undeclared} in Prediction.units: 'input' (the "
+                "dirty image's unit, e.g. Jy/beam: a residual) or 'model' (the sky model's, e.g. Jy/pixel)"
+            )
+        for name, kind in self.units.items():
+            if kind not in UNIT_KINDS:
+                raise ValueError(f"Prediction.units[{name!r}] = {kind!r}; use one of {UNIT_KINDS}")
+        if self.meta is not None and len(self.meta) != ref.shape[0]:
+            raise ValueError(f"Prediction.meta has {len(self.meta)} entries for {ref.shape[0]} images")
 
 
 class Backend:
@@ -107,16 +148,26 @@ class Backend:
         Version of the backend's model format, stored in model files. Bump it
         when a change makes old state incompatible; a newer file is refused.
     psf_factor : int
-        The PSF reaches the backend at this many times the tile size (2 lets
-        CLEAN subtract a source's sidelobes across the whole image).
+        The PSF reaches `predict` at ``psf_factor`` times the tile size,
+        ``(B, f * ty, f * tx)`` for ``f = psf_factor``, normalised to a peak
+        of 1 at pixel ``(f * ty // 2, f * tx // 2)`` (for ``f = 1`` and a
+        64x64 tile: pixel (32, 32); for ``f = 2``: (64, 64) of 128x128). 2
+        lets CLEAN subtract a source's sidelobes across the whole image.
     input_scale : {"noise", "peak", None}
-        How `~radiorecon.Reconstructor.fit` sets the normalisation: the
-        median robust noise of the training inputs (dirty images), their
-        median peak (noise-free skies, for unpaired training), or none.
+        How `~radiorecon.Reconstructor.fit` sets the normalisation
+        (`~radiorecon.normalisation.Normalisation`): inputs and targets are
+        divided by the median robust noise of the training inputs (dirty
+        images, so networks work in units of the noise), by their median
+        peak (noise-free skies, for unpaired training), or not at all (None).
+        Outputs are multiplied back.
     tile_shape : tuple of int or None
         ``(ny, nx)`` size the method works on. Larger images are cut into
         overlapping tiles of this size and stitched; smaller ones are padded
         with zeros. `None` means any size, in one piece.
+    max_tile_shape : tuple of int or None
+        For methods of any size (``tile_shape`` None): images larger than
+        this are cut into overlapping tiles of at most this size, which
+        bounds memory and lets progress show; smaller ones go whole.
     tile_margin : int
         Pixels of context a prediction needs on each side to be right: the
         overlap between tiles is at least twice this.
@@ -125,6 +176,10 @@ class Backend:
     presets : dict of str to dict
         Named partial configurations. The stored config is always the full,
         merged one, so model files do not depend on preset definitions.
+    min_batch_size : int
+        The smallest training batch every loss term works on (STAR's
+        distance correlation needs 4 images); `~radiorecon.Reconstructor.fit`
+        refuses a smaller ``batch_size``.
     inference_keys : frozenset of str
         Configuration keys that only steer prediction (a sampler, its number
         of steps), which `set_config` may change on a trained model. A
@@ -134,15 +189,19 @@ class Backend:
     capabilities = frozenset()
     version = "1"
     tile_shape = None
+    max_tile_shape = None
     tile_margin = 0
     psf_factor = 1
     input_scale = "noise"
     default_config = {}
     presets = {}
     inference_keys = frozenset()
+    min_batch_size = 1
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        for old in set(cls.capabilities) & set(_RENAMED):
+            raise TypeError(f"{cls.__name__} declares the capability {old!r}: {_RENAMED[old]}")
         unknown = set(cls.capabilities) - CAPABILITIES
         if unknown:
             raise TypeError(
@@ -266,25 +325,49 @@ class Backend:
         for module in self.modules().values():
             module.eval()
 
+    def reset_parameters(self):
+        """Draw fresh initial weights, as construction does.
+
+        `~radiorecon.Reconstructor.fit` calls it under the training seed, so
+        the same seed gives the same initial weights and the same model. The
+        default calls ``reset_parameters()`` of every submodule that has one
+        (torch's layers do), in construction order; a backend with other
+        random initialisation, or with tied copies of a network, overrides it.
+        """
+        for module in self.modules().values():
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+
     # -- training ----------------------------------------------------------
+    #
+    # The trainer (radiorecon.training) runs the epochs. Before the first
+    # one it sets ``self.optimizers = self.configure_optimizers()`` and calls
+    # begin_fit(); train_step() then finds its optimisers there.
 
     def configure_optimizers(self):
-        """Optimisers used by the default `fit`, by name.
+        """Optimisers for training, by name; created when training starts.
 
-        The default is one Adam optimiser over every parameter of `modules`,
-        with the learning rate ``self.config["learning_rate"]`` (1e-3 if the
-        backend has no such key).
+        The default is one Adam optimiser (``self.optimizers["optimizer"]``)
+        over every parameter of `modules`, with the learning rate
+        ``self.config["learning_rate"]`` (1e-3 if the backend has no such
+        key), and none for a backend without trainable parameters (one that
+        gathers statistics in buffers).
         """
         import torch
 
         params = [p for m in self.modules().values() for p in m.parameters()]
+        if not params:
+            return {}
         lr = self.config.get("learning_rate", 1e-3)
         return {"optimizer": torch.optim.Adam(params, lr=lr)}
 
     def train_step(self, inputs, targets):
         """One optimisation step on a batch; returns named losses (floats).
 
-        ``targets`` is `None` for backends that are not ``paired``.
+        ``inputs`` (and ``targets``, `None` for backends that are not
+        ``paired``) are ``(B, ny, nx)`` normalised tensors on the backend's
+        device. Step the optimisers of ``self.optimizers`` here.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement train_step")
 
@@ -293,134 +376,35 @@ class Backend:
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate_step")
 
     def begin_fit(self, *, resumed=False):
-        """Prepare training; the default creates the optimisers.
+        """Called once before the first epoch of a `fit`, after the optimisers exist.
 
-        Called before the first epoch run. ``resumed`` is True when the
-        weights were just restored from a checkpoint (the optimiser states
-        are restored right after, with `load_training_state`), so a backend
-        that resets statistics here must keep them.
+        ``resumed`` is True when the weights were just restored from a
+        checkpoint (its `training_state` is restored right after), so a
+        backend that resets statistics here (an EMA step count, sums of a
+        closed-form estimator) must keep them then.
         """
-        self.optimizers = self.configure_optimizers()
 
     def end_fit(self):
         """Called after the last epoch."""
 
     def training_state(self):
-        """Nested dict of what resuming needs besides `state_dict` (optimiser states).
+        """What resuming needs besides `state_dict`: by default the optimiser states.
 
-        Leaves are tensors, numbers, strings, lists or dicts; the front door
-        stores them without pickle.
+        A nested dict whose leaves are tensors, numbers, strings, lists or
+        dicts; the trainer stores it in checkpoints without pickle and gives
+        it back to `load_training_state` on resume.
         """
         return {name: opt.state_dict() for name, opt in getattr(self, "optimizers", {}).items()}
 
     def load_training_state(self, state):
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[name])
-
-    def fit(
-        self,
-        train,
-        *,
-        epochs,
-        batch_size,
-        validation=None,
-        initial_epoch=0,
-        seed=None,
-        progress=True,
-        callback=None,
-    ):
-        """Train on a dataset; the default runs `train_step` over shuffled batches.
-
-        Parameters
-        ----------
-        train : torch.utils.data.Dataset
-            Items are ``(input, target)`` pairs of float32 ``(ny, nx)`` tensors
-            in normalised units (``target`` an empty tensor when unpaired).
-        epochs : int
-            Epoch to stop after (counting from zero, so ``epochs`` in all).
-        batch_size : int
-        validation : torch.utils.data.Dataset or None
-            Scored with `evaluate_step` after each epoch; logs get ``val_``.
-        initial_epoch : int
-            First epoch to run: larger than zero when resuming.
-        seed : int or None
-            Fixes the order of batches in each epoch.
-        progress : bool
-            Show a progress bar.
-        callback : callable or None
-            Called as ``callback(epoch, logs)`` after each epoch; the front
-            door uses it to write checkpoints.
-
-        Returns
-        -------
-        history : list of dict
-            Mean losses per epoch run.
-        """
-        import torch
-        from tqdm.auto import tqdm
-
-        paired = "paired" in self.capabilities
-        history = []
-        total = math.ceil(len(train) / batch_size)
-        for epoch in range(initial_epoch, epochs):
-            # Seeding the order per epoch keeps a resumed run identical to an
-            # uninterrupted one.
-            gen = torch.Generator().manual_seed((0 if seed is None else seed) * 100003 + epoch)
-            if seed is None:
-                gen.seed()
-            loader = torch.utils.data.DataLoader(
-                train, batch_size=batch_size, shuffle=True, generator=gen
-            )
-            self.train()
-            sums, count = {}, 0
-            bar = tqdm(
-                loader,
-                total=total,
-                desc=f"epoch {epoch + 1}/{epochs}",
-                disable=not progress,
-                leave=False,
-                unit="batch",
-            )
-            for inputs, targets in bar:
-                inputs = inputs.to(self.device)
-                targets = targets.to(self.device) if paired else None
-                losses = self.train_step(inputs, targets)
-                n = inputs.shape[0]
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * n
-                count += n
-                bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items()}, refresh=False)
-            bar.close()
-            logs = {key: value / count for key, value in sums.items()}
-            if validation is not None:
-                logs.update(
-                    {f"val_{k}": v for k, v in self.evaluate(validation, batch_size).items()}
-                )
-            logs["epoch"] = epoch + 1
-            history.append(logs)
-            if callback is not None:
-                callback(epoch, logs)
-        return history
-
-    def evaluate(self, data, batch_size):
-        """Mean of `evaluate_step` over a dataset, without gradients."""
-        import torch
-
-        paired = "paired" in self.capabilities
-        self.eval()
-        sums, count = {}, 0
-        with torch.no_grad():
-            for inputs, targets in torch.utils.data.DataLoader(data, batch_size=batch_size):
-                inputs = inputs.to(self.device)
-                targets = targets.to(self.device) if paired else None
-                for key, value in self.evaluate_step(inputs, targets).items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * inputs.shape[0]
-                count += inputs.shape[0]
-        return {key: value / count for key, value in sums.items()}
+        """Restore what `training_state` returned (the optimiser states)."""
+        for name, opt in getattr(self, "optimizers", {}).items():
+            if name in state:
+                opt.load_state_dict(state[name])
 
     # -- inference ---------------------------------------------------------
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         """Reconstruct a batch of images.
 
         Parameters
@@ -428,14 +412,19 @@ class Backend:
         inputs : torch.Tensor
             ``(B, ny, nx)`` normalised dirty images, NaN-free.
         n_samples : int
-            Number of draws, for backends with ``uncertainty``. The front
-            door calls with 1 only when one sample was asked for (it splits
-            larger requests into calls of at least 2), so a backend may
-            answer 1 with its direct, most probable estimate.
+            Number of draws, for backends with ``draws``. The front door
+            calls with 1 only when one sample was asked for (it splits larger
+            requests into calls of at least 2), so a backend may answer 1
+            with its direct, most probable estimate.
         psf : torch.Tensor or None
             ``(B, f * ny, f * nx)`` point-spread functions (``f`` =
             `psf_factor`), peak 1 at pixel ``(f * ny // 2, f * nx // 2)``,
             for backends that need it.
+        draws : `~radiorecon.seeding.Draws`
+            Random generators, one per (sample, image) of the call: draw
+            every random number of the prediction with ``draws.randn(...)``
+            (shape ``(n_samples, B, ...)``) so that results depend on the
+            seed alone, not on batching.
 
         Returns
         -------
@@ -452,7 +441,7 @@ class Backend:
         """
         return n_samples if self.modules() else 0
 
-    def generate(self, sky, *, n_samples=1, like=None):
+    def generate(self, sky, *, n_samples=1, like=None, draws=None):
         """Synthetic dirty images of sky models (capability ``generate``).
 
         Parameters
@@ -464,6 +453,8 @@ class Backend:
         like : torch.Tensor or None
             ``(B, ny, nx)`` normalised dirty images whose instrument and
             noise to imitate; None draws them from the learned prior.
+        draws : `~radiorecon.seeding.Draws`
+            Generators for ``(n_samples, B)`` draws, as for `predict`.
 
         Returns
         -------
@@ -472,8 +463,10 @@ class Backend:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement generate")
 
-    def sample(self, n, *, shape):
+    def sample(self, n, *, shape, draws=None):
         """Draw ``n`` sky images of ``shape`` from the learned prior.
+
+        ``draws`` holds ``(1, n)`` generators, one per image.
 
         Returns
         -------

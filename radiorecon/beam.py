@@ -6,9 +6,9 @@ from astropy.modeling import fitting, models
 from radio_beam import Beam
 from scipy import ndimage
 
-__all__ = ["fit_clean_beam", "beam_kernel"]
+from ._validate import FWHM_PER_SIGMA
 
-_FWHM_PER_SIGMA = 2 * np.sqrt(2 * np.log(2))
+__all__ = ["fit_clean_beam", "beam_kernel"]
 
 
 def fit_clean_beam(psf, pixel_scale, *, level=0.35):
@@ -53,7 +53,7 @@ def fit_clean_beam(psf, pixel_scale, *, level=0.35):
     scale = pixel_scale.to(u.deg)
     # theta is counter-clockwise from +x; north is +y and east is -x.
     pa = np.degrees(theta) % 180.0 - 90.0
-    return Beam(major=sx * _FWHM_PER_SIGMA * scale, minor=sy * _FWHM_PER_SIGMA * scale, pa=pa * u.deg)
+    return Beam(major=sx * FWHM_PER_SIGMA * scale, minor=sy * FWHM_PER_SIGMA * scale, pa=pa * u.deg)
 
 
 def beam_kernel(beam, pixel_scale, shape=None):
@@ -69,8 +69,8 @@ def beam_kernel(beam, pixel_scale, shape=None):
         shape = (side, side)
     ny, nx = shape
     scale = pixel_scale.to_value(u.deg)
-    sx = beam.major.to_value(u.deg) / _FWHM_PER_SIGMA / scale
-    sy = beam.minor.to_value(u.deg) / _FWHM_PER_SIGMA / scale
+    sx = beam.major.to_value(u.deg) / FWHM_PER_SIGMA / scale
+    sy = beam.minor.to_value(u.deg) / FWHM_PER_SIGMA / scale
     theta = np.radians(beam.pa.to_value(u.deg) + 90.0)
     gauss = models.Gaussian2D(1.0, nx // 2, ny // 2, sx, sy, theta)
     yy, xx = np.mgrid[:ny, :nx]

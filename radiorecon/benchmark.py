@@ -26,16 +26,19 @@ import time
 
 import numpy as np
 import astropy.units as u
+from astropy.nddata import StdDevUncertainty
 from astropy.table import QTable
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.signal import fftconvolve
 
 from . import metrics
 from .beam import beam_kernel
-from .catalog import _model_catalog, find_sources_in_model
+from .catalog import find_sources_in_model, model_catalog
 from ._noise import robust_std
 
 __all__ = ["run_benchmark", "to_markdown", "COLUMNS"]
+
+_JY_PIX = u.Jy / u.pix
 
 #: Columns of the benchmark table, in order.
 COLUMNS = ["method", "n_samples", "threshold", "purity", "completeness", "f1", "f1_err", "f1_std", "flux_r2",
@@ -105,13 +108,15 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     for i in tqdm(range(n), desc="benchmark", disable=not progress, unit="image"):
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
-        sky = np.asarray(data.sky(i).data) * pb
+        true_sky = data.sky(i)
+        sky = _in_jy_pix(true_sky.data, true_sky.unit) * pb
+        to_jy_beam = dirty.unit.to(u.Jy / u.beam)
         wcs = dirty.wcs
         beam = data.beam(i)
         pixel = proj_plane_pixel_scales(wcs)[1] * u.deg
         kernel = beam_kernel(beam, pixel)
         fwhm_px = float((beam.major / pixel).decompose())
-        noise = robust_std(dirty.data)
+        noise = robust_std(dirty.data, mask=dirty.mask) * to_jy_beam
         truth = truth_all[truth_all["image_id"] == i]
         truth = QTable(truth)
         truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
@@ -139,9 +144,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                     examples["fluxes"][label].append((row["flux_true"], row["flux_found"]))
 
         smooth = fftconvolve(sky, kernel, mode="same")
-        score("truth limit", lambda t: _model_catalog(smooth, wcs, noise, t, sky, fwhm_px))
-        dirty_data = np.nan_to_num(np.asarray(dirty.data, float))
-        score("dirty", lambda t: _model_catalog(dirty_data, wcs, noise, t, dirty_data, fwhm_px, psf=psf))
+        score("truth limit", lambda t: model_catalog(smooth, wcs, noise, t, sky, fwhm_px))
+        dirty_data = np.nan_to_num(np.asarray(dirty.data, float)) * to_jy_beam
+        score("dirty", lambda t: model_catalog(dirty_data, wcs, noise, t, dirty_data, fwhm_px, psf=psf))
         if i == 0:
             examples.update(dirty=dirty, truth=sky)
         for label, rec, n_samples in methods:
@@ -151,9 +156,10 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                                  n_samples=n_samples, seed=seed + i, progress=False,
                                  return_samples=n_samples > 1)
             elapsed = time.perf_counter() - start
-            model = np.nan_to_num(np.asarray(result.data, float))
-            if result.uncertainty is not None and sources.any():
-                c = metrics.coverage(model, np.asarray(result.uncertainty.array, float), sky, mask=sources)
+            model = np.nan_to_num(_in_jy_pix(result.data, result.unit))
+            sigma = _model_std(result)
+            if sigma is not None and sources.any():
+                c = metrics.coverage(model, sigma, sky, mask=sources)
                 cover[label] += [c[1.0] * c["n"], c[2.0] * c["n"], c["n"]]
             if result.wcs is None:
                 result.wcs = wcs
@@ -189,6 +195,22 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     return table, examples
 
 
+def _in_jy_pix(values, unit):
+    """Plain float array of ``values`` in ``unit`` (None: Jy/pixel) converted to Jy/pixel."""
+    return np.asarray(values, dtype=float) * (1.0 if unit is None else unit.to(_JY_PIX))
+
+
+def _model_std(result):
+    """The result's standard deviation as a plain array in Jy/pixel, or None."""
+    sigma = result.uncertainty
+    if sigma is None:
+        return None
+    if not isinstance(sigma, StdDevUncertainty):
+        sigma = sigma.represent_as(StdDevUncertainty)
+    # NDData only accepts an uncertainty unit that converts to the data's.
+    return _in_jy_pix(sigma.array, sigma.unit if sigma.unit is not None else result.unit)
+
+
 def to_markdown(table):
     """The benchmark table as a Markdown table (numbers to 3-4 significant digits)."""
     def fmt(value):
@@ -205,15 +227,18 @@ def to_markdown(table):
 
 
 def plot_report(table, examples, out):
-    """Write ``panels.png`` (dirty, truth, reconstructions, uncertainty) and ``fluxes.png``."""
-    import matplotlib
+    """Write ``panels.png`` (dirty, truth, reconstructions, uncertainty) and ``fluxes.png``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The figures are drawn with `matplotlib.figure.Figure` alone, so this
+    works without a display and leaves the user's backend and pyplot state
+    untouched.
+    """
+    from matplotlib.figure import Figure
 
     labels = list(examples["results"])
     n = 2 + 2 * len(labels)
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2))
+    fig = Figure(figsize=(3 * n, 3.2), layout="tight")
+    axes = fig.subplots(1, n, squeeze=False)[0]
     panels = [("dirty", examples["dirty"].data), ("truth (apparent)", examples["truth"])]
     for label in labels:
         result = examples["results"][label]
@@ -222,15 +247,14 @@ def plot_report(table, examples, out):
         panels.append((f"{label}: uncertainty", sigma))
     c = np.array(examples["dirty"].data.shape) // 2
     for ax, (title, image) in zip(axes, panels):
-        cut = np.asarray(image)[c[0] - 128 : c[0] + 128, c[1] - 128 : c[1] + 128]
+        cut = np.asarray(image)[max(c[0] - 128, 0) : c[0] + 128, max(c[1] - 128, 0) : c[1] + 128]
         ax.imshow(cut, origin="lower", cmap="inferno")
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    fig.tight_layout()
     fig.savefig(f"{out}/panels.png", dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5), layout="tight")
+    ax = fig.subplots()
     for label, pairs in examples["fluxes"].items():
         true = np.concatenate([u.Quantity(t, u.Jy).to_value(u.mJy) for t, _ in pairs] or [[]])
         found = np.concatenate([u.Quantity(f, u.Jy).to_value(u.mJy) for _, f in pairs] or [[]])
@@ -240,6 +264,4 @@ def plot_report(table, examples, out):
     ax.set_xlabel("true apparent flux (mJy)")
     ax.set_ylabel("measured flux (mJy)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(f"{out}/fluxes.png", dpi=110)
-    plt.close(fig)

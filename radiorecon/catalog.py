@@ -5,6 +5,11 @@ catalogs a reconstructed sky model as the benchmarks do (detection in the
 model seen through the clean beam, against the dirty image's noise), `match`
 pairs a catalog one-to-one with another (e.g. the true sources of a
 simulation) and `to_regions` turns it into `regions` shapes for DS9 or CASA.
+
+`model_catalog` is the recipe behind `find_sources_in_model` on plain
+arrays in Jy/beam and Jy/pixel. It is internal (not in ``__all__`` and not
+a stable API), and public by name only so that `radiorecon.benchmark` can
+score the truth and the dirty image with the very same recipe.
 """
 
 import warnings
@@ -14,7 +19,6 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.nddata import NDData, StdDevUncertainty
-from astropy.stats import sigma_clipped_stats
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
@@ -22,14 +26,50 @@ from photutils.utils import NoDetectionsWarning
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
+from ._noise import robust_std
+from ._validate import FWHM_PER_SIGMA, check_int
+from .exceptions import RadioreconWarning
+
 __all__ = ["find_sources", "find_sources_in_model", "match", "Match", "to_regions"]
 
-# FWHM of a Gaussian in units of its standard deviation.
-_FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+_JY_PIX = u.Jy / u.pix
+_JY_BEAM = u.Jy / u.beam
 
 # A noise below this fraction of the peak is round-off, not thermal noise: no
 # interferometric image reaches a dynamic range of 1e7.
 _MIN_NOISE_FRACTION = 1e-7
+
+
+def _check_threshold(threshold):
+    """``threshold`` as a float if it is a positive, finite S/N."""
+    wrong_type = f"threshold must be a number (an S/N such as 5), not {threshold!r}"
+    if isinstance(threshold, (bool, np.bool_, str)) or np.ndim(threshold) != 0:
+        raise TypeError(wrong_type)
+    try:
+        value = float(threshold)
+    except TypeError:  # None, or a Quantity with a unit
+        raise TypeError(wrong_type) from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"threshold must be a positive, finite S/N (such as 5), not {threshold!r}")
+    return value
+
+
+def _check_noise(noise, given, shape):
+    """Refuse a given noise (float or map, plain values) that no pixel can use."""
+    if np.ndim(noise) == 0:
+        if not (np.isfinite(noise) and noise > 0):
+            raise ValueError(f"noise must be positive and finite, not {given!r}")
+        return
+    try:
+        np.broadcast_shapes(np.shape(noise), shape)
+    except ValueError:
+        raise ValueError(
+            f"the noise map has shape {np.shape(noise)}, which does not fit the image's {shape}"
+        ) from None
+    if np.any(noise < 0):
+        raise ValueError("the noise map has negative pixels: pass a standard deviation (>= 0)")
+    if not np.any(np.isfinite(noise) & (noise > 0)):
+        raise ValueError("the noise map has no positive, finite pixel: no S/N can be formed")
 
 
 def _values(x, unit, name):
@@ -73,13 +113,9 @@ def _unpack(image, mask):
 
 
 def _segment(data, noise, bad, threshold, npixels, connectivity, deblend):
-    """Segmentation image of the S/N map (None if empty) and whether it was deblended.
-
-    Deblending needs scikit-image only once a segment has several peaks, so
-    its absence shows up here as an ImportError.
-    """
+    """Segmentation image of the S/N map, None if nothing is detected."""
     if bad.all():
-        return None, deblend
+        return None
     # Dividing only the good pixels keeps 0/0 and x/0 from warning.
     snr = np.divide(data, noise, out=np.zeros(data.shape), where=~bad)
     # photutils reports empty maps and deblending-mode fallbacks as warnings;
@@ -89,13 +125,8 @@ def _segment(data, noise, bad, threshold, npixels, connectivity, deblend):
         warnings.simplefilter("ignore", AstropyUserWarning)
         segm = detect_sources(snr, threshold, npixels, connectivity=connectivity, mask=bad)
         if segm is not None and deblend:
-            try:
-                segm = deblend_sources(
-                    snr, segm, npixels, connectivity=connectivity, progress_bar=False
-                )
-            except ImportError:
-                return segm, False
-    return segm, deblend
+            segm = deblend_sources(snr, segm, npixels, connectivity=connectivity, progress_bar=False)
+    return segm
 
 
 def find_sources(
@@ -124,15 +155,16 @@ def find_sources(
         `~astropy.nddata.CCDData`, ...), e.g. in Jy/pixel or Jy/beam. Its ``mask``,
         ``uncertainty``, ``wcs`` and (for a reconstruction) ``samples`` are used.
     threshold : float, optional
-        Detection threshold in units of the per-pixel noise (S/N).
+        Detection threshold in units of the per-pixel noise (S/N), > 0.
     npixels : int, optional
         Minimum number of connected pixels above ``threshold`` in a source.
     deblend : bool, optional
         Whether to split blended sources with multi-thresholding.
     noise : float, `~numpy.ndarray` or `~astropy.units.Quantity`, optional
-        Per-pixel noise (scalar or map) in the image's unit, used when the
-        image has no uncertainty. By default it is the sigma-clipped,
-        MAD-based standard deviation of the unmasked pixels.
+        Per-pixel noise (scalar > 0, or map >= 0 whose zero pixels are left
+        out) in the image's unit, used when the image has no uncertainty. By
+        default it is the MAD-based standard deviation of the unmasked pixels
+        (``1.4826 * median(|x - median(x)|)``).
     mask : bool `~numpy.ndarray`, optional
         True where pixels must be ignored, in addition to ``image.mask``
         and non-finite pixels.
@@ -155,21 +187,26 @@ def find_sources(
         the image has 2 or more samples, ``detection_probability`` (fraction
         of samples with a detection within ``match_radius``). ``meta``
         holds ``threshold``, ``npixels``, ``noise_method`` ('uncertainty',
-        'given' or 'robust') and, for a scalar noise, ``noise`` (float, in
-        the image's unit). With a celestial WCS it also holds the pixel
-        grid's orientation at the image centre, which `to_regions` uses:
-        ``pixel_scale`` (float, arcsec/pix, the geometric mean of the two
-        axes), ``north_angle`` (float, deg: the direction of north on the
-        pixel grid, counter-clockwise from +x; 90 for north up) and
-        ``mirrored`` (bool: True when east is clockwise from north, i.e. to
-        the right for north up, unlike the sky as seen from Earth). An
+        'given' or 'robust'), for a scalar noise ``noise`` (a
+        `~astropy.units.Quantity` in the image's unit, a float for an image
+        without one) and, with samples, ``match_radius`` (pix). With a
+        celestial WCS it also holds the pixel grid's orientation at the
+        image centre, which `to_regions` uses: ``pixel_scale`` (arcsec/pix,
+        the geometric mean of the two axes), ``north_angle`` (deg: the
+        direction of north on the pixel grid, counter-clockwise from +x; 90
+        for north up) and ``mirrored`` (bool: True when east is clockwise
+        from north, i.e. to the right for north up, unlike the sky as seen
+        from Earth). Written as ECSV, these Quantities keep their units. An
         empty table with these columns is returned when nothing is detected.
 
     Raises
     ------
     ValueError
-        If the robust noise estimate is zero, as for a sparse sky model
-        without noise: pass ``noise=`` then.
+        If ``threshold`` is not positive and finite, ``noise`` is zero,
+        negative or not finite, or the robust noise estimate is zero, as for
+        a sparse sky model without noise (pass ``noise=`` then).
+    TypeError
+        If ``threshold`` is not a number or ``npixels`` not an integer.
 
     Notes
     -----
@@ -177,31 +214,30 @@ def find_sources(
     independent; in a dirty image, whose noise is correlated over the beam,
     it underestimates the true error.
     """
+    threshold = _check_threshold(threshold)
+    npixels = check_int(npixels, "npixels", minimum=1)
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, not {connectivity!r}")
     data, unit, bad, wcs, sigma = _unpack(image, mask)
     bad = bad | ~np.isfinite(data)
     if sigma is not None:
         method, noise = "uncertainty", sigma
     elif noise is not None:
-        method, noise = "given", _values(noise, unit, "noise")
+        given, noise = noise, _values(noise, unit, "noise")
+        _check_noise(noise, given, data.shape)
+        method = "given"
     else:
-        method, noise = "robust", _robust_noise(data, bad)
+        method, noise = "robust", _image_noise(data, bad)
     meta = {"threshold": threshold, "npixels": npixels, "noise_method": method}
     if np.ndim(noise) == 0:
-        meta["noise"] = float(noise)
+        meta["noise"] = float(noise) if unit is None else float(noise) * unit
     if wcs is not None:
         meta.update(_orientation(wcs, data.shape))
     noise = np.broadcast_to(noise, data.shape)
     # Pixels without a usable noise have no S/N; leave them out.
     bad = bad | ~(np.isfinite(noise) & (noise > 0))
 
-    segm, deblended = _segment(data, noise, bad, threshold, npixels, connectivity, deblend)
-    if deblend and not deblended:
-        warnings.warn(
-            "scikit-image is not installed, so blended sources were not split; "
-            "install it, or pass deblend=False",
-            AstropyUserWarning,
-        )
-    deblend = deblended  # samples must be segmented as the image was
+    segm = _segment(data, noise, bad, threshold, npixels, connectivity, deblend)
     table = _measure(data, noise, bad, segm, wcs, unit, meta)
 
     samples = getattr(image, "samples", None)
@@ -214,7 +250,7 @@ def find_sources(
                 threshold, npixels, connectivity, deblend,
             )
         table["detection_probability"] = found / len(samples)
-        table.meta["match_radius"] = match_radius
+        table.meta["match_radius"] = match_radius * u.pix
     return table
 
 
@@ -236,21 +272,24 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
     Parameters
     ----------
     model : `~astropy.nddata.NDData`
-        The sky model (a `~radiorecon.Reconstruction`), in Jy/pixel, with a
-        WCS for sky positions.
+        The sky model (a `~radiorecon.Reconstruction`) in Jy/pixel or any
+        flux per pixel (mJy/pixel, ...), with a WCS for sky positions. A
+        model without a unit is taken to be in Jy/pixel, with a warning.
     dirty : image, optional
         The dirty image it was reconstructed from (anything
-        `~radiorecon.io.read_image` reads): the default for ``beam`` (its
-        ``BMAJ``/``BMIN``/``BPA`` cards) and ``noise`` (the robust standard
-        deviation of its pixels).
+        `~radiorecon.io.read_image` reads), in Jy/beam or any flux per beam:
+        the default for ``beam`` (its ``BMAJ``/``BMIN``/``BPA`` cards) and
+        ``noise`` (the robust standard deviation of its pixels). Without a
+        unit it is taken to be in Jy/beam, with a warning.
     threshold : float, optional
-        Detection threshold in units of ``noise``.
+        Detection threshold in units of ``noise`` (S/N), > 0.
     beam : `radio_beam.Beam`, optional
         The clean beam; by default the dirty image's, or else the input beam
         that `~radiorecon.Reconstructor.predict` records in the model's
         header (``RRBMAJ``, ``RRBMIN``, ``RRBPA``).
     noise : float or `~astropy.units.Quantity`, optional
-        Noise of the dirty image, Jy/beam (a float is taken as Jy/beam).
+        Noise of the dirty image, in any flux per beam (a float is taken as
+        Jy/beam).
     npixels, deblend, match_radius
         As for `find_sources`.
 
@@ -263,28 +302,36 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         divided by the beam's share of the aperture) and ``flux_err`` (Jy)
         the standard deviation of that flux over the samples (NaN without
         two or more samples); ``peak`` (Jy/beam) is the brightest pixel of
-        the restored model and ``snr`` is ``peak / noise``. ``meta`` adds
-        ``noise`` (Jy/beam), ``beam_fwhm_pix`` and ``detected_in``.
+        the restored model and ``snr`` is ``peak / noise``. Whatever the
+        units of the inputs, the catalog is in Jy and Jy/beam. ``meta`` adds
+        ``noise`` (Jy/beam), ``beam_fwhm_pix`` (pix) and ``detected_in``.
 
     Raises
     ------
     ValueError
-        If the model is not 2-D, has no WCS pixel scale, or if no beam or
-        no noise can be found.
+        If the model is not 2-D, has no WCS pixel scale, if no beam or no
+        noise can be found, if the noise is not positive and finite, or if
+        ``threshold`` is not a positive, finite number.
+    astropy.units.UnitConversionError
+        If the model is not in a flux per pixel, or the dirty image or
+        ``noise`` not in a flux per beam.
     """
     from astropy.wcs.utils import proj_plane_pixel_scales
     from scipy.signal import fftconvolve
 
     from .beam import beam_kernel
     from .io import get_beam, read_image
-    from ._noise import robust_std
 
-    data = np.asarray(getattr(model, "data", model), dtype=float)
+    threshold = _check_threshold(threshold)
+    data = np.asarray(model.data if isinstance(model, NDData) else model, dtype=float)
     if data.ndim != 2:
         raise ValueError(f"The sky model must be 2-D, not of shape {data.shape}")
     wcs = getattr(model, "wcs", None)
     if wcs is None:
         raise ValueError("The sky model has no WCS: its pixel scale is needed to draw the beam")
+    # One factor takes the model (X/pixel) to Jy/pixel and the restored
+    # image, in the model's flux per beam (X/beam), to Jy/beam.
+    to_jy = _unit_factor(getattr(model, "unit", None), _JY_PIX, "the sky model")
     if dirty is not None:
         dirty = read_image(dirty)
     if beam is None and dirty is not None:
@@ -300,48 +347,104 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
     if noise is None:
         if dirty is None:
             raise ValueError("No noise level: pass noise= (Jy/beam) or the dirty image")
-        noise = robust_std(np.asarray(dirty.data, dtype=float))
-    noise = float(u.Quantity(noise, u.Jy / u.beam).value)
-    if not noise > 0:
-        raise ValueError(f"The noise must be positive, not {noise!r} Jy/beam")
+        noise = robust_std(dirty.data, mask=dirty.mask) * _unit_factor(dirty.unit, _JY_BEAM, "the dirty image")
+        if not noise > 0:
+            raise ValueError("The dirty image's robust noise is 0 (is it blank?): pass noise= (Jy/beam)")
+    else:
+        given = noise
+        if isinstance(noise, u.Quantity):
+            noise = noise.value * _unit_factor(noise.unit, _JY_BEAM, "noise")
+        if np.ndim(noise) != 0 or not (np.isfinite(noise) and noise > 0):
+            raise ValueError(f"noise must be a positive, finite number (Jy/beam), not {given!r}")
+    noise = float(noise)
 
     pixel = proj_plane_pixel_scales(wcs.celestial if hasattr(wcs, "celestial") else wcs)[1] * u.deg
     fwhm_px = float((beam.major / pixel).decompose())
     kernel = beam_kernel(beam, pixel)
     mask = getattr(model, "mask", None)
-    data = np.where(np.asarray(mask, bool), 0.0, np.nan_to_num(data)) if mask is not None else np.nan_to_num(data)
+    data = np.nan_to_num(data) * to_jy
+    if mask is not None:
+        data = np.where(np.asarray(mask, bool), 0.0, data)
     extras = getattr(model, "extras", None) or {}
     if "restored" in extras:
-        restored = np.nan_to_num(np.asarray(extras["restored"], dtype=float))
-        catalog = _model_catalog(restored, wcs, noise, threshold, restored, fwhm_px, psf=kernel,
-                                 npixels=npixels, deblend=deblend, match_radius=match_radius)
+        restored = np.nan_to_num(_plain(extras["restored"], _JY_BEAM, to_jy))
+        catalog = model_catalog(restored, wcs, noise, threshold, restored, fwhm_px, psf=kernel,
+                                npixels=npixels, deblend=deblend, match_radius=match_radius)
         catalog.meta["detected_in"] = "the method's restored image"
     else:
         samples = getattr(model, "samples", None)
-        models = None if samples is None else [np.nan_to_num(np.asarray(smp, float)) for smp in samples]
+        models = None if samples is None else [np.nan_to_num(_plain(smp, _JY_PIX, to_jy)) for smp in samples]
         detect = fftconvolve(data, kernel, mode="same")
         restored_samples = None if models is None else [fftconvolve(m, kernel, mode="same") for m in models]
-        catalog = _model_catalog(detect, wcs, noise, threshold, data, fwhm_px, samples=restored_samples,
-                                 flux_samples=models, npixels=npixels, deblend=deblend,
-                                 match_radius=match_radius)
+        catalog = model_catalog(detect, wcs, noise, threshold, data, fwhm_px, samples=restored_samples,
+                                flux_samples=models, npixels=npixels, deblend=deblend,
+                                match_radius=match_radius)
         catalog.meta["detected_in"] = "the model convolved with the clean beam"
     return catalog
 
 
-def _model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None, samples=None,
-                   flux_samples=None, npixels=5, deblend=True, match_radius=2.0):
+def _unit_factor(unit, target, what):
+    """Factor taking values in ``unit`` to ``target``; None is taken as ``target``, with a warning."""
+    if unit is None:
+        warnings.warn(f"{what} has no unit; assuming {target:generic}", RadioreconWarning, stacklevel=3)
+        return 1.0
+    try:
+        return unit.to(target)
+    except u.UnitConversionError:
+        per = "pixel" if target == _JY_PIX else "beam"
+        raise u.UnitConversionError(
+            f"{what} is in {unit:generic}, not a flux per {per} such as {target:generic}"
+        ) from None
+
+
+def _plain(values, unit, factor):
+    """Float array of ``values`` in ``unit``: a Quantity is converted, plain values scaled by ``factor``."""
+    if isinstance(values, u.Quantity):
+        return values.to_value(unit)
+    return np.asarray(values, dtype=float) * factor
+
+
+def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None, samples=None,
+                  flux_samples=None, npixels=5, deblend=True, match_radius=2.0):
     """Detect in ``detect`` (Jy/beam) against ``noise``; fluxes (Jy) in apertures on ``flux_image``.
 
     The one recipe behind `find_sources_in_model` and the benchmark's rows
-    (truth limit, dirty image, methods). ``psf``: ``flux_image`` is an image
-    in Jy/beam whose apertures are divided by the same aperture on ``psf``.
+    (truth limit, dirty image, methods); internal, see the module docstring.
+
+    Parameters
+    ----------
+    detect : `~numpy.ndarray`
+        The image to detect in, plain floats in Jy/beam.
+    wcs : `~astropy.wcs.WCS` or None
+        Its celestial WCS.
+    noise : float
+        The noise of the dirty image, Jy/beam (> 0).
+    threshold : float
+        Detection threshold in units of ``noise``.
+    flux_image : `~numpy.ndarray`
+        Where fluxes are measured: plain floats in Jy/pixel, or in Jy/beam
+        with ``psf`` given, whose apertures divide those on ``flux_image``.
+    radius : float
+        Aperture radius, pix (one beam FWHM).
+    psf : `~numpy.ndarray`, optional
+        Peak-1 beam centred at ``(ny // 2, nx // 2)``.
+    samples, flux_samples : list of `~numpy.ndarray`, optional
+        Samples of ``detect`` (for ``detection_probability``) and of
+        ``flux_image`` (for ``flux_err``), in the same units.
+    npixels, deblend, match_radius
+        As for `find_sources`.
+
+    Returns
+    -------
+    catalog : `~astropy.table.QTable`
+        As `find_sources_in_model` returns it, without ``detected_in``.
     """
     if samples is not None:
         from .result import Reconstruction
 
-        image = Reconstruction(detect, wcs=wcs, unit=u.Jy / u.beam, samples=samples)
+        image = Reconstruction(detect, wcs=wcs, unit=_JY_BEAM, samples=samples)
     else:
-        image = NDData(detect, wcs=wcs, unit=u.Jy / u.beam)
+        image = NDData(detect, wcs=wcs, unit=_JY_BEAM)
     found = find_sources(image, threshold=threshold, noise=noise, npixels=npixels, deblend=deblend,
                          match_radius=match_radius)
     share = 1.0
@@ -355,8 +458,8 @@ def _model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=Non
     else:
         found["flux_err"] = np.full(len(found), np.nan) * u.Jy
     found["snr"] = np.asarray(u.Quantity(found["peak"]).value, float) / noise
-    found.meta["noise"] = noise
-    found.meta["beam_fwhm_pix"] = radius
+    found.meta["noise"] = noise * _JY_BEAM
+    found.meta["beam_fwhm_pix"] = radius * u.pix
     return found
 
 
@@ -381,10 +484,9 @@ def _aperture_sum(image, x, y, radius):
 
 
 def _orientation(wcs, shape):
-    """``pixel_scale``, ``north_angle`` and ``mirrored`` of a celestial WCS at the centre.
+    """``pixel_scale`` (arcsec/pix), ``north_angle`` (deg) and ``mirrored`` of a celestial WCS.
 
-    Plain floats and a bool (not Quantities), so that the catalog's meta
-    still goes into a FITS header. Empty for a WCS without sky axes.
+    Measured at the image centre. Empty for a WCS without sky axes.
     """
     x0, y0 = (shape[1] - 1) / 2, (shape[0] - 1) / 2
     centre, step_x, step_y = (wcs.pixel_to_world(x0 + dx, y0 + dy) for dx, dy in
@@ -401,19 +503,19 @@ def _orientation(wcs, shape):
     det = np.linalg.det(jac)
     north = np.linalg.solve(jac, [0.0, 1.0])  # pixel direction of north
     return {
-        "pixel_scale": float(np.sqrt(abs(det))),
-        "north_angle": float(np.degrees(np.arctan2(north[1], north[0])) % 360.0),
+        "pixel_scale": float(np.sqrt(abs(det))) * u.arcsec / u.pix,
+        "north_angle": float(np.degrees(np.arctan2(north[1], north[0])) % 360.0) * u.deg,
         # On the sky as seen from Earth (east left of north up) +x runs
         # west, so d(east)/dx < 0 and det < 0.
         "mirrored": bool(det > 0),
     }
 
 
-def _robust_noise(data, bad):
-    """Sigma-clipped MAD standard deviation of the good pixels, checked to be > 0."""
+def _image_noise(data, bad):
+    """Robust standard deviation of the good pixels, checked to be a noise."""
     if bad.all():
         raise ValueError("every pixel is masked or not finite: no noise can be estimated")
-    noise = sigma_clipped_stats(data, mask=bad, stdfunc="mad_std")[2]
+    noise = robust_std(data, mask=bad)
     # A sparse sky model is exactly 0 almost everywhere; its MAD is 0 or
     # round-off, and an S/N from it would be meaningless.
     if not noise > _MIN_NOISE_FRACTION * np.max(np.abs(data[~bad])):
@@ -458,7 +560,7 @@ def _measure(data, noise, bad, segm, wcs, unit, meta):
 def _found_in(sample, positions, noise, bad, radius, *detection):
     """Whether a detection in ``sample`` lies within ``radius`` px of each position."""
     bad = bad | ~np.isfinite(sample)
-    segm, _ = _segment(sample, noise, bad, *detection)
+    segm = _segment(sample, noise, bad, *detection)
     if segm is None:
         return np.zeros(len(positions), bool)
     # Intensity-weighted centroids, negatives clipped as in SourceCatalog;
@@ -636,15 +738,19 @@ def _meta(meta, key, default=None):
 
 
 def _scale(pixel_scale, meta):
-    """Pixel scale in arcsec/pix from the keyword or the catalog's meta."""
+    """Pixel scale in arcsec/pix from the keyword or the catalog's meta.
+
+    Either may be an angle, an angle per pixel or a float in arcsec/pix (as
+    in catalogs written before their meta had units).
+    """
     if pixel_scale is None:
-        if _meta(meta, "pixel_scale") is None:
+        pixel_scale = _meta(meta, "pixel_scale")
+        if pixel_scale is None:
             raise ValueError(
                 "the pixel scale is unknown: the catalog's meta has no 'pixel_scale' "
                 "(find_sources stores it when the image has a WCS); pass pixel_scale= "
                 "or wcs="
             )
-        return float(_meta(meta, "pixel_scale"))
     if isinstance(pixel_scale, u.Quantity):
         if (pixel_scale.unit * u.pix).physical_type == "angle":  # angle / pix
             pixel_scale = pixel_scale * u.pix
@@ -701,7 +807,9 @@ def to_regions(catalog, *, shape="ellipse", wcs=None, pixel_scale=None):
     angle, which is measured counter-clockwise from the longitude axis
     (west) as seen on the sky, so that it equals the pixel angle for an
     image with north up and east left. This uses one pixel scale and
-    orientation for the whole image; pass ``wcs`` for wide fields.
+    orientation for the whole image; pass ``wcs`` for wide fields. The meta
+    may hold Quantities (as `find_sources` writes it) or plain floats in
+    arcsec/pix and deg, and its keys may be upper-case (as read from FITS).
     """
     from regions import (
         CirclePixelRegion, CircleSkyRegion, EllipsePixelRegion, EllipseSkyRegion, PixCoord,
@@ -715,8 +823,8 @@ def to_regions(catalog, *, shape="ellipse", wcs=None, pixel_scale=None):
     metas = [{"text": str(i), "label": str(i)} for i in ids]
     visual = {"symbol": "+"} if shape == "point" else {}
     if shape != "point":
-        a = _pix(_column(catalog, "a", "catalog")) * _FWHM_PER_SIGMA
-        b = _pix(_column(catalog, "b", "catalog")) * _FWHM_PER_SIGMA
+        a = _pix(_column(catalog, "a", "catalog")) * FWHM_PER_SIGMA
+        b = _pix(_column(catalog, "b", "catalog")) * FWHM_PER_SIGMA
         theta = u.Quantity(_column(catalog, "theta", "catalog"), u.deg).value
 
     if wcs is not None:
@@ -750,7 +858,7 @@ def to_regions(catalog, *, shape="ellipse", wcs=None, pixel_scale=None):
     if shape == "circle":
         radius = np.sqrt(a * b) / 2 * scale
         return Regions([CircleSkyRegion(centres[i], radius[i], meta=metas[i]) for i in range(n)])
-    north = float(_meta(catalog.meta, "north_angle", 90.0))
+    north = u.Quantity(_meta(catalog.meta, "north_angle", 90.0), u.deg).value
     # The sky angle of an axis at theta on the pixel grid; on the sky seen
     # from Earth +x is west (sky angle 0) when north is up.
     if _meta(catalog.meta, "mirrored", False):

@@ -1,15 +1,55 @@
-"""The ``radiorecon`` command line."""
+"""The ``radiorecon`` command line.
+
+Exit status: 0 on success; 1 when a command refuses its input, with one line
+on standard error (and the traceback under ``-v``); 2 when the command line
+does not parse; 130 when interrupted. Any other exception is a bug and keeps
+its traceback.
+"""
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import traceback
 
 from . import __version__
-from .exceptions import RadioreconError
+from .exceptions import CapabilityError, InputError, RadioreconError
 
 __all__ = ["main"]
+
+# What a user's input can cause: radiorecon's own errors (CapabilityError is
+# also a TypeError), unusable paths (OSError), values (ValueError, which
+# covers astropy's UnitConversionError) and jobs refused as too large for
+# the memory. A TypeError or AttributeError of any other kind is a bug.
+_INPUT_PROBLEMS = (RadioreconError, OSError, ValueError, MemoryError)
+
+# The name of the log handler main() installs under -v, so that calling main
+# again (tests, notebooks) replaces it instead of adding a second one.
+_LOG_HANDLER = "radiorecon.cli"
+
+_THREADS_HELP = ("torch CPU threads (default: OMP_NUM_THREADS, else one per core); "
+                 "fewer than the cores is often faster on a busy machine")
+
+
+def _positive_int(text):
+    """argparse type of counts: a usage error (status 2) unless a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _plural(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _refuse_constant(name):
+    raise ValueError(name)
 
 
 def _config_pairs(pairs):
@@ -18,30 +58,95 @@ def _config_pairs(pairs):
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
-            config[key] = json.loads(value)
+            # json reads NaN and Infinity, which no configuration may hold (it is stored as JSON).
+            config[key] = json.loads(value, parse_constant=_refuse_constant)
         except json.JSONDecodeError:
-            config[key] = value
+            config[key] = value  # a plain word: --set sampler=ddim
+        except ValueError:
+            raise InputError(f"--set {pair}: a setting cannot be NaN or infinite") from None
     return config
 
 
+def _check_settings(config, backend, known):
+    """Refuse ``--set`` keys that backend ``backend`` does not have (``known``: its keys)."""
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise InputError(
+            f"--set {unknown[0]}: backend {backend!r} has no such setting; "
+            f"its settings are {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def _model_file(spec):
+    """The model file ``spec`` names: ``pretrained:NAME`` for a shipped model, else a path."""
+    from .pretrained import resolve_model_path
+
+    return resolve_model_path(spec)
+
+
 def _open_model(spec, config):
-    """A Reconstructor from a model file, or from a backend name for untrained use."""
+    """A Reconstructor from a model (see `_model_file`), or from a backend name for untrained use.
+
+    ``pretrained:NAME`` is explicit and comes first, then an existing file,
+    then a backend name. A directory is never a model, so one in the working
+    directory named like a backend does not shadow it.
+    """
     from . import available_backends
     from .reconstructor import Reconstructor
+    from .registry import get_backend
 
-    # A trained model takes only the settings that steer prediction (set_params).
     if spec.startswith("pretrained:"):
-        return Reconstructor.pretrained(spec.partition(":")[2]).set_params(**config)
-    if os.path.exists(spec):
-        return Reconstructor.load(spec).set_params(**config)
-    if spec in available_backends():
+        rec = Reconstructor.pretrained(spec.partition(":")[2])
+    elif os.path.isfile(spec):
+        rec = Reconstructor.load(spec)
+    elif spec in available_backends():
+        _check_settings(config, spec, get_backend(spec).default_config)
         return Reconstructor(spec, **config)
-    raise ValueError(
-        f"{spec!r} is neither a model file nor an installed backend "
-        f"(installed: {', '.join(available_backends()) or 'none'})"
-    )
+    else:
+        raise InputError(
+            f"{spec!r} is neither a model file, pretrained:NAME, nor an installed backend "
+            f"(installed: {', '.join(available_backends()) or 'none'})"
+        )
+    # A trained model takes only the settings that steer prediction (set_params).
+    _check_settings(config, rec.backend_name, rec.backend.default_config)
+    return rec.set_params(**config)
+
+
+def _check_output(path, overwrite, option):
+    """Refuse, before any long work, an output file that could not be written.
+
+    ``option`` is the command-line option that named ``path``, for the message.
+    """
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a directory; give a file name")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    # The file is written beside its final place (or its link's target) and moved there.
+    directory = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(directory):
+        raise InputError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: no permission to write in {directory}")
+
+
+def _check_catalog_input(path):
+    """Refuse ``--catalog`` before predicting when ``path`` cannot give a catalog."""
+    import warnings
+
+    from .io import get_beam, read_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # predict reads the image again and warns there
+        image = read_image(path)
+    if image.wcs is None or not image.wcs.has_celestial:
+        raise InputError(f"--catalog needs sky coordinates, but {path} has no celestial WCS")
+    if get_beam(image) is None:
+        raise InputError(
+            f"--catalog needs the clean beam, but {path} records none "
+            "(BMAJ, BMIN and BPA cards, or a CASA BEAMS table)"
+        )
 
 
 def cmd_backends(args):
@@ -69,16 +174,18 @@ def cmd_backends(args):
 def cmd_info(args):
     from .modelfile import read_header
 
-    doc = read_header(args.model)
+    path = _model_file(args.model)
+    doc = read_header(path)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
     rows = [
-        ("file", args.model),
+        ("file", path if path == args.model else f"{args.model} ({path})"),
         ("backend", f"{doc.get('backend')} (version {doc.get('backend_version')})"),
         ("written by", f"radiorecon {doc.get('radiorecon_version')} on {doc.get('created')}"),
         ("trained", "yes" if doc.get("fitted") else "no"),
         ("config", json.dumps(doc.get("config"))),
+        ("tiles", _tiles(path, doc.get("backend"))),
         ("normalisation", json.dumps(doc.get("normalisation"))),
         ("units", json.dumps(doc.get("units"))),
         ("epochs", len(doc.get("history", []))),
@@ -94,21 +201,47 @@ def cmd_info(args):
     return 0
 
 
-def cmd_predict(args):
-    import astropy.units as u
+def _tiles(path, backend):
+    """How the model cuts images, from the loaded backend: its tile size may depend on its config."""
+    from . import available_backends
+    from .exceptions import ModelFileError
+    from .reconstructor import Reconstructor
 
+    if backend not in available_backends():
+        return f"unknown (backend {backend!r} is not installed)"
+    try:
+        instance = Reconstructor.load(path, device="cpu").backend
+    except ModelFileError as exc:  # the header is still worth showing
+        return f"unknown ({exc})"
+    if instance.tile_shape is None:
+        return "whole images, of any size"
+    ny, nx = instance.tile_shape
+    return f"{ny} x {nx} pixels, overlapping by at least {2 * instance.tile_margin}"
+
+
+def cmd_predict(args):
+    from ._files import atomic_path
     from .io import write_result
 
-    if os.path.exists(args.output) and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
-    if args.catalog and os.path.abspath(args.catalog) == os.path.abspath(args.output):
-        raise ValueError("--catalog and -o name the same file")
-    if args.catalog and os.path.exists(args.catalog) and not args.overwrite:
-        raise FileExistsError(f"{args.catalog} already exists; pass --overwrite to replace it")
+    # Everything that can be checked is checked before the (long) prediction.
+    if args.catalog and os.path.realpath(args.catalog) == os.path.realpath(args.output):
+        raise InputError("--catalog and -o name the same file")
+    _check_output(args.output, args.overwrite, "-o")
+    if args.catalog:
+        _check_output(args.catalog, args.overwrite, "--catalog")
     for name in (args.input, args.psf):
         if name is not None and not os.path.exists(name):
             raise FileNotFoundError(f"{name} does not exist")
+    if args.catalog:
+        _check_catalog_input(args.input)
     rec = _open_model(args.model, _config_pairs(args.set))
+    # The front door would say psf= and n_samples=; here they are options.
+    if args.psf is None and "needs_psf" in rec.capabilities:
+        raise CapabilityError(f"backend {rec.backend_name!r} needs the PSF: give it with --psf PSF.fits")
+    if args.samples > 1 and "draws" not in rec.capabilities:
+        raise CapabilityError(
+            f"backend {rec.backend_name!r} gives one estimate, not draws to sample: use --samples 1"
+        )
     sky = rec.predict(
         args.input,
         n_samples=args.samples,
@@ -117,29 +250,44 @@ def cmd_predict(args):
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        threads=args.threads,
         return_samples=bool(args.catalog) and args.samples > 1,
     )
-    write_result(sky, args.output, overwrite=args.overwrite, extras=True)
+    catalog = _catalog(sky, args.input, args.threshold) if args.catalog else None
+    # Both files appear, or neither: each is written to a temporary and moved into place last.
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(args.output, overwrite=args.overwrite))
+        if catalog is not None:
+            tmp_catalog = stack.enter_context(atomic_path(args.catalog, overwrite=args.overwrite))
+            catalog.write(tmp_catalog, format="ascii.ecsv")
+        write_result(sky, tmp, overwrite=True, extras=True)
     print(f"wrote {args.output}")
-    if args.catalog:
-        from .catalog import find_sources, find_sources_in_model
-
-        if sky.unit is not None and sky.unit.is_equivalent(u.Jy / u.pix):
-            # A sky model: detect it through the clean beam against the input's noise.
-            catalog = find_sources_in_model(sky, args.input, args.threshold)
-        else:
-            catalog = find_sources(sky, threshold=args.threshold)
-        catalog.write(args.catalog, format="ascii.ecsv", overwrite=args.overwrite)
-        print(f"wrote {args.catalog} ({len(catalog)} sources)")
+    if catalog is not None:
+        print(f"wrote {args.catalog} ({_plural(len(catalog), 'source')})")
     return 0
+
+
+def _catalog(sky, dirty, threshold):
+    """The sources of a prediction: a sky model is detected through the input's clean beam."""
+    import astropy.units as u
+
+    from .catalog import find_sources, find_sources_in_model
+
+    if sky.unit is not None and sky.unit.is_equivalent(u.Jy / u.pix):
+        return find_sources_in_model(sky, dirty, threshold)
+    return find_sources(sky, threshold=threshold)
 
 
 def cmd_train(args):
     from .reconstructor import Reconstructor
+    from .registry import get_backend
 
-    if os.path.exists(args.output) and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
-    rec = Reconstructor(args.backend, **_config_pairs(args.set))
+    _check_output(args.output, args.overwrite, "-o")
+    if args.checkpoint:
+        _check_output(args.checkpoint, True, "--checkpoint")  # an existing one is resumed from
+    config = _config_pairs(args.set)
+    _check_settings(config, args.backend, get_backend(args.backend).default_config)
+    rec = Reconstructor(args.backend, **config)
     validation = None
     if args.val_inputs:
         validation = (args.val_inputs, args.val_targets) if args.val_targets else args.val_inputs
@@ -152,11 +300,12 @@ def cmd_train(args):
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        threads=args.threads,
         checkpoint=args.checkpoint,
     )
     rec.save(args.output, overwrite=args.overwrite)
     last = rec.history[-1] if rec.history else {}
-    print(f"wrote {args.output} after {len(rec.history)} epochs: {json.dumps(last)}")
+    print(f"wrote {args.output} after {_plural(len(rec.history), 'epoch')}: {json.dumps(last)}")
     return 0
 
 
@@ -169,11 +318,17 @@ def cmd_simulate(args):
         return 0
     if args.n is None or args.out is None:
         raise ValueError("give the number of images and the output directory: radiorecon simulate N OUT")
+    # Checked before the simulation rather than after it.
+    if args.fits and not args.overwrite and os.path.isdir(args.fits) and os.listdir(args.fits):
+        raise FileExistsError(f"{args.fits} is not empty; pass --overwrite to replace its FITS files")
     data = simulate.make_dataset(
         args.n, preset=args.preset, seed=args.seed, out=args.out, overwrite=args.overwrite,
         workers=args.workers, progress=not args.no_progress, **_config_pairs(args.set),
     )
     print(f"wrote {len(data)} images to {args.out}")
+    if args.fits:
+        paths = data.export_fits(args.fits, overwrite=args.overwrite)
+        print(f"wrote {len(paths)} FITS files (dirty image, PSF and sky of each image) to {args.fits}")
     return 0
 
 
@@ -182,8 +337,8 @@ def _methods(specs, samples):
     methods = []
     for spec in specs:
         rec = _open_model(spec, {})
-        label = spec if not os.path.exists(spec) else os.path.basename(spec)
-        sampling = "uncertainty" in rec.capabilities and rec.backend.network_evaluations(2) > 0
+        label = os.path.basename(spec) if os.path.isfile(spec) else spec
+        sampling = "draws" in rec.capabilities
         for n in samples if sampling else [1]:
             methods.append((f"{label} ({n})" if sampling else label, rec, n))
     return methods
@@ -191,16 +346,18 @@ def _methods(specs, samples):
 
 def cmd_benchmark(args):
     from .benchmark import plot_report, run_benchmark, to_markdown
+    from .runtime import threads
 
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace its report")
     samples = [int(n) for n in args.samples.split(",")]
     thresholds = [float(t) for t in args.threshold.split(",")]
     methods = _methods([s for s in args.backends.split(",") if s], samples)
-    table, examples = run_benchmark(
-        args.data, methods, n_images=args.n_images, threshold=thresholds, seed=args.seed,
-        progress=not args.no_progress,
-    )
+    with threads(args.threads):
+        table, examples = run_benchmark(
+            args.data, methods, n_images=args.n_images, threshold=thresholds, seed=args.seed,
+            progress=not args.no_progress,
+        )
     os.makedirs(args.out, exist_ok=True)
     table.write(os.path.join(args.out, "benchmark.ecsv"), overwrite=True)
     markdown = to_markdown(table)
@@ -217,11 +374,12 @@ def cmd_demo(args):
     from .demo import run_demo
 
     out = run_demo(args.out, model=args.model, n_samples=args.samples, seed=args.seed,
-                   threshold=args.threshold, overwrite=args.overwrite, progress=not args.no_progress)
+                   threshold=args.threshold, overwrite=args.overwrite, progress=not args.no_progress,
+                   threads=args.threads)
     obs, catalog, s = out["observation"], out["catalog"], out["scores"]
     print(f"simulated {obs!r}")
-    print(f"reconstructed with {args.model} and {args.samples} samples; {len(catalog)} sources found "
-          f"at S/N >= {args.threshold:g}:")
+    print(f"reconstructed with {args.model} and {_plural(args.samples, 'sample')}; "
+          f"{_plural(len(catalog), 'source')} found at S/N >= {args.threshold:g}:")
     cols = [c for c in ("label", "x", "y", "sky_centroid", "flux", "snr", "detection_probability")
             if c in catalog.colnames]
     if len(catalog):
@@ -232,7 +390,7 @@ def cmd_demo(args):
                 table[name].info.format = ".2f"
         table["flux"].info.format = ".3f"
         print(table)
-    print(f"against the {len(obs.truth)} true sources: purity {s['purity']:.2f}, "
+    print(f"against the {_plural(len(obs.truth), 'true source')}: purity {s['purity']:.2f}, "
           f"completeness {s['completeness']:.2f}, F1 {s['f1']:.2f}")
     for path in out["files"]:
         print(f"wrote {path}")
@@ -245,16 +403,18 @@ def _parser():
         description="Reconstruct radio sky models, with uncertainty and catalogs, from dirty images.",
     )
     parser.add_argument("--version", action="version", version=f"radiorecon {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what happens, and show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("backends", help="list installed backends")
     p.add_argument("-l", "--long", action="store_true", help="load each backend and describe it")
     p.set_defaults(func=cmd_backends)
 
-    p = sub.add_parser("info", help="describe a model file (without loading it)")
-    p.add_argument("model", help="model file (.rrm)")
-    p.add_argument("--json", action="store_true", help="print the model's metadata as JSON")
+    p = sub.add_parser("info", help="describe a model file")
+    p.add_argument("model", help="model file (.rrm) or pretrained:NAME for a shipped model")
+    p.add_argument("--json", action="store_true",
+                   help="print the model's metadata as JSON (reads the header only)")
     p.set_defaults(func=cmd_info)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -262,6 +422,7 @@ def _parser():
     common.add_argument("--device", default="auto", help="'auto' (default), 'cpu' or 'cuda'")
     common.add_argument("--overwrite", action="store_true", help="replace existing output files")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    common.add_argument("--threads", type=_positive_int, metavar="N", help=_THREADS_HELP)
     common.add_argument(
         "--set", action="append", metavar="KEY=VALUE",
         help="backend configuration (repeatable); for a trained model, only its prediction settings, "
@@ -273,7 +434,8 @@ def _parser():
                    "or the name of a backend that needs no training")
     p.add_argument("input", help="dirty image (FITS; CASA cubes with degenerate axes are fine)")
     p.add_argument("-o", "--output", required=True, help="output FITS (data, UNCERT, MASK)")
-    p.add_argument("--samples", type=int, default=1, help="samples for the uncertainty (default 1)")
+    p.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+                   help="draws for the uncertainty, for backends that sample (default 1)")
     p.add_argument("--aggregate", choices=["median", "mean"], default="median")
     p.add_argument("--psf", help="PSF FITS image, for backends that need it")
     p.add_argument("--catalog", help="also write a source catalog (ECSV); a sky model is detected through "
@@ -286,8 +448,12 @@ def _parser():
     p.add_argument("out", nargs="?", help="output directory")
     p.add_argument("--preset", default="alma-cycle5-c43-3", help="simulation preset (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: 2)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: the available CPUs; small jobs run in one process)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing data set (only its own files) and existing FITS files")
+    p.add_argument("--fits", metavar="DIR", help="also write each image as FITS files in DIR: "
+                   "NNNNNN.dirty.fits (Jy/beam), NNNNNN.psf.fits and NNNNNN.sky.fits (Jy/pixel)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help='preset overrides, e.g. --set noise_rms="30 uJy" (repeatable)')
@@ -298,24 +464,27 @@ def _parser():
     p.add_argument("--data", required=True, help="data set directory (radiorecon simulate)")
     p.add_argument("--backends", default="clean", help="comma-separated backend names or model files")
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
-    p.add_argument("--n-images", type=int, default=None, help="use the first N images")
+    p.add_argument("--n-images", type=_positive_int, default=None, metavar="N", help="use the first N images")
     p.add_argument("--threshold", default="5", help="detection threshold(s) in sigma, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (ECSV, Markdown, PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help=_THREADS_HELP)
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="simulate an observation, reconstruct it with the shipped STAR "
                        "model, and write the result, catalog, regions and a picture")
     p.add_argument("--out", default="radiorecon-demo", help="output directory (default: %(default)s)")
     p.add_argument("--model", default="star", help="shipped model name or model file (default: star)")
-    p.add_argument("--samples", type=int, default=10, help="styles for the uncertainty (default 10)")
+    p.add_argument("--samples", type=_positive_int, default=10, metavar="N",
+                   help="samples for the uncertainty: styles for STAR, diffusion draws for DDPM (default 10)")
     p.add_argument("--seed", type=int, default=3,
                    help="seed of the observation and the samples (default 3: five sources)")
     p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help=_THREADS_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", parents=[common], help="train a backend on FITS images")
@@ -325,32 +494,41 @@ def _parser():
     p.add_argument("--val-inputs", nargs="+", help="validation inputs (FITS)")
     p.add_argument("--val-targets", nargs="+", help="validation targets (FITS)")
     p.add_argument("-o", "--output", required=True, help="model file to write (.rrm)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
     p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.verbose:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        logging.getLogger("radiorecon").addHandler(handler)
-        logging.getLogger("radiorecon").setLevel(logging.INFO)
+    """Run the command line; returns the exit status (see the module's docstring)."""
+    args = _parser().parse_args(argv)
+    _log_to_stderr(args.verbose)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("radiorecon: interrupted", file=sys.stderr)
         return 130
-    except (RadioreconError, ValueError, TypeError, OSError) as exc:
-        # Bad input deserves one line, not a traceback.
+    except _INPUT_PROBLEMS as exc:
+        if args.verbose:
+            traceback.print_exc()
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"radiorecon {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _log_to_stderr(verbose):
+    """Send radiorecon's log to standard error under ``-v``: one handler, however often main runs."""
+    logger = logging.getLogger("radiorecon")
+    for handler in [h for h in logger.handlers if h.get_name() == _LOG_HANDLER]:
+        logger.removeHandler(handler)
+    if verbose:
+        handler = logging.StreamHandler()  # today's sys.stderr, which tests may have replaced
+        handler.set_name(_LOG_HANDLER)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ shipped STAR model, detect its sources, compare them with the truth, and
 write everything a user would look at.
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -16,7 +17,7 @@ _FILES = ("sky.fits", "sources.ecsv", "sources.reg", "demo.png")
 
 
 def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, threshold=3.0,
-             overwrite=False, progress=True):
+             overwrite=False, progress=True, threads=None):
     """Simulate, reconstruct, catalog and score one default-preset observation.
 
     Parameters
@@ -27,10 +28,12 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         ``demo.png`` (dirty image, reconstruction, uncertainty, truth with
         the detections circled).
     model : str or os.PathLike
-        Shipped model (a name from `radiorecon.available_pretrained`, with
-        or without the ``pretrained:`` prefix) or a model file.
+        ``pretrained:NAME`` for a shipped model (a name from
+        `radiorecon.available_pretrained`), else a model file if one
+        exists at that path, else a shipped model's bare name.
     n_samples : int
-        Styles (samples) for the uncertainty.
+        Samples for the uncertainty: styles for STAR, diffusion draws for
+        DDPM.
     seed : int
         Fixes the simulated observation and the samples (3, the default,
         gives five sources; 0 gives an empty field).
@@ -41,6 +44,9 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     overwrite : bool
         Replace existing output files.
     progress : bool
+    threads : int, optional
+        Torch CPU threads for the prediction (see
+        `~radiorecon.Reconstructor.predict`).
 
     Returns
     -------
@@ -48,12 +54,13 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         ``observation`` (`~radiorecon.simulate.SimulatedObservation`),
         ``result`` (`~radiorecon.Reconstruction`), ``catalog``
         (`~astropy.table.QTable`), ``scores`` (purity, completeness, F1,
-        ...) and ``files`` (paths written).
+        ...) and ``files`` (paths written). The four files are written
+        together at the end: a failure leaves none of them changed.
     """
+    from ._files import atomic_path
     from .catalog import find_sources_in_model, to_regions
     from .io import write_result
     from .metrics import score_catalog
-    from .reconstructor import Reconstructor
     from .simulate import observe
     from astropy.table import QTable
 
@@ -61,11 +68,12 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     existing = [f for f in files if os.path.exists(f)]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+    rec = _open(model)
     os.makedirs(out, exist_ok=True)
 
     obs = observe(seed=seed)
-    rec = _open(model)
-    result = rec.predict(obs.dirty, n_samples=n_samples, seed=seed, progress=progress, return_samples=n_samples > 1)
+    result = rec.predict(obs.dirty, n_samples=n_samples, seed=seed, progress=progress,
+                         return_samples=n_samples > 1, threads=threads)
 
     catalog = find_sources_in_model(result, obs.dirty, threshold)
     fwhm_px = catalog.meta["beam_fwhm_pix"]
@@ -73,31 +81,41 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
     scores = score_catalog(catalog, truth, fwhm_px)
 
-    write_result(result, files[0], overwrite=overwrite)
-    catalog.write(files[1], format="ascii.ecsv", overwrite=overwrite)
-    to_regions(catalog).write(files[2], format="ds9", overwrite=overwrite)
-    _plot(obs, result, catalog, files[3], title=f"{rec.backend_name} sky model (Jy/pix)")
+    with contextlib.ExitStack() as stack:
+        tmp = [stack.enter_context(atomic_path(f, overwrite=overwrite)) for f in files]
+        write_result(result, tmp[0], overwrite=True)
+        catalog.write(tmp[1], format="ascii.ecsv")
+        to_regions(catalog).write(tmp[2], format="ds9")
+        _plot(obs, result, catalog, tmp[3], title=f"{rec.backend_name} sky model (Jy/pix)")
     return {"observation": obs, "result": result, "catalog": catalog, "scores": scores, "files": files}
 
 
 def _open(model):
+    """The model ``model`` names, in the command line's order (docs/cli.rst).
+
+    ``pretrained:NAME`` is explicit and comes first; then an existing file;
+    then a shipped model's bare name. A directory is never a model file.
+    """
+    from .exceptions import InputError
     from .pretrained import available_pretrained
     from .reconstructor import Reconstructor
 
-    name = str(model)
+    name = os.fspath(model)
     if name.startswith("pretrained:"):
         return Reconstructor.pretrained(name.partition(":")[2])
-    # A shipped name wins over a directory that happens to share it.
-    if name in available_pretrained() or not os.path.isfile(name):
+    if os.path.isfile(name):
+        return Reconstructor.load(name)
+    if name in available_pretrained():
         return Reconstructor.pretrained(name)
-    return Reconstructor.load(name)
+    raise InputError(
+        f"{name!r} is neither a model file nor a shipped model "
+        f"(shipped: {', '.join(available_pretrained()) or 'none'})"
+    )
 
 
 def _plot(obs, result, catalog, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot draws with Agg and leaves the user's matplotlib backend alone.
+    from matplotlib.figure import Figure
     from matplotlib.patches import Circle
 
     truth = np.asarray(obs.sky.data) * obs.primary_beam
@@ -106,7 +124,8 @@ def _plot(obs, result, catalog, path, title):
               ("uncertainty (Jy/pix)", sigma), ("apparent true sky, detections", truth)]
     c = np.array(truth.shape) // 2
     half = 128
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 4)
     for ax, (title, image) in zip(axes, panels):
         ax.imshow(np.asarray(image)[c[0] - half: c[0] + half, c[1] - half: c[1] + half], origin="lower",
                   cmap="inferno", extent=(c[1] - half - 0.5, c[1] + half - 0.5, c[0] - half - 0.5, c[0] + half - 0.5))
@@ -116,4 +135,3 @@ def _plot(obs, result, catalog, path, title):
         axes[3].add_patch(Circle((float(x), float(y)), 6, fill=False, color="cyan", lw=1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

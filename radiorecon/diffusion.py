@@ -120,7 +120,7 @@ def _denoise(eps_model, x, t, a_t, clip):
     return eps, x0
 
 
-def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None):
+def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, noise=None):
     """DDIM sampling, from pure noise ``x`` to data.
 
     Parameters
@@ -138,6 +138,9 @@ def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None):
         ``(low, high)`` range of the data; predicted data are clipped to it.
     callback : callable or None
         Called after each step as ``callback(i, x0)``.
+    noise : callable or None
+        ``noise()`` returns standard-normal numbers the shape of ``x`` for
+        the ancestral steps (``eta > 0``); by default ``torch.randn_like``.
 
     Returns
     -------
@@ -152,21 +155,21 @@ def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None):
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * torch.randn_like(x)
+            x = x + sigma * (torch.randn_like(x) if noise is None else noise())
         if callback is not None:
             callback(i, x0)
     return x
 
 
-def sample_ddpm(eps_model, x, schedule, *, clip=None, callback=None, eta=1.0):
+def sample_ddpm(eps_model, x, schedule, *, clip=None, callback=None, eta=1.0, noise=None):
     """Ancestral DDPM sampling with respacing (`sample_ddim` with ``eta=1``; ``eta`` is ignored)."""
-    return sample_ddim(eps_model, x, schedule, eta=1.0, clip=clip, callback=callback)
+    return sample_ddim(eps_model, x, schedule, eta=1.0, clip=clip, callback=callback, noise=noise)
 
 
-def sample_dpmpp_2m(eps_model, x, schedule, *, clip=None, callback=None, eta=0.0):
+def sample_dpmpp_2m(eps_model, x, schedule, *, clip=None, callback=None, eta=0.0, noise=None):
     """DPM-Solver++(2M): deterministic, second order, one evaluation per step.
 
-    Same parameters as `sample_ddim` (``eta`` is ignored). The first step is
+    Same parameters as `sample_ddim` (``eta`` and ``noise`` are ignored). The first step is
     first order (there is no previous prediction); the last evaluation's
     predicted data is the result. Use it with ``spacing="logsnr"``: on the
     time grid, the steps in ``log(alpha / sigma)`` near the data are so

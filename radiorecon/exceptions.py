@@ -3,7 +3,9 @@
 __all__ = [
     "RadioreconError",
     "ModelFileError",
+    "InputError",
     "CapabilityError",
+    "BackendError",
     "NotFittedError",
     "BackendLoadWarning",
     "RadioreconWarning",
@@ -21,8 +23,23 @@ class ModelFileError(RadioreconError, ValueError):
     """
 
 
+class InputError(RadioreconError, ValueError):
+    """An input (image, PSF, data set, output path) cannot be used as given.
+
+    The message names the input (the user's path where there is one) and
+    what is wrong with it.
+    """
+
+
 class CapabilityError(RadioreconError, TypeError):
     """A backend was asked for something it does not declare it can do."""
+
+
+class BackendError(RadioreconError, RuntimeError):
+    """A backend's own code failed (at set-up or by breaking the backend contract).
+
+    The message names the backend and, for plugins, their distribution.
+    """
 
 
 class NotFittedError(RadioreconError, RuntimeError):

@@ -27,7 +27,7 @@ from radio_beam import Beam, Beams
 from radio_beam.beam import NoBeamException
 
 from ._files import atomic_path
-from .exceptions import RadioreconWarning
+from .exceptions import InputError, RadioreconWarning
 from .result import Reconstruction
 
 __all__ = ["read_image", "get_beam", "write_result", "read_result"]
@@ -55,7 +55,7 @@ def read_image(source, *, hdu=None, unit=None):
 
     Parameters
     ----------
-    source : path, file, HDUList, image HDU, NDData, Quantity or ndarray
+    source : path, file, HDUList, image HDU, NDData, Quantity, ndarray or MaskedArray
         A FITS file (str, `os.PathLike` or open binary file), an
         `~astropy.io.fits.HDUList`, a `~astropy.io.fits.PrimaryHDU`,
         `~astropy.io.fits.ImageHDU` or `~astropy.io.fits.CompImageHDU`, or
@@ -75,7 +75,8 @@ def read_image(source, *, hdu=None, unit=None):
         (float32 stays float32; integer data become float64), with NaN
         where the source was blank. ``mask`` is a boolean array, True where
         the data are not finite, equal ``BLANK`` or were masked in the
-        source. ``wcs`` is the 2-D celestial `~astropy.wcs.WCS` or None.
+        source (an NDData's ``mask``, a `numpy.ma.MaskedArray`'s mask).
+        ``wcs`` is the 2-D celestial `~astropy.wcs.WCS` or None.
         ``meta`` is a `~astropy.io.fits.Header` (the source's header without
         its axis, scaling and ``BUNIT`` cards, plus the 2-D WCS cards, and
         the beam ``BMAJ``/``BMIN``/``BPA`` in degrees also from a CASA
@@ -113,6 +114,9 @@ def read_image(source, *, hdu=None, unit=None):
         header = copy.deepcopy(source.meta)
         if wcs is not None and not isinstance(wcs, WCS):
             raise TypeError(f"{name} has a {type(wcs).__name__}; read_image needs an astropy.wcs.WCS")
+    elif isinstance(source, np.ma.MaskedArray):
+        name = "the masked array"
+        data, mask, header = np.array(source.data), np.ma.getmaskarray(source), fits.Header()
     else:
         name = f"the {type(source).__name__}"
         data, header = np.array(source), fits.Header()
@@ -316,7 +320,12 @@ def read_result(path):
 
 @contextmanager
 def _open_fits(source):
-    """Yield ``(hdul, name)``; files opened here are closed afterwards."""
+    """Yield ``(hdul, name)``; files opened here are closed afterwards.
+
+    Content that is not readable FITS (garbage, an empty or truncated file,
+    a corrupted or cut compressed stream) raises one
+    `~radiorecon.exceptions.InputError` naming the file.
+    """
     if isinstance(source, fits.HDUList):
         yield source, "the HDUList"
         return
@@ -326,12 +335,7 @@ def _open_fits(source):
         path = source = os.fspath(source)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such FITS file: {path}")
-    try:
-        hdul = fits.open(source)
-    except OSError as exc:
-        if exc.errno is not None:  # a system error (permissions, ...), not bad content
-            raise
-        raise ValueError(f"{path} is not a readable FITS file: {exc}") from exc
+    hdul = _checked_open(source, path)
     if source is path:
         with hdul:
             yield hdul, path
@@ -340,19 +344,92 @@ def _open_fits(source):
         yield hdul, path
 
 
+def _checked_open(source, path):
+    """``fits.open(source)`` with all HDU headers read, damage raising one InputError."""
+    if isinstance(source, str) and os.path.getsize(source) == 0:
+        raise InputError(f"{path} is not a readable FITS file (it is empty)")
+    _check_compression(source, path)
+    # astropy reports a truncated file as a warning, and then fails (or
+    # silently drops HDUs) later; recorded, it becomes the error instead.
+    hdul = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(source)
+            hdul.readall()  # headers only: a damaged extension shows now, not half-way
+        except (OSError, EOFError, ValueError) as exc:
+            if hdul is not None and source is path:
+                hdul.close()
+            if isinstance(exc, OSError) and exc.errno is not None:  # a system error (permissions, ...)
+                raise
+            raise InputError(f"{path} is not a readable FITS file ({exc})") from exc
+    truncated = [w for w in caught if str(w.message).startswith("File may have been truncated")]
+    if truncated:
+        if source is path:
+            hdul.close()
+        raise InputError(f"{path} is truncated: {str(truncated[0].message).partition(': ')[2]}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return hdul
+
+
+def _check_compression(source, path):
+    """Decompress a compressed file to its end, so that its checksum and length are checked.
+
+    astropy decompresses only up to the end of the last HDU it reads, so a
+    corrupted or cut stream would otherwise give wrong pixels without an
+    error. This costs one more pass of decompression.
+    """
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    streams = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+    openers = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File, b"\xfd7zXZ\x00": lzma.LZMAFile}
+    fh = open(source, "rb") if isinstance(source, str) else source
+    try:
+        if not fh.seekable():  # a pipe: astropy reads it as it comes
+            return
+        start = fh.tell()
+        if isinstance(fh, streams):  # already decompressing (astropy's unified I/O)
+            stream = fh
+        else:
+            magic = fh.read(6)
+            fh.seek(start)
+            opener = next((o for m, o in openers.items() if magic.startswith(m)), None)
+            if opener is None:
+                return
+            stream = opener(fh)
+        try:
+            while stream.read(1 << 24):
+                pass
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise
+            raise InputError(f"{path}: the compressed data are corrupted or cut short ({exc})") from exc
+        finally:
+            if stream is not fh:
+                stream.close()
+        fh.seek(start)
+    finally:
+        if fh is not source:
+            fh.close()
+
+
 def _pick_hdu(hdul, hdu, name):
     if hdu is None:
         for candidate in hdul:
             # .shape comes from the header, so no data are read here.
             if candidate.is_image and len(candidate.shape) >= 2 and 0 not in candidate.shape:
                 return candidate
-        raise ValueError(f"{name} holds no image data (no HDU with 2 or more axes)")
+        raise InputError(f"{name} holds no image data (no HDU with 2 or more axes)")
     try:
         chosen = hdul[hdu]
     except (IndexError, KeyError) as exc:
-        raise ValueError(f"{name} has no HDU {hdu!r}; it has {[h.name for h in hdul]}") from exc
+        raise InputError(f"{name} has no HDU {hdu!r}; it has {[h.name for h in hdul]}") from exc
     if not chosen.is_image or not chosen.shape:
-        raise ValueError(f"HDU {hdu!r} of {name} holds no image data")
+        raise InputError(f"HDU {hdu!r} of {name} holds no image data")
     return chosen
 
 
@@ -363,8 +440,8 @@ def _hdu_data(hdu, name):
     header = hdu.header.copy()
     try:
         data = hdu.data
-    except (TypeError, ValueError, OSError) as exc:  # truncated or corrupted data
-        raise ValueError(f"{name}: cannot read the data of HDU {hdu.name!r}: {exc}") from exc
+    except (TypeError, ValueError, OSError, EOFError) as exc:  # truncated or corrupted data
+        raise InputError(f"{name}: cannot read the data of HDU {hdu.name!r} (truncated or corrupted: {exc})") from exc
     if data is None:
         return None, header
     if header.get("BITPIX", -32) > 0 and data.dtype.kind == "f":

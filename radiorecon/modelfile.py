@@ -8,6 +8,15 @@ in the header's ``__metadata__``, plus a SHA-256 digest of the tensors, so a
 file is checked before use. Loading never unpickles anything: it cannot run
 code, whatever the file holds.
 
+Reading is strict and bounded, since a model file may come from anyone: the
+header is JSON of at most 100 MB, nested at most 64 levels, without duplicate
+keys or non-finite numbers; the tensor table must describe the data section
+exactly (known dtypes, byte spans that match the shapes, no gap, overlap or
+trailing bytes). `read_model` then checks the tensors' names and shapes
+against the backend that the file's config describes, built on PyTorch's
+``meta`` device (shapes without storage), before any network is built: a file
+cannot make loading allocate much more than its own size.
+
 Nested training state (optimiser states) is stored without pickle too: the
 tensors go to the tensor section under ``train/...`` keys and the structure to
 JSON (`flatten_state` and `unflatten_state`).
@@ -23,13 +32,51 @@ import struct
 from ._files import atomic_path
 from .exceptions import ModelFileError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save", "load", "read_header", "flatten_state", "unflatten_state"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "save",
+    "load",
+    "read_header",
+    "read_model",
+    "expected_tensors",
+    "check_tensors",
+    "flatten_state",
+    "unflatten_state",
+]
 
 FORMAT = "radiorecon-model"
 FORMAT_VERSION = 1
 _KEY = "radiorecon"
+_TRAIN = "train/"
 # safetensors caps its JSON header at 100 MB; anything larger is not one of ours.
 _MAX_HEADER = 100_000_000
+# A checkpoint's optimiser states nest about 20 levels deep.
+_MAX_DEPTH = 64
+# Bytes of JSON in a backend config: the built-in ones need under 1 kB.
+_MAX_CONFIG = 1_000_000
+# Building a backend on the meta device may make tensors of up to this many
+# times the bytes the file holds, plus a constant (non-state tensors such as
+# a noise schedule, copies like an EMA network), and this many torch calls
+# per stored tensor, plus a constant (about 5 per tensor for the built-in ones).
+_BUILD_BYTES = (4, 64 * 2**20)
+_BUILD_CALLS = (50, 10_000)
+# Bytes per element of safetensors' dtypes.
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+# Top-level fields of every document `save` writes, and what they must be.
+_FIELDS = {
+    "backend": (str, "a string"),
+    "backend_version": (str, "a string"),
+    "config": (dict, "a mapping"),
+    "sha256": (str, "a string"),
+    "fitted": (bool, "true or false"),
+    "history": (list, "a list"),
+}
 
 
 def _digest(tensors):
@@ -66,12 +113,20 @@ def save(path, document, tensors, *, overwrite=False):
     ------
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
+    ValueError
+        If the document is beyond what `load` accepts (nested more than 64
+        levels, or a config of more than 1 MB of JSON).
     """
     from safetensors.torch import save as st_save
 
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:  # before the work, not only after
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    # Never write a file that reading would refuse.
+    _check_depth(document)
+    config_size = len(json.dumps(document.get("config", {})))
+    if config_size > _MAX_CONFIG:
+        raise ValueError(f"a config of {config_size} bytes of JSON is over the {_MAX_CONFIG} a model file may hold")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     doc = {
         **document,
@@ -96,62 +151,17 @@ def read_header(path):
     FileNotFoundError
         If the file does not exist.
     ModelFileError
-        If the file is not a radiorecon model file of a supported version.
+        If the file is not a radiorecon model file of a supported version, or
+        its header is malformed.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelFileError(f"{path}: not a radiorecon model file (too short to be safetensors)")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER:
-                raise ModelFileError(f"{path}: not a radiorecon model file (no safetensors header)")
-            raw = fh.read(n)
-            size = os.fstat(fh.fileno()).st_size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Model file {path} does not exist") from None
-    if len(raw) < n:
-        raise ModelFileError(f"{path}: file is truncated (header cut short)")
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: not a radiorecon model file (header is not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path}: not a radiorecon model file (unexpected header)")
-    entries = [e for k, e in header.items() if k != "__metadata__"]
-    if not all(isinstance(e, dict) and isinstance(e.get("data_offsets"), list) for e in entries):
-        raise ModelFileError(f"{path}: not a radiorecon model file (malformed tensor table)")
-    end = max((e["data_offsets"][1] for e in entries), default=0)
-    if 8 + n + end > size:
-        raise ModelFileError(f"{path}: file is truncated ({size} bytes, expected {8 + n + end})")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or _KEY not in meta:
-        raise ModelFileError(
-            f"{path}: a safetensors file, but not a radiorecon model file (no radiorecon metadata)"
-        )
-    try:
-        doc = json.loads(meta[_KEY])
-    except json.JSONDecodeError:
-        raise ModelFileError(f"{path}: radiorecon metadata is corrupted (invalid JSON)") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ModelFileError(f"{path}: not a radiorecon model file (format is {found!r})")
-    version = doc.get("format_version")
-    if not isinstance(version, int):
-        raise ModelFileError(f"{path}: radiorecon metadata is corrupted (no format version)")
-    if version > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: model format version {version} is newer than this radiorecon "
-            f"supports ({FORMAT_VERSION}); upgrade radiorecon to read it"
-        )
-    if doc.get("document_sha256") != _document_digest(doc):
-        raise ModelFileError(f"{path}: radiorecon metadata is corrupted or was edited (checksum mismatch)")
-    return doc
+    return _read(path)[0]
 
 
 def load(path):
     """Read a model file: its document and tensors, checked against the digest.
+
+    The tensors are not checked against a backend: `read_model` does that
+    too, before building one.
 
     Returns
     -------
@@ -161,22 +171,378 @@ def load(path):
 
     Raises
     ------
+    FileNotFoundError
+        If the file does not exist.
     ModelFileError
-        If the file is truncated, corrupted, foreign or too new.
+        If the file is truncated, corrupted, foreign or too new, or a
+        checkpoint's training state refers to tensors it lacks.
     """
+    path = os.fspath(path)
+    doc, _ = _read(path)
+    return doc, _load_tensors(path, doc)
+
+
+def read_model(path, get_backend=None):
+    """Read a model file after checking it against the backend it needs.
+
+    The file's tensors must be exactly those (names and shapes) the backend
+    holds when built with the file's config. That is checked on a copy of
+    the backend built on the ``meta`` device, which stops as soon as it would
+    make far more tensor bytes than the file holds, so no network is built
+    (and nothing large allocated) for a file that asks for more than it
+    holds.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    get_backend : callable, optional
+        ``get_backend(name)`` returns the backend class of that name and
+        raises ValueError if there is none. Default:
+        `radiorecon.registry.get_backend`.
+
+    Returns
+    -------
+    document : dict
+    backend_cls : type
+        The `~radiorecon.Backend` subclass to build with
+        ``document["config"]``.
+    tensors : dict of str to torch.Tensor
+        On the CPU; for checkpoints also the ``train/...`` entries.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ModelFileError
+        As `load`, and if the backend is not installed or older than the
+        file's, refuses the config, or would hold other tensors than the file.
+        Also if the backend's ``__init__`` reads tensor values, which the
+        ``meta`` device does not have (a bug of the backend).
+    """
+    path = os.fspath(path)
+    if get_backend is None:
+        from .registry import get_backend
+    doc, table = _read(path)
+    name = doc["backend"]
+    try:
+        backend_cls = get_backend(name)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: needs backend {name!r}, which is not available. {exc}") from None
+    if _version_tuple(doc["backend_version"]) > _version_tuple(backend_cls.version):
+        raise ModelFileError(
+            f"{path}: written by backend {name!r} version {doc['backend_version']}, "
+            f"newer than the installed version {backend_cls.version}; upgrade the backend"
+        )
+    config_size = len(json.dumps(doc["config"]))
+    if config_size > _MAX_CONFIG:
+        raise ModelFileError(f"{path}: config is {config_size} bytes of JSON, over the {_MAX_CONFIG} allowed")
+    held = sum(_ITEMSIZE[dtype] * math.prod(shape) for dtype, shape in table.values())
+    try:
+        expected = expected_tensors(
+            backend_cls,
+            doc["config"],
+            max_bytes=_BUILD_BYTES[0] * held + _BUILD_BYTES[1],
+            max_calls=_BUILD_CALLS[0] * len(table) + _BUILD_CALLS[1],
+        )
+    except MemoryError as exc:
+        raise ModelFileError(
+            f"{path}: refusing to build backend {name!r}: {exc}, but the file holds {_size(held)}"
+        ) from None
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        if "meta" in str(exc):  # torch refusing to give a meta tensor's values: a bug of the backend
+            raise ModelFileError(
+                f"{path}: backend {name!r} cannot be built on the meta device to check the file ({exc}); "
+                "its __init__ must make tensors without reading their values"
+            ) from None
+        raise ModelFileError(f"{path}: config does not fit backend {name!r}: {exc}") from None
+    stored = {key: shape for key, (_, shape) in table.items() if not key.startswith(_TRAIN)}
+    check_tensors(path, stored, expected, name)
+    return doc, backend_cls, _load_tensors(path, doc)
+
+
+def expected_tensors(backend_cls, config, *, max_bytes=None, max_calls=None):
+    """Shapes of the tensors a backend holds, found without allocating them.
+
+    ``backend_cls(**config)`` is built on PyTorch's ``meta`` device, where
+    tensors have a shape and dtype but no storage; a device the backend names
+    explicitly is replaced by ``meta`` too. A backend's ``__init__`` must
+    therefore build its tensors without reading their values.
+
+    Parameters
+    ----------
+    backend_cls : type
+        A `~radiorecon.Backend` subclass.
+    config : dict
+        Keyword arguments of ``backend_cls``.
+    max_bytes : int, optional
+        Stop building once the tensors made add up to more than this many
+        bytes (counting every tensor the constructor makes, state or not).
+    max_calls : int, optional
+        Stop building after this many torch calls.
+
+    Returns
+    -------
+    shapes : dict of str to tuple of int
+        By name, as in ``backend.state_dict()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the backend refuses the config.
+    MemoryError
+        If building passes ``max_bytes`` or ``max_calls``.
+    RuntimeError, NotImplementedError
+        From torch, if ``__init__`` reads a tensor's values.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class Budget(TorchFunctionMode):
+        nbytes = calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if kwargs.get("device") is not None:
+                kwargs["device"] = "meta"  # an explicit device would allocate for real
+            out = func(*args, **kwargs)
+            self.calls += 1
+            # New tensors only: in-place methods return their input, views share its storage.
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and not (args and t is args[0]) and t._base is None:
+                    self.nbytes += t.nbytes
+            if max_bytes is not None and self.nbytes > max_bytes:
+                raise MemoryError(f"its config asks for more than {_size(max_bytes)} of tensors")
+            if max_calls is not None and self.calls > max_calls:
+                raise MemoryError(f"building it takes more than {max_calls} torch operations")
+            return out
+
+    # The device context handles factory calls without a device; Budget,
+    # entered last, sees every call first.
+    with torch.device("meta"), Budget():
+        backend = backend_cls(**config)
+    return {name: tuple(t.shape) for name, t in backend.state_dict().items()}
+
+
+def check_tensors(path, stored, expected, backend):
+    """Check that a file holds exactly the tensors a backend will hold.
+
+    With the same names and shapes, the backend holds as many elements as
+    the file, so restoring them allocates no more than the file's size (up
+    to a ratio of dtypes).
+
+    Parameters
+    ----------
+    path : str
+        The file, for the message.
+    stored, expected : dict of str to tuple of int
+        Shapes by name: in the file, and of the backend (`expected_tensors`).
+    backend : str
+        The backend's name, for the message.
+
+    Raises
+    ------
+    ModelFileError
+        Naming the missing, unexpected and differently shaped tensors.
+    """
+    problems = []
+    missing = sorted(expected.keys() - stored.keys())
+    unexpected = sorted(stored.keys() - expected.keys())
+    shapes = [
+        f"{key} {list(stored[key])} instead of {list(expected[key])}"
+        for key in sorted(stored.keys() & expected.keys())
+        if tuple(stored[key]) != tuple(expected[key])
+    ]
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            problems.append(f"{what} {', '.join(items[:3])}{more}")
+    if problems:
+        raise ModelFileError(f"{path}: tensors do not fit backend {backend!r} with its config: {'; '.join(problems)}")
+
+
+# -- reading ----------------------------------------------------------------
+
+
+def _read(path):
+    """The checked document of a model file and its tensor table (name to dtype and shape)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelFileError(f"{path}: not a radiorecon model file (too short to be safetensors)")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER:
+                raise ModelFileError(
+                    f"{path}: not a radiorecon model file (a header of {n} bytes is over safetensors' "
+                    f"limit of {_MAX_HEADER})"
+                )
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Model file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a directory, not a model file") from None
+    if len(raw) < n:
+        raise ModelFileError(f"{path}: file is truncated (header cut short)")
+    try:
+        header = _strict_json(raw)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: not a radiorecon model file (header is not valid JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: not a radiorecon model file (unexpected header)")
+    meta = header.pop("__metadata__", None)
+    table, end = _tensor_table(header, path)
+    data = size - 8 - n
+    if end > data:
+        raise ModelFileError(f"{path}: file is truncated ({size} bytes, expected {8 + n + end})")
+    if end < data:
+        raise ModelFileError(f"{path}: file is corrupted ({data - end} bytes after the last tensor)")
+    if not isinstance(meta, dict) or _KEY not in meta:
+        raise ModelFileError(
+            f"{path}: a safetensors file, but not a radiorecon model file (no radiorecon metadata)"
+        )
+    if not all(isinstance(value, str) for value in meta.values()):
+        raise ModelFileError(f"{path}: file is corrupted (safetensors metadata values must be strings)")
+    try:
+        doc = _strict_json(meta[_KEY])
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted (not valid JSON: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ModelFileError(f"{path}: not a radiorecon model file (format is {found!r})")
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted (no format version)")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {version} is newer than this radiorecon "
+            f"supports ({FORMAT_VERSION}); upgrade radiorecon to read it"
+        )
+    if doc.get("document_sha256") != _document_digest(doc):
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted or was edited (checksum mismatch)")
+    # The checksum only shows that nobody edited the file by hand; a crafted
+    # file carries a matching one, so the fields are checked all the same.
+    for key, (kind, what) in _FIELDS.items():
+        if not isinstance(doc.get(key), kind):
+            raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({key} is not {what})")
+    if "training" in doc and not isinstance(doc["training"], dict):
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted (training is not a mapping)")
+    return doc, table
+
+
+def _tensor_table(header, path):
+    """Check safetensors' tensor table; returns ``{name: (dtype, shape)}`` and the end of the data."""
+
+    def malformed(reason):
+        return ModelFileError(f"{path}: not a radiorecon model file (malformed tensor table: {reason})")
+
+    table, spans = {}, []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise malformed(f"{name!r} is not a mapping of dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not (isinstance(dtype, str) and dtype in _ITEMSIZE):
+            raise malformed(f"{name!r} has dtype {dtype!r}, not one of {', '.join(_ITEMSIZE)}")
+        if not (isinstance(shape, list) and all(map(_is_count, shape))):
+            raise malformed(f"{name!r} has shape {shape!r}, not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+            raise malformed(f"{name!r} has data_offsets {offsets!r}, not two non-negative integers")
+        nbytes = _ITEMSIZE[dtype] * math.prod(shape)
+        if offsets[1] - offsets[0] != nbytes:
+            raise malformed(f"{name!r} spans bytes {offsets}, but {dtype} of shape {shape} takes {nbytes}")
+        table[name] = (dtype, tuple(shape))
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise malformed(f"{name!r} starts at byte {begin} of the data, not {end} (a gap or an overlap)")
+        end = stop
+    return table, end
+
+
+def _load_tensors(path, doc):
+    """The file's tensors, checked against the document's digest (and training state)."""
     from safetensors.torch import load as st_load
 
-    path = os.fspath(path)
-    doc = read_header(path)
     with open(path, "rb") as fh:
         blob = fh.read()
     try:
         tensors = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{path}: tensors cannot be read ({exc})") from None
-    if _digest(tensors) != doc.get("sha256"):
+    if _digest(tensors) != doc["sha256"]:
         raise ModelFileError(f"{path}: file is corrupted (tensor checksum mismatch)")
-    return doc, tensors
+    if "training" in doc:
+        try:
+            unflatten_state(doc["training"].get("state"), tensors)
+        except ValueError as exc:
+            raise ModelFileError(f"{path}: the checkpoint's training state is corrupted ({exc})") from None
+    return tensors
+
+
+def _strict_json(text):
+    """Parse JSON refusing NaN and infinities, duplicate keys and deep nesting (ValueError)."""
+
+    def constant(name):
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite(literal):
+        value = float(literal)
+        if not math.isfinite(value):
+            raise ValueError(f"number {literal} is out of range")
+        return value
+
+    def unique(pairs):
+        value = dict(pairs)
+        if len(value) < len(pairs):
+            seen = set()
+            duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"duplicate key {duplicate!r}")
+        return value
+
+    try:
+        value = json.loads(text, parse_constant=constant, parse_float=finite, object_pairs_hook=unique)
+    except RecursionError:
+        raise ValueError(f"nested more than {_MAX_DEPTH} levels deep") from None
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value):
+    """Raise ValueError if ``value`` nests lists and dicts more than ``_MAX_DEPTH`` deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > _MAX_DEPTH:
+                raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _size(nbytes):
+    """``nbytes`` for people: '5.1 MB'."""
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if nbytes < 1000:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.3g} TB"
+
+
+def _version_tuple(text):
+    """``"1.10rc1"`` -> ``(1, 10)``-like tuple for comparing backend versions."""
+    parts = []
+    for piece in str(text).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+# -- nested training state ---------------------------------------------------
 
 
 def flatten_state(obj, tensors, prefix="train"):
@@ -208,13 +574,28 @@ def flatten_state(obj, tensors, prefix="train"):
 
 
 def unflatten_state(obj, tensors):
-    """Inverse of `flatten_state`."""
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__float__" in obj:
-            return float(obj["__float__"])
-        return {k: unflatten_state(v, tensors) for k, v in obj["__items__"]}
+    """Inverse of `flatten_state`.
+
+    Raises
+    ------
+    ValueError
+        If ``obj`` is not something `flatten_state` makes, or refers to a
+        tensor that ``tensors`` lacks.
+    """
     if isinstance(obj, list):
         return [unflatten_state(v, tensors) for v in obj]
-    return obj
+    if not isinstance(obj, dict):
+        return obj
+    if set(obj) == {"__tensor__"}:
+        key = obj["__tensor__"]
+        if not (isinstance(key, str) and key in tensors):
+            raise ValueError(f"it refers to a tensor {key!r} the file lacks")
+        return tensors[key]
+    if set(obj) == {"__float__"} and obj["__float__"] in ("inf", "-inf", "nan"):
+        return float(obj["__float__"])
+    items = obj.get("__items__") if set(obj) == {"__items__"} else None
+    if not (isinstance(items, list) and all(isinstance(p, list) and len(p) == 2 for p in items)):
+        raise ValueError(f"unexpected entry with keys {sorted(obj)}")
+    if any(isinstance(k, (list, dict)) for k, _ in items):
+        raise ValueError("a mapping key is a list or mapping")
+    return {k: unflatten_state(v, tensors) for k, v in items}

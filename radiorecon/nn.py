@@ -251,40 +251,72 @@ class PatchDiscriminator(nn.Module):
         return self.net(x)
 
 
-def _centred_distances(x, eps):
-    d = torch.cdist(x, x).pow(2)
-    # The square root's gradient is infinite at 0 (the diagonal); eps keeps it finite.
-    d = torch.sqrt(d + eps)
-    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+def _u_centred_distances(z, eps):
+    """U-centred Euclidean distance matrix of ``(n, d)`` samples (Szekely & Rizzo 2014)."""
+    n = z.shape[0]
+    # Squared distances first: the slope of a distance is undefined where two
+    # samples coincide (always on the diagonal); eps under the square root
+    # keeps it finite. Pairwise differences, not a Gram matrix, for accuracy.
+    d = torch.sqrt(torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist").pow(2) + eps)
+    off_diagonal = 1.0 - torch.eye(n, dtype=z.dtype, device=z.device)
+    d = d * off_diagonal
+    u = d - d.sum(0, keepdim=True) / (n - 2) - d.sum(1, keepdim=True) / (n - 2) + d.sum() / ((n - 1) * (n - 2))
+    return u * off_diagonal
 
 
 def distance_correlation(x, y, eps=1e-9):
-    """Sample distance correlation between two batches (Szekely et al. 2007).
+    """Bias-corrected squared distance correlation of two batches.
 
-    Zero in the limit of many samples when ``x`` and ``y`` are independent,
-    one when they are related by a similarity (e.g. linearly); differentiable
-    everywhere, so it can be used as a loss.
+    The estimator ``R*^2 = (A . B) / sqrt((A . A) (B . B))`` of Szekely &
+    Rizzo (2014), where ``A`` and ``B`` are the U-centred distance matrices
+    of ``x`` and ``y`` and ``A . B = sum over i != j of A_ij B_ij / (n (n -
+    3))``. Its numerator estimates the squared distance covariance without
+    bias, so for independent batches it scatters around 0 (and may be
+    slightly negative) whatever the batch size and dimension; it is 1 when
+    ``x`` and ``y`` are related by a similarity (e.g. a rotation and
+    scaling). The plain V-statistic of Szekely et al. (2007) is biased
+    towards 1 where the dimension is large next to the batch size: it gives
+    about 0.97 for independent batches of 16 samples in 64 dimensions.
+    Differentiable, so it can be used as a loss.
 
     Parameters
     ----------
     x, y : torch.Tensor
-        ``(n, ...)`` batches of ``n`` samples each (any trailing shape; they
-        are flattened).
+        ``(n, ...)`` batches of the same ``n >= 4`` samples (any trailing
+        shapes; they are flattened). Computed in float64.
     eps : float
-        Added under the square roots so that gradients stay finite.
+        Added to the squared distances and to the denominator, so that
+        values and gradients stay finite where samples coincide or a batch
+        is constant. In units of the squared distances: the distances
+        between samples must be much larger than ``sqrt(eps)``.
 
     Returns
     -------
     torch.Tensor
-        Scalar in [0, 1].
+        Scalar in [-1, 1], in the dtype of ``x`` (float64 for integers).
+
+    Raises
+    ------
+    ValueError
+        If the batches differ in size or have fewer than 4 samples (the
+        estimator divides by ``n - 3``).
+
+    References
+    ----------
+    Szekely, G. J. & Rizzo, M. L. (2014), "Partial distance correlation with
+    methods for dissimilarities", Annals of Statistics 42, 2382.
     """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"distance_correlation needs batches of equal size, got {x.shape[0]} and {y.shape[0]}")
-    a = _centred_distances(x.reshape(x.shape[0], -1).double(), eps)
-    b = _centred_distances(y.reshape(y.shape[0], -1).double(), eps)
-    dcov2 = (a * b).mean().clamp_min(0)
-    dvar2 = (a * a).mean() * (b * b).mean()
-    return torch.sqrt(dcov2 / (torch.sqrt(dvar2) + eps) + eps).to(x.dtype)
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"distance_correlation needs batches of equal size, got {n} and {y.shape[0]}")
+    if n < 4:
+        raise ValueError(f"distance_correlation needs batches of at least 4 samples (it divides by n - 3), got {n}")
+    a = _u_centred_distances(x.reshape(n, -1).double(), eps)
+    b = _u_centred_distances(y.reshape(n, -1).double(), eps)
+    norm = n * (n - 3)
+    ab, aa, bb = (a * b).sum() / norm, (a * a).sum() / norm, (b * b).sum() / norm
+    r2 = ab / torch.sqrt(aa * bb + eps**2)
+    return r2.to(x.dtype if x.is_floating_point() else torch.float64)
 
 
 def sky_stretch(x, *, kind="asinh", softening=1.0, power=0.5, scale=1.0):

@@ -8,7 +8,7 @@ from radiorecon import Backend, Prediction
 class ConvBackend(Backend):
     """A 3x3 convolution trained by least squares; samples add seeded noise."""
 
-    capabilities = {"reconstruct", "uncertainty", "needs_training", "paired"}
+    capabilities = {"reconstruct", "draws", "needs_training", "paired"}
     tile_shape = (32, 32)
     tile_margin = 2
     default_config = {"learning_rate": 0.05, "noise": 0.1}
@@ -31,9 +31,9 @@ class ConvBackend(Backend):
     def evaluate_step(self, inputs, targets):
         return {"mse": ((self.net(inputs[:, None])[:, 0] - targets) ** 2).mean().item()}
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         mean = self.net(inputs[:, None])[:, 0]
-        noise = self.config["noise"] * torch.randn((n_samples,) + tuple(mean.shape))
+        noise = self.config["noise"] * draws.randn(*mean.shape[1:])
         return Prediction(samples=mean[None] + noise)
 
 
@@ -44,7 +44,7 @@ class SmoothBackend(Backend):
     tile_shape = (48, 48)
     tile_margin = 1
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
         out = torch.nn.functional.conv2d(inputs[:, None], kernel[None, None], padding=1)[:, 0]
         return Prediction(mean=out)
@@ -68,20 +68,17 @@ class PriorBackend(Backend):
         if not resumed:
             self.moments.sums.zero_()
 
-    def training_state(self):
-        return {}
-
     def train_step(self, inputs, targets):
         assert targets is None
         x = inputs.double()
         self.moments.sums += torch.stack([x.new_tensor(x.numel()), x.sum(), (x**2).sum()])
         return {"mean": float(x.mean())}
 
-    def sample(self, n, *, shape):
+    def sample(self, n, *, shape, draws=None):
         count, total, squares = self.moments.sums
         mean = total / count
         std = (squares / count - mean**2).clamp(min=0).sqrt()
-        return (mean + std * torch.randn(n, *shape, dtype=torch.float64)).float()
+        return (mean + std * draws.randn(*shape, dtype=torch.float64)[0]).float()
 
 
 class SplitBackend(Backend):
@@ -90,7 +87,7 @@ class SplitBackend(Backend):
     capabilities = {"reconstruct", "deblend"}
     tile_shape = (32, 32)
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         left = inputs.clone()
         left[..., inputs.shape[-1] // 2 :] = 0
         right = inputs - left

@@ -10,7 +10,7 @@ import _backends
 
 def test_capability_vocabulary():
     assert CAPABILITIES == {
-        "reconstruct", "uncertainty", "sample", "generate", "deblend", "needs_training", "needs_psf",
+        "reconstruct", "draws", "std", "sample", "generate", "deblend", "needs_training", "needs_psf",
         "paired",
     }
     with pytest.raises(TypeError, match="unknown capabilities"):

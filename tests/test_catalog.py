@@ -1,14 +1,12 @@
 """Tests of `radiorecon.catalog`: find_sources on synthetic skies, match and to_regions."""
 
 import itertools
-import sys
 
 import astropy.units as u
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.nddata import CCDData, NDData, StdDevUncertainty, VarianceUncertainty
-from astropy.utils.exceptions import AstropyUserWarning
 from astropy.table import QTable
 from astropy.wcs import WCS
 from regions import (
@@ -93,7 +91,8 @@ def test_finds_sources_with_positions_fluxes_and_sky_coordinates():
     assert np.all((rows["theta"] >= 0 * u.deg) & (rows["theta"] < 180 * u.deg))
 
     assert table.meta["noise_method"] == "robust"
-    assert table.meta["noise"] == pytest.approx(SIGMA, rel=0.1)
+    assert table.meta["noise"].unit == u.Jy / u.beam
+    assert table.meta["noise"].value == pytest.approx(SIGMA, rel=0.1)
     assert table.meta["threshold"] == 5.0 and table.meta["npixels"] == 5
 
 
@@ -132,7 +131,59 @@ def test_quantity_input_and_given_noise():
     assert len(table) == 3
     assert table["flux"].unit == u.Jy / u.beam
     assert table.meta["noise_method"] == "given"
-    assert table.meta["noise"] == pytest.approx(SIGMA)
+    assert table.meta["noise"].to_value(u.Jy / u.beam) == pytest.approx(SIGMA)
+
+
+@pytest.mark.parametrize("noise", [0.0, -SIGMA, np.nan, np.inf, 0.0 * u.Jy / u.beam])
+def test_unusable_noise_is_refused(noise):
+    # Each used to give an empty catalog (every pixel left out) or noise-free S/N.
+    with pytest.raises(ValueError, match="noise must be positive and finite"):
+        find_sources(nddata(sky()), noise=noise)
+
+
+def test_unusable_noise_map_is_refused():
+    with pytest.raises(ValueError, match="no positive, finite pixel"):
+        find_sources(sky(), noise=np.zeros(SHAPE))
+    with pytest.raises(ValueError, match="negative pixels"):
+        find_sources(sky(), noise=np.full(SHAPE, -SIGMA))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        find_sources(sky(), noise=np.ones(3))
+    # Zero or NaN pixels of a map are left out, as for an uncertainty.
+    noise = np.full(SHAPE, SIGMA)
+    noise[:, 50:] = np.nan
+    assert np.all(find_sources(sky(), noise=noise)["x"] < 50)
+
+
+@pytest.mark.parametrize("threshold", [np.nan, 0.0, -5.0, np.inf])
+def test_unusable_threshold_is_refused(threshold):
+    with pytest.raises(ValueError, match="threshold must be a positive, finite S/N"):
+        find_sources(sky(), threshold=threshold)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"threshold": "5"}, TypeError, "threshold must be a number"),
+    ({"threshold": True}, TypeError, "threshold must be a number"),
+    ({"threshold": 5 * u.Jy}, TypeError, "threshold must be a number"),
+    ({"npixels": 0}, ValueError, "npixels must be at least 1"),
+    ({"npixels": 2.5}, TypeError, "npixels must be an integer"),
+    ({"connectivity": 6}, ValueError, "connectivity must be 4 or 8"),
+])
+def test_bad_detection_parameters_are_refused(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        find_sources(sky(), **kwargs)
+
+
+def test_robust_noise_is_the_shared_estimator():
+    from radiorecon._noise import robust_std
+
+    data = sky()
+    mask = np.zeros(SHAPE, bool)
+    mask[:10] = True
+    data[:10] = 1e3  # masked junk must not count
+    table = find_sources(nddata(data, mask=mask))
+    assert table.meta["noise"].to_value(u.Jy / u.beam) == robust_std(data[10:])
+    assert robust_std(data, mask=mask) == robust_std(data[10:])
+    assert robust_std(np.full(4, np.nan)) == 0.0
 
 
 def test_uncertainty_map_suppresses_sources_where_it_is_large():
@@ -166,14 +217,6 @@ def test_blended_pair_is_deblended():
     np.testing.assert_allclose(np.sort(table["x"]), [44.0, 48.0], atol=0.5)
 
 
-def test_without_scikit_image_blends_stay_whole_with_a_warning(monkeypatch):
-    monkeypatch.setitem(sys.modules, "skimage.segmentation", None)
-    with pytest.warns(AstropyUserWarning, match="scikit-image"):
-        table = find_sources(sky(sources=PAIR))
-    assert len(table) == 1
-    np.testing.assert_allclose(table["x"], 46.0, atol=0.5)
-
-
 def test_detection_probability_from_samples():
     rng = np.random.default_rng(5)
     steady = gaussian(30.0, 40.0, 0.02)
@@ -188,7 +231,7 @@ def test_detection_probability_from_samples():
     assert len(table) == 2
     by_x = table[np.argsort(table["x"])]
     np.testing.assert_allclose(by_x["detection_probability"], [1.0, 0.3])
-    assert table.meta["match_radius"] == 2.0
+    assert table.meta["match_radius"] == 2.0 * u.pix
 
     # A single sample carries no spread: no probability column.
     single = Reconstruction(samples[0], unit=u.Jy / u.pix, samples=samples[:1])
@@ -208,8 +251,10 @@ def test_noiseless_sky_model_asks_for_noise():
 
 def test_celestial_wcs_orientation_is_stored_in_meta():
     table = find_sources(nddata(sky()))
-    assert table.meta["pixel_scale"] == pytest.approx(0.1, rel=1e-6)  # arcsec/pix
-    assert table.meta["north_angle"] == pytest.approx(90.0, abs=1e-6)
+    assert table.meta["pixel_scale"].unit == u.arcsec / u.pix
+    assert table.meta["pixel_scale"].value == pytest.approx(0.1, rel=1e-6)
+    assert table.meta["north_angle"].unit == u.deg
+    assert table.meta["north_angle"].value == pytest.approx(90.0, abs=1e-6)
     assert table.meta["mirrored"] is False
     assert "pixel_scale" not in find_sources(sky()).meta  # no WCS, no orientation
 
@@ -374,7 +419,7 @@ def test_ellipse_round_trip_through_the_sky(rotation, mirrored, use_wcs):
     centre = wcs.pixel_to_world(47.5, 47.5)
     north = wcs.world_to_pixel(centre.directional_offset_by(0 * u.deg, 1 * u.arcsec))
     expected = np.degrees(np.arctan2(north[1] - 47.5, north[0] - 47.5)) % 360
-    assert table.meta["north_angle"] == pytest.approx(expected, abs=1e-4)
+    assert table.meta["north_angle"].to_value(u.deg) == pytest.approx(expected, abs=1e-4)
     regions = to_regions(table, wcs=wcs if use_wcs else None)
     assert isinstance(regions, Regions) and len(regions) == 3
     fwhm = 2 * np.sqrt(2 * np.log(2))
@@ -501,19 +546,44 @@ def test_regions_files_round_trip(tmp_path, fmt, tolerance, shape):
                 region.radius.to_value(u.arcsec), abs=tolerance)
 
 
-@pytest.mark.filterwarnings("ignore:Keyword name:astropy.io.fits.verify.VerifyWarning")
-@pytest.mark.parametrize("fmt", ["ascii.ecsv", "fits"])
-def test_to_regions_of_a_catalog_read_back_from_a_file(tmp_path, fmt):
-    # FITS upper-cases short meta keys (MIRRORED); the orientation survives.
+def assert_same_regions(regions, others):
+    assert len(regions) == len(others) > 0
+    for region, other in zip(regions, others):
+        assert other.angle.to_value(u.deg) == pytest.approx(region.angle.to_value(u.deg))
+        assert other.width.to_value(u.arcsec) == pytest.approx(region.width.to_value(u.arcsec))
+        assert other.center.separation(region.center) < 1e-6 * u.arcsec
+
+
+def test_catalog_meta_keeps_its_units_in_ecsv(tmp_path):
     wcs = rotated_wcs(35, mirrored=True)
     table = find_sources(NDData(sky(), unit=u.Jy / u.beam, wcs=wcs))
+    path = tmp_path / "catalog.ecsv"
+    table.write(path)
+    text = path.read_text()
+    for unit in ("arcsec / pix", "deg", "Jy / beam"):
+        assert f"{{unit: {unit}}}" in text
+    back = QTable.read(path)
+    for key in ("pixel_scale", "north_angle", "noise"):
+        assert back.meta[key].unit == table.meta[key].unit
+        assert back.meta[key].value == pytest.approx(table.meta[key].value)
+    assert back.meta["mirrored"] is True
+    assert_same_regions(to_regions(table), to_regions(back))
+
+
+@pytest.mark.filterwarnings("ignore:Keyword name:astropy.io.fits.verify.VerifyWarning")
+@pytest.mark.parametrize("fmt", ["ascii.ecsv", "fits"])
+def test_to_regions_of_a_catalog_with_plain_float_meta(tmp_path, fmt):
+    # Catalogs written before the meta had units hold floats in arcsec/pix
+    # and deg; FITS also upper-cases short keys (MIRRORED).
+    wcs = rotated_wcs(35, mirrored=True)
+    table = find_sources(NDData(sky(), unit=u.Jy / u.beam, wcs=wcs))
+    old = table.copy()
+    old.meta = {key: getattr(value, "value", value) for key, value in table.meta.items()}
     path = tmp_path / f"catalog.{fmt.split('.')[-1]}"
-    table.write(path, format=fmt)
+    old.write(path, format=fmt)
     back = QTable.read(path, format=fmt)
-    for region, read in zip(to_regions(table), to_regions(back)):
-        assert read.angle.to_value(u.deg) == pytest.approx(region.angle.to_value(u.deg))
-        assert read.width.to_value(u.arcsec) == pytest.approx(region.width.to_value(u.arcsec))
-        assert read.center.separation(region.center) < 1e-6 * u.arcsec
+    assert not any(isinstance(value, u.Quantity) for value in back.meta.values())
+    assert_same_regions(to_regions(table), to_regions(back))
 
 
 # A sky model in Jy/pixel: point sources seen through a 0.5" (5 px) beam, with
@@ -547,14 +617,14 @@ def test_find_sources_in_model_detects_through_the_beam():
     np.testing.assert_allclose(table["flux"][order].to_value(u.Jy), [2e-3, 1e-3, 5e-4], rtol=1e-6)
     np.testing.assert_allclose(table["snr"][order], [20, 10, 5], rtol=1e-3)
     assert np.isnan(table["flux_err"]).all()  # no samples, no flux error
-    assert table.meta["beam_fwhm_pix"] == pytest.approx(5.0)
+    assert table.meta["beam_fwhm_pix"].to_value(u.pix) == pytest.approx(5.0)
     # The faint source drops out at S/N 6.
     assert len(find_sources_in_model(model, threshold=6, beam=beam, noise=1e-4 * u.Jy / u.beam)) == 2
     # Beam and noise from the dirty image: its BMAJ/BMIN/BPA and robust noise.
     rng = np.random.default_rng(0)
     dirty = CCDData(rng.normal(0, 1e-4, SHAPE), unit=u.Jy / u.beam, wcs=celestial_wcs(), meta=model_header())
     same = find_sources_in_model(model, dirty, threshold=3)
-    assert len(same) == 3 and same.meta["noise"] == pytest.approx(1e-4, rel=0.05)
+    assert len(same) == 3 and same.meta["noise"].to_value(u.Jy / u.beam) == pytest.approx(1e-4, rel=0.05)
 
 
 def test_find_sources_in_model_with_samples():
@@ -582,5 +652,101 @@ def test_find_sources_in_model_says_what_is_missing():
         find_sources_in_model(NDData(point_model()), beam=Beam(0.5 * u.arcsec), noise=1e-4)
     with pytest.raises(ValueError, match="must be 2-D"):
         find_sources_in_model(np.zeros((2, 4, 4)), beam=Beam(0.5 * u.arcsec), noise=1e-4)
-    with pytest.raises(ValueError, match="noise must be positive"):
-        find_sources_in_model(model, beam=Beam(0.5 * u.arcsec), noise=0.0)
+    for noise in (0.0, -1e-4, np.nan, np.inf, 0 * u.mJy / u.beam):
+        with pytest.raises(ValueError, match="noise must be a positive, finite number"):
+            find_sources_in_model(model, beam=Beam(0.5 * u.arcsec), noise=noise)
+    for threshold in (np.nan, 0.0, -3.0, np.inf):
+        with pytest.raises(ValueError, match="threshold must be a positive, finite S/N"):
+            find_sources_in_model(model, beam=Beam(0.5 * u.arcsec), noise=1e-4, threshold=threshold)
+    blank = CCDData(np.zeros(SHAPE), unit=u.Jy / u.beam, wcs=celestial_wcs(), meta=model_header())
+    with pytest.raises(ValueError, match="robust noise is 0"):
+        find_sources_in_model(model, blank)
+
+
+def in_unit(catalog):
+    """The catalog's numbers in fixed units, for comparing catalogs made from different units."""
+    return {
+        "x": np.asarray(catalog["x"]), "y": np.asarray(catalog["y"]),
+        "flux": catalog["flux"].to_value(u.Jy), "peak": catalog["peak"].to_value(u.Jy / u.beam),
+        "snr": np.asarray(catalog["snr"]), "noise": catalog.meta["noise"].to_value(u.Jy / u.beam),
+    }
+
+
+def assert_same_catalog(catalog, reference):
+    assert len(catalog) == len(reference) > 0
+    got, expected = in_unit(catalog), in_unit(reference)
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, err_msg=key)
+
+
+def test_find_sources_in_model_converts_units():
+    from radio_beam import Beam
+
+    noise = np.random.default_rng(0).normal(0, 1e-4, SHAPE)
+    model = NDData(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs())
+    dirty = CCDData(noise, unit=u.Jy / u.beam, wcs=celestial_wcs(), meta=model_header())
+    reference = find_sources_in_model(model, dirty, threshold=3)
+    assert len(reference) == 3
+    # The same dirty image in mJy/beam: the threshold and S/N do not change.
+    dirty_mjy = CCDData(noise * 1e3, unit=u.mJy / u.beam, wcs=celestial_wcs(), meta=model_header())
+    assert_same_catalog(find_sources_in_model(model, dirty_mjy, threshold=3), reference)
+    # The same model in mJy/pixel: fluxes come out in Jy, not 1000x too high.
+    model_mjy = NDData(point_model() * 1e3, unit=u.mJy / u.pix, wcs=celestial_wcs())
+    assert_same_catalog(find_sources_in_model(model_mjy, dirty_mjy, threshold=3), reference)
+    # Noise as a Quantity in any flux per beam.
+    beam = Beam(0.5 * u.arcsec)
+    given = find_sources_in_model(model_mjy, beam=beam, noise=0.1 * u.mJy / u.beam)
+    assert_same_catalog(given, find_sources_in_model(model, beam=beam, noise=1e-4))
+    # Samples and a restored image are in the model's unit.
+    samples = np.array([point_model() * (1 + 0.1 * k) for k in range(3)])
+    draws = Reconstruction(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs(), samples=samples)
+    draws_mjy = Reconstruction(point_model() * 1e3, unit=u.mJy / u.pix, wcs=celestial_wcs(),
+                               samples=samples * 1e3)
+    expected = find_sources_in_model(draws, beam=beam, noise=1e-4)
+    got = find_sources_in_model(draws_mjy, beam=beam, noise=1e-4)
+    assert_same_catalog(got, expected)
+    np.testing.assert_allclose(got["flux_err"].to_value(u.Jy), expected["flux_err"].to_value(u.Jy))
+    np.testing.assert_array_equal(got["detection_probability"], expected["detection_probability"])
+    from scipy.signal import fftconvolve
+    from radiorecon.beam import beam_kernel
+
+    restored = fftconvolve(point_model(), beam_kernel(beam, 0.1 * u.arcsec), mode="same") + noise
+    cleaned = Reconstruction(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs(),
+                             extras={"restored": restored})
+    expected = find_sources_in_model(cleaned, beam=beam, noise=1e-4)
+    assert expected.meta["detected_in"] == "the method's restored image" and len(expected) == 3
+    for extra in (restored * 1e3, restored * 1e3 * u.mJy / u.beam):
+        cleaned_mjy = Reconstruction(point_model() * 1e3, unit=u.mJy / u.pix, wcs=celestial_wcs(),
+                                     extras={"restored": extra})
+        assert_same_catalog(find_sources_in_model(cleaned_mjy, beam=beam, noise=1e-4), expected)
+
+
+def test_find_sources_in_model_assumes_jy_for_unitless_inputs_with_a_warning():
+    from radiorecon.exceptions import RadioreconWarning
+
+    noise = np.random.default_rng(0).normal(0, 1e-4, SHAPE)
+    dirty = CCDData(noise, unit=u.Jy / u.beam, wcs=celestial_wcs(), meta=model_header())
+    reference = find_sources_in_model(NDData(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs()),
+                                      dirty, threshold=3)
+    bare = NDData(point_model(), wcs=celestial_wcs())
+    with pytest.warns(RadioreconWarning, match="the sky model has no unit; assuming Jy / pix"):
+        assert_same_catalog(find_sources_in_model(bare, dirty, threshold=3), reference)
+    bare_dirty = NDData(noise, wcs=celestial_wcs(), meta=model_header())
+    model = NDData(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs())
+    with pytest.warns(RadioreconWarning, match="the dirty image has no unit; assuming Jy / beam"):
+        assert_same_catalog(find_sources_in_model(model, bare_dirty, threshold=3), reference)
+
+
+def test_find_sources_in_model_refuses_wrong_units():
+    from radio_beam import Beam
+
+    beam = Beam(0.5 * u.arcsec)
+    restored = NDData(point_model(), unit=u.Jy / u.beam, wcs=celestial_wcs())
+    with pytest.raises(u.UnitConversionError, match="the sky model is in Jy / beam, not a flux per pixel"):
+        find_sources_in_model(restored, beam=beam, noise=1e-4)
+    model = NDData(point_model(), unit=u.Jy / u.pix, wcs=celestial_wcs())
+    with pytest.raises(u.UnitConversionError, match="noise is in Jy, not a flux per beam"):
+        find_sources_in_model(model, beam=beam, noise=1e-4 * u.Jy)
+    dirty = CCDData(np.ones(SHAPE), unit=u.Jy / u.pix, wcs=celestial_wcs(), meta=model_header())
+    with pytest.raises(u.UnitConversionError, match="the dirty image is in Jy / pix"):
+        find_sources_in_model(model, dirty)

@@ -50,10 +50,19 @@ def test_clean_backend_through_the_front_door():
     result = rec.predict(dirty, psf=psf, progress=False)
     assert result.unit == u.Jy / u.pix
     assert np.nansum(result.data[45:52, 45:52]) == pytest.approx(2e-3, rel=0.05)
-    # Uncertainty: the residual's local rms, close to the injected noise.
-    assert np.median(result.uncertainty.array) == pytest.approx(5e-5, rel=0.3)
+    # The residual's local rms is close to the injected noise, in the dirty
+    # image's unit; the model's uncertainty is that rms per clean-beam area,
+    # in the model's unit (it was once the rms itself, labelled Jy/pixel).
+    rms = result.extras["rms"]
+    assert rms.unit == u.Jy / u.beam
+    assert np.median(rms.value) == pytest.approx(5e-5, rel=0.3)
+    major, minor = result.meta["CBMAJPX"], result.meta["CBMINPX"]
+    area = np.pi * major * minor / (4 * np.log(2))
+    assert area > 5
+    np.testing.assert_allclose(result.uncertainty.array, rms.value / area, rtol=1e-6)
     assert result.extras["residual"].shape == (n, n)
-    assert np.std(result.extras["residual"]) < 1.5 * 5e-5
+    assert result.extras["residual"].unit == u.Jy / u.beam
+    assert np.std(result.extras["residual"].value) < 1.5 * 5e-5
     assert result.meta["RRUNCERT"] == "from backend clean"
 
 
@@ -193,13 +202,15 @@ def test_front_door_gives_restored_image_and_beam_cards():
     assert (meta["CBPA"] - 30.0 + 90) % 180 - 90 == pytest.approx(0, abs=1.0)
     assert meta["CLNSTOP"] == "threshold" and 0 < meta["CLNITER"] < 2000
     restored = result.extras["restored"]
+    assert restored.unit == u.Jy / u.beam  # the dirty image's unit, as CLEAN restores it
+    restored = restored.value
     assert restored.shape == (n, n)
     assert np.unravel_index(np.argmax(restored), restored.shape) == (20, 41)
     assert restored.max() == pytest.approx(flux, rel=0.03)  # Jy/beam of the clean beam
     assert np.nansum(result.data[15:26, 36:47]) == pytest.approx(flux, rel=0.03)  # Jy/pixel
     # Restored = components through the clean beam + residual.
     expected = restore(np.nan_to_num(result.data), meta["CBMAJPX"], meta["CBMINPX"], meta["CBPA"],
-                       result.extras["residual"])
+                       result.extras["residual"].value)
     np.testing.assert_allclose(restored, expected, atol=1e-7)
 
 

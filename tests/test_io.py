@@ -8,10 +8,9 @@ import pytest
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, NDData, StdDevUncertainty, VarianceUncertainty
-from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning
 
-from radiorecon.exceptions import RadioreconWarning
+from radiorecon.exceptions import InputError, RadioreconWarning
 from radiorecon.io import get_beam, read_image, read_result, write_result
 from radiorecon.result import Reconstruction
 
@@ -271,9 +270,8 @@ def test_file_errors(tmp_path):
 def test_truncated_file(tmp_path, files):
     path = tmp_path / "truncated.fits"
     path.write_bytes(files[2].read_bytes()[:4000])
-    with pytest.warns(AstropyUserWarning, match="truncated"):
-        with pytest.raises(ValueError, match="truncated.fits"):
-            read_image(path)
+    with pytest.raises(InputError, match="truncated.fits is truncated"):
+        read_image(path)
 
 
 def test_hdulist_and_hdu_selection(files):

@@ -15,40 +15,79 @@ from radiorecon.nn import (
 )
 
 
-def _dcor_direct(x, y):
-    """Distance correlation by the textbook double-centring, in numpy."""
-    def centred(z):
+def _dcor_reference(x, y):
+    """Bias-corrected dCor^2 written out from Szekely & Rizzo (2014), in numpy."""
+
+    def u_centred(z):
         z = z.reshape(len(z), -1)
-        d = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
-        return d - d.mean(0) - d.mean(1)[:, None] + d.mean()
+        n = len(z)
+        a = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+        u = a - a.sum(1, keepdims=True) / (n - 2) - a.sum(0, keepdims=True) / (n - 2)
+        u += a.sum() / ((n - 1) * (n - 2))
+        np.fill_diagonal(u, 0.0)
+        return u
 
-    a, b = centred(x), centred(y)
-    dcov2 = (a * b).mean()
-    return np.sqrt(dcov2 / np.sqrt((a * a).mean() * (b * b).mean()))
+    def dot(u, v):
+        n = len(u)
+        return (u * v).sum() / (n * (n - 3))
+
+    a, b = u_centred(x), u_centred(y)
+    return dot(a, b) / np.sqrt(dot(a, a) * dot(b, b))
 
 
-def test_distance_correlation_matches_direct_formula():
+def test_distance_correlation_matches_reference_formula():
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(12, 5))
-    y = x[:, :3] ** 2 + rng.normal(size=(12, 3))
-    exact = distance_correlation(torch.tensor(x), torch.tensor(y), eps=1e-18).item()
-    assert exact == pytest.approx(_dcor_direct(x, y), abs=1e-8)
-    # The default eps, there for finite gradients, moves the value very little.
-    ours = distance_correlation(torch.tensor(x), torch.tensor(y)).item()
-    assert ours == pytest.approx(_dcor_direct(x, y), abs=1e-4)
-
-
-def test_distance_correlation_limits():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(400, 4, generator=gen)
-    assert distance_correlation(x, 3 * x - 2).item() == pytest.approx(1.0, abs=1e-6)
-    # The sample statistic of independent data is biased upwards, towards 0 as n grows.
-    small = distance_correlation(x[:50], torch.randn(50, 4, generator=gen)).item()
-    large = distance_correlation(x, torch.randn(400, 4, generator=gen)).item()
-    assert large < 0.25 and large < small
+    for n, dim in ((4, 3), (16, 64), (37, 5)):
+        x = rng.normal(size=(n, dim))
+        y = np.tanh(x) + 0.5 * rng.normal(size=(n, dim))
+        expected = _dcor_reference(x, y)
+        assert distance_correlation(torch.tensor(x), torch.tensor(y)).item() == pytest.approx(expected, abs=1e-5)
+        # float32 in, float32 out, computed in float64 all the same.
+        single = distance_correlation(torch.tensor(x).float(), torch.tensor(y).float())
+        assert single.dtype == torch.float32 and single.item() == pytest.approx(expected, abs=1e-5)
     # Images work too: the trailing axes are flattened.
-    img = torch.randn(8, 1, 6, 6, generator=gen)
-    assert distance_correlation(img, img * 0.5).item() == pytest.approx(1.0, abs=1e-6)
+    img = rng.normal(size=(8, 1, 6, 6))
+    other = img**2 + rng.normal(size=(8, 1, 6, 6))
+    assert distance_correlation(torch.tensor(img), torch.tensor(other)).item() == pytest.approx(
+        _dcor_reference(img, other), abs=1e-5
+    )
+
+
+# STAR trains on batches of 16 (examples/train_star.py) and takes the
+# distance correlation of 4x4-pooled 32x32 maps: 64 values per image.
+@pytest.mark.parametrize("seed", range(4))
+def test_distance_correlation_separates_independent_from_dependent(seed):
+    rng = np.random.default_rng(seed)
+    n, dim = 16, 64
+
+    def dcor(x, y):
+        return distance_correlation(torch.tensor(x), torch.tensor(y)).item()
+
+    x = rng.normal(size=(n, dim))
+    rotation = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    noise = 0.1 * rng.normal(size=(n, dim))
+    # Independent pairs: around 0 (the biased V-statistic gives 0.97 here).
+    independent = [dcor(rng.normal(size=(n, dim)), rng.normal(size=(n, dim))) for _ in range(8)]
+    assert abs(np.mean(independent)) < 0.1 and max(independent) < 0.4
+    # A rotation with a little noise: near 1.
+    assert dcor(x, 3 * x @ rotation + noise) > 0.95
+    # Nonlinear dependence: far from the independent values.
+    assert dcor(x, np.tanh(x @ rotation) + noise) > 0.8
+    assert dcor(x, (x @ rotation) ** 3 + noise) > 0.4
+
+
+def test_distance_correlation_limits_and_scale():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    assert distance_correlation(x, 3 * x - 2).item() == pytest.approx(1.0, abs=1e-6)
+    y = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    # Invariant under shifts and scaling of either batch.
+    assert distance_correlation(1e-2 * x + 5, y * 100).item() == pytest.approx(
+        distance_correlation(x, y).item(), abs=1e-6
+    )
+    # A constant batch carries no information about the other: 0, not NaN.
+    constant = distance_correlation(torch.ones(6, 3), torch.randn(6, 3, generator=gen))
+    assert constant.item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_distance_correlation_gradient_is_finite():
@@ -58,13 +97,30 @@ def test_distance_correlation_gradient_is_finite():
     distance_correlation(x, y).backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
     x = torch.randn(6, 3, requires_grad=True)
-    distance_correlation(x, x.detach() * 2).backward()
-    assert torch.isfinite(x.grad).all()
+    repeated = torch.cat([x[:3], x[:3]])
+    distance_correlation(repeated, x.detach() * 2).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
 
 
-def test_distance_correlation_refuses_unequal_batches():
-    with pytest.raises(ValueError, match="equal size"):
-        distance_correlation(torch.zeros(3, 2), torch.zeros(4, 2))
+def test_distance_correlation_as_a_loss_removes_dependence():
+    # As in STAR: descending the gradient must make one batch independent of the other.
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randn(16, 64, generator=gen)
+    x = (y + 0.1 * torch.randn(16, 64, generator=gen)).requires_grad_()
+    start = distance_correlation(x, y).item()
+    opt = torch.optim.Adam([x], lr=0.05)
+    for _ in range(25):
+        opt.zero_grad()
+        distance_correlation(x, y).clamp_min(0).backward()
+        opt.step()
+    assert start > 0.95 and distance_correlation(x, y).item() < 0.1
+
+
+def test_distance_correlation_refuses_unequal_or_small_batches():
+    with pytest.raises(ValueError, match="equal size, got 4 and 5"):
+        distance_correlation(torch.zeros(4, 2), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="at least 4 samples.*got 3"):
+        distance_correlation(torch.randn(3, 2), torch.randn(3, 2))
 
 
 @pytest.mark.parametrize("attention, time", [((), False), ((1,), True)])

@@ -1,4 +1,8 @@
+import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -6,6 +10,7 @@ import astropy.units as u
 from astropy.table import QTable
 
 from radiorecon import simulate
+from radiorecon.exceptions import InputError
 from radiorecon.beam import fit_clean_beam
 from radiorecon.simulate import sky as skymod
 from radiorecon.simulate.uv import earth_rotation_uvw, enu_to_xyz, hour_angles, xyz_to_uvw
@@ -389,7 +394,8 @@ def test_dataset_contents(dataset):
     np.testing.assert_array_equal(reopened[3][0], ds[3][0])
 
 
-def test_dataset_does_not_depend_on_workers(dataset, tmp_path):
+def test_dataset_does_not_depend_on_workers(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(simulate.dataset, "_IN_PROCESS_PIXELS", 0)  # a pool even for this small job
     other = simulate.make_dataset(12, seed=7, out=tmp_path / "two", workers=2, progress=False, shard_size=4,
                                   **SMALL)
     for i in range(12):
@@ -438,6 +444,167 @@ def test_dataset_refuses_mismatches_and_protects_directories(tmp_path):
         simulate.load_dataset(tmp_path)
 
 
+def _files(directory):
+    """Every file under ``directory``: relative path -> contents."""
+    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(directory) for name in names}
+
+
+def test_overwrite_removes_only_the_data_sets_own_files(tmp_path):
+    out = tmp_path / "ds"
+    kwargs = dict(workers=1, progress=False, shard_size=1, **SMALL)
+    simulate.make_dataset(4, seed=1, out=out, **kwargs)
+    (out / "notes.txt").write_text("keep me")
+    (out / "results").mkdir()
+    (out / "results" / "config.json").write_text('{"lr": 0.1}')
+    replaced = simulate.make_dataset(2, seed=2, out=out, overwrite=True, **kwargs)
+    assert replaced.config["seed"] == 2 and len(replaced) == 2
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "results" / "config.json").read_text() == '{"lr": 0.1}'
+    # The old data set's shards 2 and 3 are gone with it.
+    assert sorted(os.listdir(out / "shards")) == [f"{kind}_0000{k}.npy" for kind in ("dirty", "sky", "truth")
+                                                  for k in (0, 1)]
+    # A file of the user's in the data set's shards folder: nothing is removed.
+    (out / "shards" / "mine.txt").write_text("mine")
+    before = _files(out)
+    with pytest.raises(InputError, match=r"not part of one \(shards.mine\.txt\)"):
+        simulate.make_dataset(2, seed=3, out=out, overwrite=True, **kwargs)
+    assert _files(out) == before
+
+
+def test_overwrite_refuses_a_directory_of_someone_elses_files(tmp_path):
+    user = tmp_path / "user"
+    (user / "shards").mkdir(parents=True)
+    (user / "config.json").write_text('{"lr": 0.1}')
+    (user / "shards" / "part-0.csv").write_text("1,2")
+    before = _files(user)
+    kwargs = dict(seed=1, out=user, workers=1, progress=False, **SMALL)
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="config.json is not the config.json of a radiorecon simulated"):
+            simulate.make_dataset(2, overwrite=overwrite, **kwargs)
+        assert _files(user) == before
+    os.remove(user / "config.json")
+    with pytest.raises(InputError, match=r"named like a simulated data set's .*\(shards.part-0\.csv\)"):
+        simulate.make_dataset(2, overwrite=True, **kwargs)
+    (user / "shards" / "part-0.csv").unlink()
+    (user / "images.ecsv").write_text("my table")
+    with pytest.raises(InputError, match=r"\(images\.ecsv\)"):
+        simulate.make_dataset(2, overwrite=True, **kwargs)
+    assert (user / "images.ecsv").read_text() == "my table"
+    (user / "config.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(InputError, match="config.json is not the config.json of a simulated data set"):
+        simulate.load_dataset(user)
+
+
+def test_damaged_files_are_named_and_remade(tmp_path):
+    out = tmp_path / "ds"
+    kwargs = dict(seed=4, out=out, workers=1, progress=False, shard_size=2, **SMALL)
+    ds = simulate.make_dataset(6, **kwargs)
+    before = [ds[i] for i in range(6)]
+    shards = out / "shards"
+    raw = (shards / "dirty_00001.npy").read_bytes()
+    (shards / "dirty_00001.npy").write_bytes(raw[: len(raw) // 2])  # truncated
+    (shards / "sky_00000.npy").write_bytes(b"not an array" * 50)  # garbage
+    np.save(shards / "dirty_00002.npy", np.zeros((2, 64, 64)))  # float64
+    np.save(shards / "sky_00002.npy", np.zeros((3, 64, 64), np.float32))  # one image too many
+    ds = simulate.load_dataset(out)
+    for read, name, match in [
+        (lambda: ds[2], "dirty_00001.npy", "bytes where"),
+        (lambda: ds[0], "sky_00000.npy", "not a readable array"),
+        (lambda: ds.image(4), "dirty_00002.npy", r"\(2, 64, 64\) float64 array where a \(2, 64, 64\) float32"),
+        (lambda: ds[5], "sky_00002.npy", r"\(3, 64, 64\) float32 array where a \(2, 64, 64\)"),
+    ]:
+        with pytest.raises(InputError, match=name + ".*" + match + ".*call make_dataset again"):
+            read()
+    os.remove(out / "primary_beam.npy")
+    with pytest.raises(InputError, match="primary_beam.npy is missing"):
+        ds.primary_beam
+    # As the messages say, the same call again remakes what is damaged.
+    again = simulate.make_dataset(6, **kwargs)
+    for i in range(6):
+        np.testing.assert_array_equal(again[i][0], before[i][0])
+        np.testing.assert_array_equal(again[i][1], before[i][1])
+
+
+def test_small_jobs_run_in_a_script_without_a_main_guard(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        import astropy.units as u
+        from radiorecon import simulate
+
+        ds = simulate.make_dataset(3, seed=1, out={str(tmp_path / "ds")!r}, workers=2, shard_size=1,
+                                   progress=False, npix=64, placement_radius=2 * u.arcsec)
+        print(len(ds), "images")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3 images"
+
+
+def test_a_pool_started_by_an_unguarded_script_explains_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(simulate.dataset, "_IN_PROCESS_PIXELS", 0)
+    kwargs = dict(seed=1, workers=2, shard_size=1, progress=False, **SMALL)
+    # In a worker that re-runs an unguarded script (multiprocessing marks it
+    # as inheriting while it imports the script), make_dataset stops before
+    # touching the directory.
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(RuntimeError, match=r"called by a worker process .* `if __name__ == \"__main__\":`"):
+        simulate.make_dataset(2, out=tmp_path / "child", **kwargs)
+    assert not (tmp_path / "child").exists()
+    monkeypatch.undo()
+    # In the calling process, the workers die as they start (here, they run
+    # a main module that exits at once); the error says why that may be.
+    monkeypatch.setattr(simulate.dataset, "_IN_PROCESS_PIXELS", 0)
+    main = tmp_path / "main.py"
+    main.write_text("raise SystemExit(1)\n")
+    fake = type(sys)("__main__")
+    fake.__file__, fake.__spec__ = str(main), None
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    with pytest.raises(RuntimeError, match=r"worker process of make_dataset died .* `if __name__ =="):
+        simulate.make_dataset(2, out=tmp_path / "parent", **kwargs)
+
+
+def test_export_fits(dataset, tmp_path):
+    from radiorecon.io import get_beam, read_image
+
+    paths = dataset.export_fits(tmp_path / "fits", indices=[5, -1])
+    assert [os.path.basename(p) for p in paths] == [
+        f"{i:06d}.{kind}.fits" for i in (5, 11) for kind in ("dirty", "psf", "sky")]
+    dirty, psf, sky = (read_image(p) for p in paths[:3])
+    assert dirty.unit == u.Jy / u.beam and sky.unit == u.Jy / u.pix
+    assert dirty.data.shape == sky.data.shape == (64, 64) and psf.data.shape == (128, 128)
+    np.testing.assert_array_equal(dirty.data, dataset[5][0])
+    np.testing.assert_array_equal(sky.data, dataset.sky(5).data)
+    np.testing.assert_array_equal(psf.data, dataset.psf(5, full=True).data)
+    assert psf.data[64, 64] == pytest.approx(1.0) and psf.data.max() == pytest.approx(1.0)
+    for image, centre in ((dirty, 32), (psf, 64), (sky, 32)):
+        assert list(image.wcs.wcs.ctype) == ["RA---SIN", "DEC--SIN"]
+        # The phase centre is at the centre pixel of each.
+        np.testing.assert_allclose(image.wcs.world_to_pixel(dataset.wcs(5).pixel_to_world(32, 32)), centre)
+    assert get_beam(dirty).major.to_value(u.arcsec) == pytest.approx(dataset.beam(5).major.to_value(u.arcsec))
+    # Nothing is replaced without overwrite=True, and nothing is written.
+    stamp = os.path.getmtime(paths[0])
+    with pytest.raises(FileExistsError, match=r"000011\.dirty\.fits and 2 other"):
+        dataset.export_fits(tmp_path / "fits", indices=[0, 11])
+    assert not (tmp_path / "fits" / "000000.dirty.fits").exists()
+    dataset.export_fits(tmp_path / "fits", indices=[5], overwrite=True)
+    assert os.path.getmtime(paths[0]) >= stamp
+
+
+def test_cli_simulate_writes_fits(tmp_path, capsys):
+    from radiorecon.cli import main
+
+    out, fits = tmp_path / "ds", tmp_path / "fits"
+    assert main(["simulate", "2", str(out), "--seed", "5", "--workers", "1", "--no-progress", "--fits", str(fits),
+                 "--set", "npix=64", "--set", 'placement_radius="2 arcsec"']) == 0
+    assert f"wrote 2 images to {out}" in capsys.readouterr().out
+    assert sorted(os.listdir(fits)) == [f"00000{i}.{kind}.fits" for i in (0, 1) for kind in ("dirty", "psf", "sky")]
+    # Refused before simulating anything.
+    assert main(["simulate", "2", str(tmp_path / "other"), "--fits", str(fits), "--no-progress"]) != 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_dataset_progress_bar(tmp_path, capsys):
     simulate.make_dataset(2, seed=1, out=tmp_path / "ds", workers=1, progress=True, **SMALL)
     assert "simulating" in capsys.readouterr().err
@@ -478,7 +645,16 @@ def test_dataset_is_a_torch_dataset(dataset):
         ({"pixel_scale": 1 * u.arcsec}, ValueError, "too coarse for the longest baseline"),
         ({"sefd": 3000 * u.Jy, "noise_rms": 40 * u.uJy}, ValueError, "not both"),
         ({"flux_range": (0.5, 0.05) * u.mJy}, ValueError, "min <= max"),
-        ({"seed": -1}, ValueError, "non-negative integer"),
+        ({"seed": -1}, ValueError, "seed must be at least 0, not -1"),
+        ({"seed": 2**63}, ValueError, "seed must be at most"),
+        ({"seed": 1.5}, TypeError, "seed must be None or a non-negative integer"),
+        ({"index": True}, TypeError, "index must be an integer"),
+        ({"index": -1}, ValueError, "index must be at least 0"),
+        ({"n_pol": True}, TypeError, "n_pol .* must be an integer"),
+        ({"n_pol": 3}, ValueError, "n_pol .* must be at most 2"),
+        ({"n_channels": 2.0}, TypeError, "n_channels .* must be an integer"),
+        ({"n_sources": (1.0, 3)}, TypeError, "n_sources .* minimum must be an integer"),
+        ({"n_sources": (3, 1)}, ValueError, "n_sources .* maximum must be at least 3"),
     ],
 )
 def test_bad_inputs_are_explained(kwargs, error, match):
@@ -487,8 +663,17 @@ def test_bad_inputs_are_explained(kwargs, error, match):
 
 
 def test_bad_dataset_inputs(tmp_path):
-    with pytest.raises(ValueError, match="positive integer"):
-        simulate.make_dataset(0, out=tmp_path / "x")
+    for kwargs, error, match in [
+        (dict(n=0), ValueError, "n must be at least 1"),
+        (dict(n=True), TypeError, "n must be an integer"),
+        (dict(n=2, seed=-3), ValueError, "seed must be at least 0"),
+        (dict(n=2, workers=0), ValueError, "workers must be at least 1"),
+        (dict(n=2, workers=1.5), TypeError, "workers must be an integer"),
+        (dict(n=2, shard_size=0), ValueError, "shard_size must be at least 1"),
+    ]:
+        with pytest.raises(error, match=match):
+            simulate.make_dataset(out=tmp_path / "x", progress=False, **kwargs)
+    assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=r"\(64, 64\) array"):
         simulate.observe(np.zeros((32, 32)), npix=64)
     with pytest.raises(ValueError, match="sky table needs"):
@@ -512,5 +697,8 @@ def test_simulated_pairs_equal_the_written_data_set(dataset):
         pairs[1.5]
     for bad in (dict(n=0), dict(n=3, seed=-1), dict(n=3, target="x")):
         with pytest.raises(ValueError):
+            simulate.SimulatedPairs(**bad)
+    for bad in (dict(n=True), dict(n=3, seed=None), dict(n=3, seed=2.0)):
+        with pytest.raises(TypeError):
             simulate.SimulatedPairs(**bad)
     assert "12 pairs of 64" in repr(pairs)

@@ -10,11 +10,11 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import fftconvolve
 
 from .._noise import robust_std
+from .._validate import FWHM_PER_SIGMA
 from ..backend import Backend, Prediction
 
 __all__ = ["CleanBackend", "hogbom", "psf_convolve", "fit_clean_beam_pixels", "restore"]
 
-_FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
 
 
 def _clip_boxes(boxes, shape):
@@ -243,13 +243,18 @@ def restore(model, major, minor, pa, residual=None):
 
     model = np.asarray(model, dtype=np.float64)
     # An odd kernel out to 5 sigma of the major axis (the Gaussian is < 4e-6 there).
-    half = min(int(math.ceil(5 * major / _FWHM_PER_SIGMA)), max(model.shape))
+    half = min(int(math.ceil(5 * major / FWHM_PER_SIGMA)), max(model.shape))
     beam = Beam(major=major * u.deg, minor=minor * u.deg, pa=pa * u.deg)
     kernel = beam_kernel(beam, 1 * u.deg, (2 * half + 1, 2 * half + 1))
     restored = fftconvolve(model, kernel, mode="same") if model.any() else np.zeros(model.shape)
     if residual is not None:
         restored = restored + residual
     return restored
+
+
+def beam_area_pixels(major, minor):
+    """Area of an elliptical Gaussian beam of FWHM ``major`` x ``minor`` pixels, in pixels."""
+    return math.pi * major * minor / (4 * math.log(2))
 
 
 def _is_number(value):
@@ -308,10 +313,13 @@ class CleanBackend(Backend):
     ``rms_box``
         Side in pixels of the sliding box the residual rms is taken in.
 
-    The uncertainty is the residual's rms in a sliding box of ``rms_box``
-    pixels. ``extras`` holds the ``residual`` (dirty-image units) and the
-    ``restored`` image: the components convolved with the clean beam (peak
-    1, so Jy/beam of the clean beam for a Jy/beam input) plus the residual.
+    ``extras["rms"]`` is the residual's rms in a sliding box of ``rms_box``
+    pixels, in the dirty image's unit (Jy/beam). The uncertainty of the model
+    (Jy/pixel) is that rms divided by the clean beam's area in pixels, the
+    surface-brightness conversion from Jy/beam to Jy/pixel. ``extras`` also
+    holds the ``residual`` (dirty-image units) and the ``restored`` image:
+    the components convolved with the clean beam (peak 1, so Jy/beam of the
+    clean beam for a Jy/beam input) plus the residual.
     The clean beam is an elliptical Gaussian fitted to the PSF's main lobe;
     ``meta`` carries it in pixel units, with the stopping state:
 
@@ -326,7 +334,7 @@ class CleanBackend(Backend):
         ``"threshold"`` or ``"niter"``: what stopped the loop.
     """
 
-    capabilities = {"reconstruct", "uncertainty", "needs_psf"}
+    capabilities = {"reconstruct", "std", "needs_psf"}
     version = "2"
     tile_shape = None
     # A PSF twice the image size reaches every pixel from a peak anywhere.
@@ -353,11 +361,11 @@ class CleanBackend(Backend):
                 self._beams.popitem(last=False)
         return self._beams[key]
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         import torch
 
         c = self.config
-        models, stds, residuals, restored, meta = [], [], [], [], []
+        models, stds, rmss, residuals, restored, meta = [], [], [], [], [], []
         for dirty, beam in zip(inputs.detach().cpu().float().numpy(), psf.detach().cpu().float().numpy()):
             noise = robust_std(dirty)
             model, residual, iterations = hogbom(
@@ -367,7 +375,10 @@ class CleanBackend(Backend):
             residual64 = residual.astype(np.float64)
             rms = np.sqrt(np.maximum(uniform_filter(residual64**2, size=c["rms_box"], mode="reflect"), 0))
             models.append(model)
-            stds.append(rms)
+            # The rms is in the dirty image's unit (Jy/beam); per pixel of the
+            # model (Jy/pixel) it is spread over the clean beam's area.
+            stds.append(rms / beam_area_pixels(major, minor))
+            rmss.append(rms)
             residuals.append(residual)
             restored.append(restore(model, major, minor, pa, residual64))
             meta.append(
@@ -386,6 +397,7 @@ class CleanBackend(Backend):
         return Prediction(
             mean=stack(models),
             std=stack(stds),
-            extras={"residual": stack(residuals), "restored": stack(restored)},
+            extras={"residual": stack(residuals), "restored": stack(restored), "rms": stack(rmss)},
+            units={"residual": "input", "restored": "input", "rms": "input"},
             meta=meta,
         )

@@ -68,7 +68,11 @@ class DdpmBackend(Backend):
       training (`inference_keys`).
     """
 
-    capabilities = {"reconstruct", "uncertainty", "needs_training", "paired"}
+    capabilities = {"reconstruct", "draws", "needs_training", "paired"}
+    # Any size works; larger images go through in overlapping tiles, so
+    # memory stays bounded and progress shows.
+    max_tile_shape = (512, 512)
+    tile_margin = 32
     version = "1"
     input_scale = "noise"
     inference_keys = frozenset({"sampler", "steps", "eta", "clip_denoised"})
@@ -127,7 +131,7 @@ class DdpmBackend(Backend):
         )
         # The averaged weights are what predicts; they start as the network's.
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
-        self.alphas_cumprod = linear_beta_schedule(c["timesteps"], c["beta_start"], c["beta_end"])
+        self._alphas_cumprod = None
         self._multiple = c["downsample"] * self.net.multiple
         self.ema_steps = 0
 
@@ -135,6 +139,10 @@ class DdpmBackend(Backend):
         c = self.config
         if c["sampler"] not in SAMPLERS:
             raise ValueError(f"Unknown sampler {c['sampler']!r}; choose among {sorted(SAMPLERS)}")
+        t = c["timesteps"]
+        if isinstance(t, bool) or not (isinstance(t, int) and 2 <= t <= 100_000):
+            # The schedule holds one number per step: bound what a config can ask for.
+            raise ValueError(f"timesteps must be an integer from 2 to 100000, not {t!r}")
         if not (isinstance(c["steps"], int) and 1 <= c["steps"] <= c["timesteps"]):
             raise ValueError(f"steps must be an integer from 1 to timesteps ({c['timesteps']}), not {c['steps']!r}")
         if not (isinstance(c["eta"], (int, float)) and c["eta"] >= 0):
@@ -146,6 +154,19 @@ class DdpmBackend(Backend):
         clip = c["clip_denoised"]
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and clip[0] < clip[1]):
             raise ValueError(f"clip_denoised must be null or [low, high] with low < high, not {clip!r}")
+
+    @property
+    def alphas_cumprod(self):
+        """The noise schedule's cumulative products (CPU), computed on first use.
+
+        Not at construction: model files are checked by building the backend
+        on torch's meta device, where this arithmetic would be slow and useless.
+        """
+        if self._alphas_cumprod is None:
+            c = self.config
+            with torch.device("cpu"):
+                self._alphas_cumprod = linear_beta_schedule(c["timesteps"], c["beta_start"], c["beta_end"])
+        return self._alphas_cumprod
 
     def modules(self):
         return {"net": self.net, "ema": self.ema}
@@ -199,8 +220,14 @@ class DdpmBackend(Backend):
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return F.mse_loss(self.net(torch.cat([xt, x], dim=1), t), noise)
 
+    def reset_parameters(self):
+        """Fresh weights for the network; the EMA copy starts equal to them."""
+        for sub in self.net.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+        self.ema.load_state_dict(self.net.state_dict())
+
     def begin_fit(self, *, resumed=False):
-        super().begin_fit(resumed=resumed)
         if not resumed:
             self.ema_steps = 0
 
@@ -237,21 +264,27 @@ class DdpmBackend(Backend):
 
     # -- inference ---------------------------------------------------------
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         """``n_samples`` sky draws per image with the configured sampler."""
+        from ..seeding import Draws
+
         c = self.config
         d = c["downsample"]
         x, size = to_grid(inputs, d, self._multiple, reduce="mean")
         b = x.shape[0]
         cond = x.repeat(n_samples, 1, 1, 1)
+        if draws is None:
+            draws = Draws.from_seed(None, n_samples, b, x.device)
 
         def eps_model(xt, t):
             return self.ema(torch.cat([xt, cond], dim=1), t)
 
+        def noise():
+            return draws.randn(*cond.shape[1:], dtype=cond.dtype).reshape(cond.shape)
+
         sampler, spacing = SAMPLERS[c["sampler"]]
         schedule = sampling_schedule(self.alphas_cumprod, c["steps"], spacing)
-        noise = torch.randn_like(cond)
         clip = tuple(c["clip_denoised"]) if c["clip_denoised"] is not None else None
-        x0 = sampler(eps_model, noise, schedule, eta=c["eta"], clip=clip)
+        x0 = sampler(eps_model, noise(), schedule, eta=c["eta"], clip=clip, noise=noise)
         sky = from_grid(self.sky_inverse(x0), d, size, reduce="sum")
         return Prediction(samples=sky.reshape(n_samples, b, *sky.shape[1:]))

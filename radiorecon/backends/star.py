@@ -19,8 +19,8 @@ Training (each term switchable for ablations) combines
    bright pixels would otherwise leave MSE with nothing to learn from the
    faint ones;
 2. branch one, ``x -> (c, s) -> x_hat``: MSE between ``x_hat`` and ``x``;
-3. the distance correlation between ``c`` and ``s`` over the batch, so that
-   the style carries no sky;
+3. the bias-corrected squared distance correlation between ``c`` and ``s``
+   over the batch, clamped at 0, so that the style carries no sky;
 4. a KL term pulling the style towards a standard normal, so that styles can
    be drawn for generation;
 5. branch two, ``sky -> x_tilde -> c_hat``: the true sky with the image's
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
+from ..seeding import Draws
 from ..nn import (
     PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, sky_stretch, sky_unstretch, to_grid,
 )
@@ -81,9 +82,18 @@ class StarBackend(Backend):
       in units of the encoder's standard deviation.
     - ``dcor_pool`` (4): maps are average-pooled by this before the
       distance correlation.
+
+    The distance-correlation term is the bias-corrected squared distance
+    correlation between content and style over the batch
+    (`radiorecon.nn.distance_correlation`), clamped at 0; batches of fewer
+    than 4 images (a short last batch) go without it.
     """
 
-    capabilities = {"reconstruct", "uncertainty", "generate", "needs_training", "paired"}
+    capabilities = {"reconstruct", "draws", "generate", "needs_training", "paired"}
+    # Any size works; larger images go through in overlapping tiles, so
+    # memory stays bounded and progress shows.
+    max_tile_shape = (512, 512)
+    tile_margin = 32
     version = "1"
     input_scale = "noise"
     inference_keys = frozenset({"style_temperature"})
@@ -200,6 +210,11 @@ class StarBackend(Backend):
 
     # -- training ----------------------------------------------------------
 
+    @property
+    def min_batch_size(self):
+        """4 when the distance-correlation term is on: its estimator needs 4 samples."""
+        return 4 if self.config["dcor_weight"] > 0 else 1
+
     def configure_optimizers(self):
         lr = self.config["learning_rate"]
         gen = [p for name, m in self.modules().items() if name != "discriminators" for p in m.parameters()]
@@ -221,9 +236,13 @@ class StarBackend(Backend):
         if c["composite_weight"] > 0:
             losses["composite"] = F.mse_loss(self.composite(t_c, s), x)
             total = total + c["composite_weight"] * losses["composite"]
-        if c["dcor_weight"] > 0 and x.shape[0] > 2:
+        if c["dcor_weight"] > 0 and x.shape[0] >= 4:  # the estimator needs 4 samples
             p = c["dcor_pool"]
-            losses["dcor"] = distance_correlation(F.avg_pool2d(t_c, p), F.avg_pool2d(s, p))
+            # The bias-corrected dCor^2 is smooth where content and style are
+            # independent (its square root has an infinite slope there), and
+            # scatters around 0 for them: clamped, so that the estimator's
+            # noise below 0 is not something to optimise.
+            losses["dcor"] = distance_correlation(F.avg_pool2d(t_c, p), F.avg_pool2d(s, p)).clamp_min(0)
             total = total + c["dcor_weight"] * losses["dcor"]
         if c["kl_weight"] > 0:
             losses["kl"] = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
@@ -280,23 +299,25 @@ class StarBackend(Backend):
 
     # -- inference ---------------------------------------------------------
 
-    def _styles(self, mu, logvar, n_samples):
+    def _styles(self, mu, logvar, n_samples, draws):
         if n_samples == 1:
             return mu[None]
+        if draws is None:
+            draws = Draws.from_seed(None, n_samples, mu.shape[0], mu.device)
         sigma = torch.exp(0.5 * logvar) * self.config["style_temperature"]
-        return mu[None] + sigma[None] * torch.randn((n_samples, *mu.shape), device=mu.device, dtype=mu.dtype)
+        return mu[None] + sigma[None] * draws.randn(*mu.shape[1:], dtype=mu.dtype)
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         """Content for ``n_samples`` styles around the estimated one (the mean style if 1)."""
         x, size = self._to_grid(inputs, "mean")
         mu, logvar = self.encode_style(x)
-        styles = self._styles(mu, logvar, n_samples)
+        styles = self._styles(mu, logvar, n_samples, draws)
         k, b = styles.shape[:2]
         t_c = self.content(x.repeat(k, 1, 1, 1), styles.reshape(k * b, *styles.shape[2:]))
         sky = self._from_grid(self.sky_inverse(t_c), size, "sum")
         return Prediction(samples=sky.reshape(k, b, *sky.shape[1:]))
 
-    def generate(self, sky, *, n_samples=1, like=None):
+    def generate(self, sky, *, n_samples=1, like=None, draws=None):
         """Dirty images of sky models (see `radiorecon.Backend.generate`).
 
         Styles come from the standard-normal prior, or, given ``like``, from
@@ -307,12 +328,14 @@ class StarBackend(Backend):
         t_sky = self.sky_forward(t_sky)
         b = t_sky.shape[0]
         shape = (b, self.config["style_channels"], *t_sky.shape[2:])
+        if draws is None:
+            draws = Draws.from_seed(None, n_samples, b, t_sky.device)
         if like is None:
-            styles = torch.randn((n_samples, *shape), device=t_sky.device, dtype=t_sky.dtype)
+            styles = draws.randn(*shape[1:], dtype=t_sky.dtype)
         else:
             x, _ = self._to_grid(like, "mean")
             _, logvar = self.encode_style(x)
             mu = self.style(x, t_sky)
-            styles = self._styles(mu, logvar, n_samples)
+            styles = self._styles(mu, logvar, n_samples, draws)
         out = self.composite(t_sky.repeat(n_samples, 1, 1, 1), styles.reshape(n_samples * b, *shape[1:]))
         return self._from_grid(out, size, "mean").reshape(n_samples, b, *size)

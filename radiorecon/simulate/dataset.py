@@ -1,21 +1,9 @@
 """Simulated data sets on disk: written in parallel, resumable, read lazily.
 
-Layout of a data set directory::
-
-    config.json       preset, overrides, all resolved parameters, seed, n,
-                      shard size, radiorecon version
-    images.ecsv       per image: image_id, phase centre ra/dec (deg), psf_index
-    psf.npy           (n_psf, 2 npix, 2 npix) float32 PSF bank, peak 1 at
-                      pixel npix (twice the image size, as CLEAN needs)
-    psf_bank.ecsv     per PSF: declination it was computed at, fitted beam,
-                      expected image noise rms
-    primary_beam.npy  (npix, npix) float32 primary-beam gain
-    shards/dirty_KKKKK.npy, shards/sky_KKKKK.npy
-                      (shard_size, npix, npix) float32, Jy/beam and Jy/pixel
-    shards/truth_KKKKK.npy
-                      the shard's truth rows; written last, it marks the
-                      shard complete
-    truth.ecsv        truth catalog of all images (written when all shards are)
+A data set is a directory of ``.npy`` shards and ECSV tables (see
+`radiorecon.simulate.layout` for the files). `make_dataset` writes it,
+`SimulatedDataset` reads it, and `SimulatedDataset.export_fits` writes
+chosen images as FITS files.
 
 PSFs are stored as a bank with an index rather than one per image: the uv
 coverage depends on the phase centre only through its declination, which is
@@ -25,41 +13,60 @@ would double the size of the data set. The worker processes read the bank
 instead of gridding the PSFs again.
 """
 
+import concurrent.futures
+import contextlib
+import functools
 import json
 import math
+import multiprocessing
 import os
 import secrets
-import shutil
 
 import astropy.units as u
 import numpy as np
 from astropy.table import QTable
 
 from .. import __version__
-from .._files import atomic_path, is_temporary
-from .observe import _draw_centre, _rng, _setup, _simulate, common_meta, image_meta, image_wcs, truth_table
+from .._files import atomic_path
+from .._validate import check_int, check_seed
+from ..exceptions import InputError
+from .engine import (
+    common_meta, draw_centre, image_meta, image_rng, image_wcs, setup_for, simulate_image, truth_table,
+)
+from .layout import (
+    FORMAT, FORMAT_VERSION, TRUTH_DTYPE, check_array, foreign_files, manifest, open_array,
+    own_temporaries, read_config, read_table, shard_length, shard_name,
+)
 from .presets import DEFAULT_PRESET, from_json, resolve_parameters, to_json
 
 __all__ = ["make_dataset", "load_dataset", "SimulatedDataset"]
 
-FORMAT = "radiorecon.simulate.dataset"
-FORMAT_VERSION = 1
-_PLAN_FILES = ("images.ecsv", "psf.npy", "psf_bank.ecsv", "primary_beam.npy")
-_OWN_FILES = ("config.json", *_PLAN_FILES, "truth.ecsv", "shards")
 # The settings that make a data set what it is; the rest (workers, progress)
 # only say how it is made.
 _IDENTITY = ("format_version", "radiorecon_version", "preset", "parameters", "seed", "n", "shard_size")
-_TRUTH_DTYPE = np.dtype(
-    [("image_id", "i8")] + [(name, "f8") for name in (
-        "x", "y", "ra", "dec", "flux", "fwhm_major", "fwhm_minor", "pa", "pb_gain", "peak_snr")]
+# Starting a worker process costs 1-2 s (it imports radiorecon); below this
+# many pixels to simulate (64 images of 512², about a second of work) the
+# images are made in this process instead. Images smaller than 256² count
+# as 256²: their cost is mostly per image, not per pixel.
+_IN_PROCESS_PIXELS = 64 * 512**2
+_GUARD_FIX = (
+    "put the call under `if __name__ == \"__main__\":` (each worker process runs the calling script again "
+    "when it starts), or pass workers=1"
 )
 
 
 def check_index(i, n):
-    """Image ``i`` (negative counts from the end) of ``n``, as a non-negative int."""
-    if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
-        raise TypeError(f"data set indices are integers, not {type(i).__name__}")
-    j = int(i) + n if i < 0 else int(i)
+    """Image ``i`` (negative counts from the end) of ``n``, as a non-negative int.
+
+    Raises
+    ------
+    TypeError
+        If ``i`` is not an integer.
+    IndexError
+        If it is out of range (as sequences do, so that iteration stops).
+    """
+    i = check_int(i, "a data set index", minimum=None)
+    j = i + n if i < 0 else i
     if not 0 <= j < n:
         raise IndexError(f"image {i} out of range for a data set of {n}")
     return j
@@ -72,10 +79,6 @@ def check_target(target):
     return target
 
 
-def _shard_name(kind, k):
-    return os.path.join("shards", f"{kind}_{k:05d}.npy")
-
-
 def _atomic_save(path, array):
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
@@ -86,15 +89,23 @@ def _atomic_write_table(path, table):
         table.write(tmp, format="ascii.ecsv")
 
 
+def _read_bank(out, npix):
+    """The PSF bank table and its (memory-mapped) PSFs, checked against each other."""
+    bank = read_table(os.path.join(out, "psf_bank.ecsv"),
+                      ("psf_index", "declination", "beam_major", "beam_minor", "beam_pa", "noise_rms"))
+    psfs = open_array(os.path.join(out, "psf.npy"), (len(bank), 2 * npix, 2 * npix), np.float32)
+    return bank, psfs
+
+
 def _preload(out, params):
     """Give this process's PSF bank the PSFs and beams already in ``out``."""
-    setup = _setup(params)
-    if getattr(setup, "preloaded_from", None) == out:
+    setup = setup_for(params)
+    if setup.preloaded_from == out:
         return
     from radio_beam import Beam
 
-    psfs = np.load(os.path.join(out, "psf.npy"), mmap_mode="r")
-    for row in QTable.read(os.path.join(out, "psf_bank.ecsv"), format="ascii.ecsv"):
+    bank, psfs = _read_bank(out, params["npix"])
+    for row in bank:
         beam = Beam(major=row["beam_major"], minor=row["beam_minor"], pa=row["beam_pa"])
         psf2 = np.array(psfs[row["psf_index"]])
         setup.coverage(float(row["declination"].to_value(u.deg)), psf2=psf2, beam=beam)
@@ -106,7 +117,7 @@ def _make_shard(out, params, seed, k, start, stop):
     _preload(out, params)
     dirty, sky, rows = [], [], []
     for i in range(start, stop):
-        r = _simulate(params, seed, i)
+        r = simulate_image(params, seed, i)
         dirty.append(r["dirty"])
         sky.append(r["sky"])
         comps = r["components"]
@@ -114,9 +125,10 @@ def _make_shard(out, params, seed, k, start, stop):
             rows.append((i, comps["x"][j], comps["y"][j], r["src_ra"][j], r["src_dec"][j], comps["flux"][j],
                          comps["fwhm_major"][j], comps["fwhm_minor"][j], comps["pa"][j],
                          r["pb_gain"][j], r["peak_snr"][j]))
-    _atomic_save(os.path.join(out, _shard_name("dirty", k)), np.stack(dirty))
-    _atomic_save(os.path.join(out, _shard_name("sky", k)), np.stack(sky))
-    _atomic_save(os.path.join(out, _shard_name("truth", k)), np.array(rows, dtype=_TRUTH_DTYPE))
+    _atomic_save(os.path.join(out, shard_name("dirty", k)), np.stack(dirty))
+    _atomic_save(os.path.join(out, shard_name("sky", k)), np.stack(sky))
+    # Written last: a shard whose truth file is missing is made again.
+    _atomic_save(os.path.join(out, shard_name("truth", k)), np.array(rows, dtype=TRUTH_DTYPE))
     return stop - start
 
 
@@ -127,47 +139,99 @@ def _default_workers():
         return os.cpu_count() or 1
 
 
-def _claim(out, config, overwrite):
-    """Make ``out`` ready; True when it holds a partial run of the same data set."""
-    if os.path.isdir(out) and os.listdir(out):
-        if overwrite:
-            for name in _OWN_FILES:
-                path = os.path.join(out, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
-        elif os.path.exists(os.path.join(out, "config.json")):
-            with open(os.path.join(out, "config.json")) as f:
-                stored = json.load(f)
-            differ = [key for key in _IDENTITY if stored.get(key) != config[key]]
-            if differ:
-                if "parameters" in differ:
-                    a, b = stored.get("parameters") or {}, config["parameters"]
-                    differ += [f"parameters[{k!r}]" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-                raise ValueError(
-                    f"{out} holds a different simulated data set (it differs in: {', '.join(differ)}); "
-                    "pass overwrite=True to replace it, or choose another directory"
-                )
-            return True
-        else:
-            raise FileExistsError(
-                f"{out} exists and is not a radiorecon simulated data set; "
-                "pass overwrite=True to write one there anyway, or choose another directory"
+def _inspect(out, config, overwrite):
+    """Decide what to do with ``out``, without changing anything in it.
+
+    Returns
+    -------
+    resume : bool
+        True when ``out`` holds a run of the same data set, complete or not.
+    stale : list of str
+        The files of another data set in ``out`` that ``overwrite`` replaces.
+    """
+    if not os.path.lexists(out):
+        return False, []
+    if not os.path.isdir(out):
+        raise InputError(f"{out} exists and is not a directory; choose another output directory")
+    stored = read_config(out)
+    if stored is not None and not overwrite:
+        differ = [key for key in _IDENTITY if stored.get(key) != config[key]]
+        if differ:
+            if "parameters" in differ:
+                a, b = stored.get("parameters") or {}, config["parameters"]
+                differ += [f"parameters[{k!r}]" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            raise InputError(
+                f"{out} holds a different simulated data set (it differs in: {', '.join(differ)}); "
+                "pass overwrite=True to replace it, or choose another directory"
             )
+        return True, []
+    own = manifest(stored) if stored is not None else []
+    foreign = foreign_files(out, own)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(
+            f"{out} holds files named like a simulated data set's that are not part of one ({shown}); "
+            "move them away or choose another directory"
+        )
+    if stored is None and os.listdir(out) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not a radiorecon simulated data set; "
+            "pass overwrite=True to write one there anyway (its files are kept), or choose another directory"
+        )
+    return False, [name for name in own if os.path.lexists(os.path.join(out, name))]
+
+
+def _prepare(out, config, resume, stale):
+    """Remove the ``stale`` files and the temporaries of interrupted runs; write config.json."""
+    # config.json goes last, replaced by the new one: until then the old one
+    # still owns what is left, should this be interrupted.
+    for name in stale:
+        if name != "config.json":
+            os.remove(os.path.join(out, name))
     os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-    return False
+    for directory in (out, os.path.join(out, "shards")):
+        for name in own_temporaries(directory):
+            os.remove(os.path.join(directory, name))
+    if not resume:
+        with atomic_path(os.path.join(out, "config.json")) as tmp, open(tmp, "w") as f:
+            json.dump(config, f, indent=1)
+
+
+def _is_complete(path, shape, dtype):
+    try:
+        check_array(path, shape, dtype)
+    except InputError:
+        return False
+    return True
+
+
+def _plan_is_complete(out, config):
+    """Whether the plan files are all there and whole (a resumed run remakes them if not)."""
+    npix = config["npix"]
+    try:
+        read_table(os.path.join(out, "images.ecsv"), ("image_id", "ra", "dec", "psf_index"), rows=config["n"])
+        _read_bank(out, npix)
+    except InputError:
+        return False
+    return _is_complete(os.path.join(out, "primary_beam.npy"), (npix, npix), np.float32)
+
+
+def _shard_is_complete(out, config, k):
+    images = (shard_length(config, k), config["npix"], config["npix"])
+    return (_is_complete(os.path.join(out, shard_name("truth", k)), (None,), TRUTH_DTYPE)
+            and all(_is_complete(os.path.join(out, shard_name(kind, k)), images, np.float32)
+                    for kind in ("dirty", "sky")))
 
 
 def _write_plan(out, params, seed, n):
     """images.ecsv, the PSF bank and the primary beam, made by the parent process."""
-    setup = _setup(params)
-    centres = np.array([_draw_centre(_rng(seed, i), params) for i in range(n)])
+    setup = setup_for(params)
+    centres = np.array([draw_centre(image_rng(seed, i), params) for i in range(n)])
     bins = np.array([setup.dec_bin(dec) for dec in centres[:, 1]])
     bank, index = np.unique(bins, return_inverse=True)
     covs = [setup.coverage(b) for b in bank]
-    _atomic_save(os.path.join(out, "psf.npy"), np.stack([cov.psf2 for cov in covs]))
-    _atomic_save(os.path.join(out, "primary_beam.npy"), setup.pb)
+    _atomic_save(os.path.join(out, "psf.npy"), np.stack([cov.psf2 for cov in covs]).astype(np.float32))
+    _atomic_save(os.path.join(out, "primary_beam.npy"), setup.pb.astype(np.float32))
     _atomic_write_table(os.path.join(out, "psf_bank.ecsv"), QTable({
         "psf_index": np.arange(len(bank)),
         "declination": bank * u.deg,
@@ -190,24 +254,29 @@ def make_dataset(n, *, preset=DEFAULT_PRESET, seed=None, out, overwrite=False, w
     data are the same whatever the number of workers, and equal to
     ``observe(seed=seed, index=i, preset=preset, **overrides)``. Shards are
     written atomically: after an interruption, the same call again skips the
-    complete shards and makes the rest.
+    complete shards and makes the rest (and remakes any damaged file).
 
     Parameters
     ----------
     n : int
-        Number of images.
+        Number of images (at least 1).
     preset : str
         Recipe name (see `~radiorecon.simulate.available_presets`).
     seed : int, optional
-        Base seed; None draws one, recorded in ``config.json``.
+        Base seed, in ``[0, 2**63 - 1]``; None draws one, recorded in
+        ``config.json``.
     out : str or os.PathLike
         Directory of the data set (created if needed).
     overwrite : bool
-        Replace a different data set (or write into a non-empty directory
-        that holds none); only the data set's own files are removed.
+        Replace a different data set, or write into a non-empty directory
+        that holds none. Only the files of the data set that was there (as
+        its ``config.json`` describes them) are removed; others are kept.
     workers : int, optional
-        Processes to use (default: the CPUs available to this process); 1
-        works in this process.
+        Processes to use (default: the CPUs available to this process). Small
+        jobs (up to about 64 images of 512²) and ``workers=1`` run in this
+        process; larger ones start worker processes, which re-run the
+        calling script: call ``make_dataset`` under ``if __name__ ==
+        "__main__":`` in scripts.
     progress : bool
         Show a progress bar (tqdm).
     shard_size : int, optional
@@ -222,82 +291,116 @@ def make_dataset(n, *, preset=DEFAULT_PRESET, seed=None, out, overwrite=False, w
 
     Raises
     ------
+    TypeError
+        If ``n``, ``seed``, ``workers`` or ``shard_size`` is not an integer.
     ValueError
+        If one of them is out of range.
+    ~radiorecon.exceptions.InputError
         If ``out`` holds a data set made with other settings (the message
-        names them) and ``overwrite`` is False.
+        names them) and ``overwrite`` is False; or if it holds a
+        ``config.json`` that is not a data set's, or files named like a
+        data set's that are not part of the one there (they are never
+        removed or replaced, whatever ``overwrite``).
     FileExistsError
         If ``out`` is a non-empty directory without a data set and
         ``overwrite`` is False.
+    RuntimeError
+        If a worker process died; complete shards are kept, and the same
+        call resumes.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, not {n!r}")
-    n = int(n)
+    n = check_int(n, "n")
+    seed = secrets.randbits(63) if seed is None else check_seed(seed)
+    if shard_size is None:
+        shard_size = min(128, max(1, math.ceil(n / 16)))
+    shard_size = check_int(shard_size, "shard_size")
+    workers = _default_workers() if workers is None else check_int(workers, "workers")
     params = resolve_parameters(preset, **overrides)
-    if seed is None:
-        seed = secrets.randbits(63)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-    shard_size = int(shard_size or min(128, max(1, math.ceil(n / 16))))
-    workers = _default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
     out = os.fspath(out)
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "radiorecon_version": __version__,
         "preset": preset, "overrides": {k: v for k, v in to_json(params).items() if k in overrides},
-        "parameters": to_json(params), "seed": int(seed), "n": n, "shard_size": shard_size,
+        "parameters": to_json(params), "seed": seed, "n": n, "shard_size": shard_size,
         "npix": params["npix"], "pixel_scale_arcsec": params["pixel_scale"].to_value(u.arcsec),
-        "meta": common_meta(_setup(params), seed=seed, preset=preset),
+        "meta": common_meta(setup_for(params), seed=seed, preset=preset),
     }
     config = json.loads(json.dumps(config))  # as it will read back, for comparisons
-    resumed = _claim(out, config, overwrite)
-    if not resumed:
-        with atomic_path(os.path.join(out, "config.json")) as tmp, open(tmp, "w") as f:
-            json.dump(config, f, indent=1)
-    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
-    for name in os.listdir(os.path.join(out, "shards")):
-        if is_temporary(name):  # left by an interrupted run
-            os.remove(os.path.join(out, "shards", name))
-    if not all(os.path.exists(os.path.join(out, name)) for name in _PLAN_FILES):
-        _write_plan(out, params, int(seed), n)
-
+    resume, stale = _inspect(out, config, overwrite)
     shards = [(k, k * shard_size, min(n, (k + 1) * shard_size)) for k in range(math.ceil(n / shard_size))]
-    todo = [s for s in shards if not os.path.exists(os.path.join(out, _shard_name("truth", s[0])))]
+    todo = [s for s in shards if not (resume and _shard_is_complete(out, config, s[0]))]
+    pixels = sum(b - a for _, a, b in todo) * max(params["npix"], 256) ** 2
+    parallel = min(workers, len(todo)) if pixels > _IN_PROCESS_PIXELS else 1
     from tqdm.auto import tqdm
 
-    with tqdm(total=n, initial=n - sum(b - a for _, a, b in todo), desc="simulating", unit="image",
-              disable=not progress) as bar:
-        if workers == 1 or len(todo) <= 1:
-            for k, a, b in todo:
-                bar.update(_make_shard(out, params, int(seed), k, a, b))
-        else:
-            _run_pool(out, params, int(seed), todo, min(workers, len(todo)), bar)
+    # The worker processes start before the directory is touched: one that
+    # re-runs an unguarded calling script stops there (see _start_pool).
+    with _pool(parallel) as pool:
+        _prepare(out, config, resume, stale)
+        if not (resume and _plan_is_complete(out, config)):
+            _write_plan(out, params, seed, n)
+        with tqdm(total=n, initial=n - sum(b - a for _, a, b in todo), desc="simulating", unit="image",
+                  disable=not progress) as bar:
+            if pool is None:
+                for k, a, b in todo:
+                    bar.update(_make_shard(out, params, seed, k, a, b))
+            else:
+                _run_shards(pool, out, params, seed, todo, bar)
 
-    truth = [np.load(os.path.join(out, _shard_name("truth", k))) for k, _, _ in shards]
-    rows = np.concatenate(truth) if truth else np.zeros(0, _TRUTH_DTYPE)
+    truth = [open_array(os.path.join(out, shard_name("truth", k)), (None,), TRUTH_DTYPE, mmap=False)
+             for k, _, _ in shards]
+    rows = np.concatenate(truth) if truth else np.zeros(0, TRUTH_DTYPE)
     comps = {c: rows[c] for c in ("x", "y", "flux", "fwhm_major", "fwhm_minor", "pa")}
     table = truth_table(rows["image_id"], comps, rows["ra"], rows["dec"], rows["pb_gain"], rows["peak_snr"])
     _atomic_write_table(os.path.join(out, "truth.ecsv"), table)
     return SimulatedDataset(out)
 
 
-def _run_pool(out, params, seed, todo, workers, bar):
-    import concurrent.futures
-    import multiprocessing
-
-    # spawn: forking a process that has started threads (torch, BLAS) can
-    # deadlock; a fresh interpreter costs ~2 s of imports once per worker.
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+@contextlib.contextmanager
+def _pool(workers):
+    """Started worker processes for ``workers > 1``, else None."""
+    if workers < 2:
+        yield None
+        return
+    pool = _start_pool(workers)
     try:
-        futures = [pool.submit(_make_shard, out, params, seed, k, a, b) for k, a, b in todo]
-        for future in concurrent.futures.as_completed(futures):
-            bar.update(future.result())
+        yield pool
     except BaseException:
         # Complete shards are on disk; the next call resumes after them.
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _start_pool(workers):
+    """A process pool with its ``workers`` processes started."""
+    # spawn: forking a process that has started threads (torch, BLAS) can
+    # deadlock; a fresh interpreter costs ~2 s of imports once per worker.
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        # Processes start on demand, one per task submitted while none is idle.
+        for _ in range(workers):
+            pool.submit(int)
+    except RuntimeError as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        # The check multiprocessing makes in a process that is still importing
+        # its main module, i.e. in a worker re-running an unguarded script.
+        if "bootstrapping phase" in str(exc):
+            raise RuntimeError(f"make_dataset was called by a worker process as it started: {_GUARD_FIX}") from None
+        raise
+    return pool
+
+
+def _run_shards(pool, out, params, seed, todo, bar):
+    try:
+        futures = [pool.submit(_make_shard, out, params, seed, k, a, b) for k, a, b in todo]
+        for future in concurrent.futures.as_completed(futures):
+            bar.update(future.result())
+    except concurrent.futures.process.BrokenProcessPool as exc:
+        raise RuntimeError(
+            "a worker process of make_dataset died (complete shards are kept: the same call resumes); "
+            "if the calling script has no `if __name__ == \"__main__\":` guard, that is the cause: "
+            f"{_GUARD_FIX}; otherwise the worker was killed, e.g. for lack of memory"
+        ) from exc
 
 
 def load_dataset(path, *, target="apparent"):
@@ -325,6 +428,8 @@ class SimulatedDataset:
     arrays in Jy/beam and Jy/pixel, read from memory-mapped shards, so the
     data set can be far larger than memory. It works as it is with
     `radiorecon.Reconstructor.fit` and as a map-style torch dataset.
+    `image`, `psf` and `sky` give image ``i`` as `~astropy.nddata.CCDData`
+    with its WCS, and `export_fits` writes them as FITS files.
 
     Parameters
     ----------
@@ -348,9 +453,11 @@ class SimulatedDataset:
 
     Raises
     ------
-    ValueError
-        If ``path`` holds no data set, or an incomplete one (rerun
-        `~radiorecon.simulate.make_dataset` with the same arguments to finish it).
+    ~radiorecon.exceptions.InputError
+        If ``path`` holds no data set, an incomplete one (rerun
+        `~radiorecon.simulate.make_dataset` with the same arguments to
+        finish it), or a damaged one. Damaged shards are found when read:
+        indexing raises the same error, naming the file.
     """
 
     units = {"input": "Jy / beam", "target": "Jy / pix"}
@@ -359,20 +466,17 @@ class SimulatedDataset:
         self.target = check_target(target)
         self._pb = None
         self.path = os.fspath(path)
-        config_path = os.path.join(self.path, "config.json")
-        if not os.path.exists(config_path):
-            raise ValueError(f"{self.path} holds no simulated data set (no config.json)")
-        with open(config_path) as f:
-            self.config = json.load(f)
-        if self.config.get("format") != FORMAT or self.config.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{self.path}: not a data set this version of radiorecon can read")
+        self.config = read_config(self.path)
+        if self.config is None:
+            raise InputError(f"{self.path} holds no simulated data set (no config.json)")
         if not os.path.exists(os.path.join(self.path, "truth.ecsv")):
-            raise ValueError(
+            raise InputError(
                 f"{self.path} holds an incomplete data set; run make_dataset again with the same "
                 "arguments to finish it"
             )
         self._n, self._shard = self.config["n"], self.config["shard_size"]
-        self.images = QTable.read(os.path.join(self.path, "images.ecsv"), format="ascii.ecsv")
+        self.images = read_table(os.path.join(self.path, "images.ecsv"), ("image_id", "ra", "dec", "psf_index"),
+                                 rows=self._n)
         self._maps = {}
         self._truth = None
 
@@ -386,7 +490,9 @@ class SimulatedDataset:
         k, j = divmod(self._index(i), self._shard)
         key = (kind, k)
         if key not in self._maps:
-            self._maps[key] = np.load(os.path.join(self.path, _shard_name(kind, k)), mmap_mode="r")
+            npix = self.config["npix"]
+            shape = (shard_length(self.config, k), npix, npix)
+            self._maps[key] = open_array(os.path.join(self.path, shard_name(kind, k)), shape, np.float32)
         # A copy: writable (torch warns about read-only arrays) and detached from the file.
         return np.array(self._maps[key][j])
 
@@ -417,22 +523,29 @@ class SimulatedDataset:
     def truth(self):
         """Truth catalog of all images (`~astropy.table.QTable`, see `~radiorecon.simulate.observe`)."""
         if self._truth is None:
-            self._truth = QTable.read(os.path.join(self.path, "truth.ecsv"), format="ascii.ecsv")
+            self._truth = read_table(os.path.join(self.path, "truth.ecsv"), ("image_id", "x", "y", "flux"))
         return self._truth
 
     @property
     def primary_beam(self):
         """Primary-beam gain on the image grid (float32 array)."""
-        return np.load(os.path.join(self.path, "primary_beam.npy"))
+        npix = self.config["npix"]
+        return open_array(os.path.join(self.path, "primary_beam.npy"), (npix, npix), np.float32, mmap=False)
 
     def _bank(self):
         if "psf" not in self._maps:
-            self._maps["psf"] = np.load(os.path.join(self.path, "psf.npy"), mmap_mode="r")
-            self._maps["bank"] = QTable.read(os.path.join(self.path, "psf_bank.ecsv"), format="ascii.ecsv")
+            bank, psfs = _read_bank(self.path, self.config["npix"])
+            index = np.asarray(self.images["psf_index"])
+            if index.dtype.kind not in "iu" or len(index) and not 0 <= index.min() <= index.max() < len(bank):
+                raise InputError(
+                    f"{os.path.join(self.path, 'images.ecsv')}: its psf_index does not match psf_bank.ecsv; "
+                    "call make_dataset again with the data set's arguments (see its config.json) to remake it"
+                )
+            self._maps["psf"], self._maps["bank"] = psfs, bank
         return self._maps["psf"], self._maps["bank"]
 
     def wcs(self, i):
-        """Celestial WCS of image ``i``."""
+        """Celestial WCS of image ``i``: SIN projection, phase centre at pixel ``npix // 2``."""
         row = self.images[self._index(i)]
         return image_wcs(row["ra"].to_value(u.deg), row["dec"].to_value(u.deg),
                          self.config["npix"], self.config["pixel_scale_arcsec"])
@@ -451,23 +564,30 @@ class SimulatedDataset:
         return image_meta(self.config["meta"], self.beam(j), noise_rms=noise, index=j)
 
     def image(self, i):
-        """Dirty image ``i`` as `~astropy.nddata.CCDData` (Jy/beam, WCS, beam in meta)."""
+        """Dirty image ``i`` as `~astropy.nddata.CCDData`.
+
+        In Jy/beam, with the image's WCS; ``meta`` holds the fitted clean
+        beam (``BMAJ``, ``BMIN``, ``BPA`` in deg), the expected noise rms
+        ``NOISERMS`` (Jy/beam), ``OBSFREQ`` (Hz), the seed and the index.
+        """
         from astropy.nddata import CCDData
 
         return CCDData(self._array("dirty", i), unit=u.Jy / u.beam, wcs=self.wcs(i), meta=self._meta(i))
 
     def sky(self, i):
-        """True sky ``i`` as `~astropy.nddata.CCDData` (Jy/pixel, WCS)."""
+        """True sky ``i`` (without primary beam) as `~astropy.nddata.CCDData` in Jy/pixel, with its WCS."""
         from astropy.nddata import CCDData
 
-        return CCDData(self._array("sky", i), unit=u.Jy / u.pix, wcs=self.wcs(i))
+        meta = {**self.config["meta"], "SIMINDEX": self._index(i)}
+        return CCDData(self._array("sky", i), unit=u.Jy / u.pix, wcs=self.wcs(i), meta=meta)
 
     def psf(self, i, *, full=False):
         """PSF of image ``i`` as `~astropy.nddata.CCDData`, peak 1.
 
         ``npix x npix`` with the peak at pixel ``npix // 2`` and the image's
         WCS; with ``full=True``, the stored ``2 npix x 2 npix`` PSF (peak at
-        pixel ``npix``) and a WCS with the reference pixel moved there.
+        pixel ``npix``, what CLEAN needs) and a WCS with the reference pixel
+        moved there. ``meta`` is that of `image`.
         """
         from astropy.nddata import CCDData
 
@@ -480,3 +600,55 @@ class SimulatedDataset:
             return CCDData(np.array(psfs[k]), unit=u.one, wcs=wcs, meta=self._meta(i))
         lo = n - n // 2
         return CCDData(np.array(psfs[k, lo : lo + n, lo : lo + n]), unit=u.one, wcs=wcs, meta=self._meta(i))
+
+    def export_fits(self, directory, indices=None, *, overwrite=False):
+        """Write images as FITS files, e.g. to try ``radiorecon predict`` on them.
+
+        For each image ``i``, ``NNNNNN.dirty.fits`` (`image`: Jy/beam, with
+        the beam cards ``BMAJ``, ``BMIN``, ``BPA``), ``NNNNNN.psf.fits``
+        (``psf(i, full=True)``: ``2 npix x 2 npix``, peak 1 at pixel
+        ``npix``, so that CLEAN can subtract sidelobes across the whole
+        image) and ``NNNNNN.sky.fits`` (`sky`: the true sky in Jy/pixel),
+        where ``NNNNNN`` is ``i`` in six digits; all with the image's
+        celestial WCS (the PSF's reference pixel at its peak). The true
+        sources are in `truth`.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            Where to write the files (created if needed).
+        indices : iterable of int, optional
+            The images to write (negative ones count from the end); default
+            all.
+        overwrite : bool
+            Replace existing files. Without it nothing is written if any of
+            the files exists.
+
+        Returns
+        -------
+        paths : list of str
+            The files written, three per image.
+
+        Raises
+        ------
+        FileExistsError
+            If a file exists and ``overwrite`` is False.
+        TypeError, IndexError
+            If an index is not an integer or is out of range.
+        """
+        from ..io import write_result
+
+        directory = os.fspath(directory)
+        indices = range(self._n) if indices is None else [self._index(i) for i in indices]
+        files = [(i, kind, os.path.join(directory, f"{i:06d}.{kind}.fits"))
+                 for i in indices for kind in ("dirty", "psf", "sky")]
+        if not overwrite:
+            existing = [path for _, _, path in files if os.path.exists(path)]
+            if existing:
+                more = f" and {len(existing) - 1} other file(s)" if len(existing) > 1 else ""
+                raise FileExistsError(f"{existing[0]}{more} already exist; pass overwrite=True to replace them")
+        os.makedirs(directory, exist_ok=True)
+        image = {"dirty": self.image, "psf": functools.partial(self.psf, full=True), "sky": self.sky}
+        for i, kind, path in files:
+            write_result(image[kind](i), path, overwrite=overwrite)
+        return [path for _, _, path in files]

@@ -76,6 +76,8 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
+from .._validate import check_int
+
 __all__ = ["PRESETS", "DEFAULT_PRESET", "available_presets", "preset_parameters", "resolve_parameters"]
 
 DEFAULT_PRESET = "alma-cycle5-c43-3"
@@ -123,8 +125,8 @@ PRESETS = {
     },
 }
 
-# name: (kind, canonical unit or choices, meaning). The kinds are checked by
-# _check below; the module docstring documents each parameter.
+# name: (kind, canonical unit or choices or (min, max) bounds, meaning). The
+# kinds are checked by _check below; the module docstring documents each parameter.
 _SPEC = {
     "array": ("array", None, "array configuration"),
     "latitude": ("latitude", u.deg, "array latitude"),
@@ -136,16 +138,16 @@ _SPEC = {
     "integration": ("positive", u.s, "integration time"),
     "frequency": ("positive", u.GHz, "centre frequency"),
     "bandwidth": ("positive", u.GHz, "total bandwidth"),
-    "n_channels": ("count", 1, "number of channels"),
+    "n_channels": ("count", (1, None), "number of channels"),
     "uvw": ("uvw", None, "given uv points"),
-    "npix": ("npix", 32, "image size"),
+    "npix": ("npix", (32, None), "image size"),
     "pixel_scale": ("positive", u.arcsec, "pixel size"),
     "weighting": ("choice", ("natural", "uniform", "briggs"), "weighting"),
     "robust": ("number", (-2, 2), "Briggs robustness"),
     "noise_rms": ("noise", u.uJy / u.beam, "image noise rms"),
     "sefd": ("positive_or_none", u.Jy, "system equivalent flux density"),
     "efficiency": ("number", (1e-6, 1), "correlator efficiency"),
-    "n_pol": ("choice", (1, 2), "number of polarisations"),
+    "n_pol": ("count", (1, 2), "number of polarisations"),
     "primary_beam": ("bool", None, "primary beam switch"),
     "dish_diameter": ("positive_or_none", u.m, "dish diameter"),
     "pb_fwhm_factor": ("number", (1e-6, np.inf), "primary beam FWHM in lambda/D"),
@@ -252,10 +254,6 @@ def _quantity(name, value, unit, what):
         raise TypeError(f"{name} ({what}) must be in units of {unit}, not {q.unit}") from None
 
 
-def _integer(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check(name, value):
     """The checked, canonical value of one parameter."""
     kind, unit, what = _SPEC[name]
@@ -285,16 +283,16 @@ def _check(name, value):
             raise TypeError(f"{wrong} True or False, not {value!r}")
         return bool(value)
     if kind in ("count", "npix"):
-        if not _integer(value):
-            raise TypeError(f"{wrong} an integer, not {value!r}")
-        if value < unit or (kind == "npix" and value % 2):
-            raise ValueError(f"{wrong} {'even and ' if kind == 'npix' else ''}at least {unit}, not {value}")
-        return int(value)
+        lo, hi = unit
+        value = check_int(value, f"{name} ({what})", minimum=lo, maximum=hi)
+        if kind == "npix" and value % 2:
+            raise ValueError(f"{wrong} even and at least {lo}, not {value}")
+        return value
     if kind == "count_range":
         lo, hi = _pair(name, value, what)
-        if not (_integer(lo) and _integer(hi) and 0 <= lo <= hi):
-            raise ValueError(f"{wrong} two integers 0 <= min <= max, not {value!r}")
-        return (int(lo), int(hi))
+        lo = check_int(lo, f"{name} ({what}) minimum", minimum=0)
+        hi = check_int(hi, f"{name} ({what}) maximum", minimum=lo)
+        return (lo, hi)
     if kind == "number":
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
             raise TypeError(f"{wrong} a number, not {value!r}")

@@ -11,10 +11,11 @@ the phase centre at pixel ``(npix // 2, npix // 2)``.
 
 import numpy as np
 
+from .._validate import FWHM_PER_SIGMA
+
 __all__ = ["COLUMNS", "empty_components", "draw_components", "render", "peak_snr"]
 
 COLUMNS = ("x", "y", "flux", "fwhm_major", "fwhm_minor", "pa")
-_SIGMA_PER_FWHM = 1 / (2 * np.sqrt(2 * np.log(2)))
 # Sub-pixel samples per axis. The 4 x 4 midpoint rule integrates a Gaussian
 # over each pixel; it misses 1/(12 * 16) px² of the pixel's own variance,
 # 0.3 % of a 0.4" source's on 0.1" pixels (0.15 % of its width).
@@ -130,7 +131,7 @@ def render(components, npix, pixel):
             if 0 <= ix < npix and 0 <= iy < npix:
                 image[iy, ix] += flux
             continue
-        s_maj, s_min = major * _SIGMA_PER_FWHM / pixel, minor * _SIGMA_PER_FWHM / pixel
+        s_maj, s_min = major / FWHM_PER_SIGMA / pixel, minor / FWHM_PER_SIGMA / pixel
         half = int(np.ceil(_STAMP_SIGMAS * s_maj)) + 1
         grid = (np.arange(-half, half + 1)[:, None] + sub).ravel()  # pixel offsets of the samples
         dx, dy = grid[None, :] + (ix - x), grid[:, None] + (iy - y)
@@ -151,7 +152,7 @@ def render(components, npix, pixel):
 
 def _covariance(major, minor, pa):
     """Covariances ``(..., 2, 2)`` (east, north) of Gaussians of FWHMs and PA (deg)."""
-    s_maj, s_min = major * _SIGMA_PER_FWHM, minor * _SIGMA_PER_FWHM
+    s_maj, s_min = major / FWHM_PER_SIGMA, minor / FWHM_PER_SIGMA
     t = np.radians(pa)
     e = np.stack([np.sin(t), np.cos(t)], -1)  # major axis, east and north components
     n = np.stack([np.cos(t), -np.sin(t)], -1)

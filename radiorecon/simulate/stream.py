@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from .._validate import check_int, check_seed
 from .dataset import check_index, check_target
-from .observe import _simulate
+from .engine import simulate_image
 from .presets import DEFAULT_PRESET, resolve_parameters
 
 __all__ = ["SimulatedPairs"]
@@ -23,17 +24,24 @@ class SimulatedPairs:
     Parameters
     ----------
     n : int
-        Number of distinct images.
+        Number of distinct images (at least 1).
     preset : str
         Recipe name (see `~radiorecon.simulate.available_presets`).
     seed : int
-        Base seed.
+        Base seed, in ``[0, 2**63 - 1]``.
     target : {"apparent", "sky"}
         Sky times the primary beam (default; see
         `~radiorecon.simulate.SimulatedDataset`) or the true sky.
     **overrides
         Parameters replacing the preset's, e.g. ``npix=128`` for small
         training images.
+
+    Raises
+    ------
+    TypeError
+        If ``n`` or ``seed`` is not an integer.
+    ValueError
+        If ``n`` or ``seed`` is out of range, or ``target`` is unknown.
 
     Examples
     --------
@@ -47,18 +55,17 @@ class SimulatedPairs:
     units = {"input": "Jy / beam", "target": "Jy / pix"}
 
     def __init__(self, n, *, preset=DEFAULT_PRESET, seed=0, target="apparent", **overrides):
-        if not (isinstance(n, (int, np.integer)) and n >= 1):
-            raise ValueError(f"n must be a positive integer, not {n!r}")
-        if not (isinstance(seed, (int, np.integer)) and seed >= 0):
-            raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-        self.n, self.seed, self.target, self.preset = int(n), int(seed), check_target(target), preset
+        if seed is None:
+            raise TypeError("seed must be an integer, not None: the pairs are made from it whenever indexed")
+        self.n, self.seed = check_int(n, "n"), check_seed(seed)
+        self.target, self.preset = check_target(target), preset
         self.parameters = resolve_parameters(preset, **overrides)
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        r = _simulate(self.parameters, self.seed, check_index(i, self.n))
+        r = simulate_image(self.parameters, self.seed, check_index(i, self.n))
         sky = r["sky"] * r["setup"].pb if self.target == "apparent" else r["sky"]
         return np.asarray(r["dirty"], dtype=np.float32), np.asarray(sky, dtype=np.float32)
 

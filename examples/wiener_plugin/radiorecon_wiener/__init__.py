@@ -53,12 +53,6 @@ class WienerBackend(Backend):
             self.stats.cross.zero_()
             self.stats.power.zero_()
 
-    def training_state(self):
-        return {}
-
-    def load_training_state(self, state):
-        pass
-
     def _check(self, images):
         size = self.config["size"]
         if tuple(images.shape[-2:]) != (size, size):
@@ -84,5 +78,5 @@ class WienerBackend(Backend):
         damping = self.config["regularisation"] * s.power.mean()
         s.filter.copy_(s.cross / (s.power + damping))
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         return Prediction(mean=self.stats.filter_images(inputs))

@@ -1,0 +1,335 @@
+"""The prediction pipeline: from images to backend calls and back to sky models.
+
+`~radiorecon.Reconstructor.predict` reads every image into a `Job` (data in
+the model's units, blank mask, tiles in normalised units, the PSF cut to the
+tile), then `run` sends the tiles through the backend: tiles of one shape
+share batches of ``batch_size``, many samples are split into calls of about
+``batch_size`` draws, and each draw has its own random generator seeded from
+``(seed, image, tile, sample)``, so an image's result depends neither on its
+neighbours in the list nor on the batch size. `assemble` stitches the tiles,
+aggregates the samples, attaches units and provenance, and makes the
+`~radiorecon.Reconstruction`.
+"""
+
+import collections
+import dataclasses
+import logging
+import warnings
+
+import numpy as np
+import astropy.units as u
+from astropy.nddata import StdDevUncertainty
+
+from . import __version__, provenance
+from .exceptions import InputError, RadioreconWarning
+from .result import Reconstruction
+from .runtime import check_memory
+from .seeding import Draws, stream_seed
+from .tiling import Tiler, center_psf
+
+__all__ = [
+    "Job", "read_input", "read_psf", "make_jobs", "check_sample_memory", "run", "assemble", "chunk_sizes",
+    "model_unit", "is_per_beam", "PROGRESS_DELAY",
+]
+
+log = logging.getLogger("radiorecon")
+
+#: Seconds before a progress bar appears: quick predictions stay silent,
+#: long ones (many tiles, many samples, a slow sampler) show their progress.
+PROGRESS_DELAY = 0.5
+
+
+@dataclasses.dataclass
+class Job:
+    """One image on its way through `run`: what was read, and its tiles."""
+
+    index: int  # position in the caller's list: keys the random streams
+    image: object  # the NDData from io.read_image
+    mask: np.ndarray
+    unit: object
+    tiler: Tiler
+    tiles: np.ndarray  # (n_tiles, ty, tx), normalised
+    psf: np.ndarray = None  # (f * ty, f * tx), peak 1 at the centre
+
+
+def is_per_beam(unit):
+    """Whether ``unit`` is a flux density per beam (Jy/beam, mJy/beam, ...)."""
+    return unit is not None and dict(zip(unit.bases, unit.powers)).get(u.beam) == -1
+
+
+def model_unit(in_unit, target_unit=None):
+    """The unit of a sky model predicted from an image in ``in_unit``.
+
+    The training targets' unit when the model knows it; else a per-beam
+    input gives a per-pixel model (Jy/beam -> Jy/pixel: with the PSF's peak
+    at 1, a point source of S Jy peaks at S Jy/beam in the dirty image and
+    is one pixel of S Jy in the model).
+    """
+    if target_unit is not None:
+        return u.Unit(target_unit)
+    if in_unit is None:
+        return None
+    if is_per_beam(in_unit):
+        return in_unit * u.beam / u.pix
+    return in_unit
+
+
+def chunk_sizes(n, batch_size):
+    """Sizes of the backend calls for ``n`` draws, about ``batch_size`` each.
+
+    Every call gets at least 2 draws whenever more than one was asked for:
+    a backend may answer a call for 1 with its direct estimate (the mean
+    style, the most probable sky) instead of a draw.
+    """
+    n_calls = max(1, n // max(2, batch_size))
+    return [n // n_calls + (i < n % n_calls) for i in range(n_calls)]
+
+
+def read_input(obj, what, want_unit, *, stacklevel):
+    """Read an image and express it in ``want_unit``.
+
+    Returns
+    -------
+    image : NDData
+        What `~radiorecon.io.read_image` made of ``obj``.
+    data : `~numpy.ndarray`
+        float32, blank pixels set to zero.
+    mask : `~numpy.ndarray`
+        True where the input was blank (NaN or masked).
+    unit : `~astropy.units.Unit` or None
+    """
+    from .io import read_image
+
+    image = read_image(obj)
+    data = np.array(image.data, dtype=np.float32)
+    mask = ~np.isfinite(data)
+    if image.mask is not None:
+        mask |= np.asarray(image.mask, dtype=bool)
+    if mask.all():
+        raise InputError(f"Every pixel of the {what} is blank (NaN or masked)")
+    unit = image.unit
+    if want_unit is not None:
+        want = u.Unit(want_unit)
+        if unit is None:
+            warnings.warn(
+                f"The {what} has no unit; assuming the model's training unit {want}.",
+                RadioreconWarning,
+                stacklevel=stacklevel,
+            )
+            unit = want
+        elif unit != want:
+            try:
+                data = data * np.float32(unit.to(want))
+            except u.UnitConversionError:
+                raise u.UnitConversionError(
+                    f"The {what} is in {unit}, which cannot be converted to {want}, the unit the model "
+                    "was trained on."
+                ) from None
+            unit = want
+    data[mask] = 0.0
+    return image, data, mask, unit
+
+
+def read_psf(obj):
+    """The PSF as a NaN-free float64 array."""
+    from .io import read_image
+
+    return np.nan_to_num(np.asarray(read_image(obj).data, dtype=np.float64))
+
+
+def make_jobs(images, psfs, backend, normalisation, input_unit):
+    """Read and tile every image; one PSF is read and cut once per tile shape."""
+    jobs, psf_cache = [], {}
+    for index, (obj, psf_obj) in enumerate(zip(images, psfs)):
+        what = "image" if len(images) == 1 else f"image {index}"
+        image, data, mask, unit = read_input(obj, what, input_unit, stacklevel=4)
+        tile = backend.tile_shape
+        if tile is None and backend.max_tile_shape is not None:
+            tile = tuple(min(n, m) for n, m in zip(data.shape, backend.max_tile_shape))
+        tiler = Tiler(data.shape, tile, backend.tile_margin)
+        psf = None
+        if psf_obj is not None:
+            key = (id(psf_obj), tiler.tile_shape)
+            if key not in psf_cache:
+                shape = tuple(backend.psf_factor * t for t in tiler.tile_shape)
+                try:
+                    psf_cache[key] = center_psf(read_psf(psf_obj), shape).astype(np.float32)
+                except ValueError as exc:
+                    raise InputError(f"The PSF of {what}: {exc}") from None
+            psf = psf_cache[key]
+        tiles = tiler.split(normalisation.forward(data).astype(np.float32))
+        jobs.append(Job(index, image, mask, unit, tiler, tiles, psf))
+    return jobs
+
+
+def check_sample_memory(jobs, n_samples, return_samples):
+    """Refuse up front a request whose samples cannot fit in memory."""
+    # The tiles of every draw, their stitched copy, and the kept samples.
+    per_sample = sum(job.tiles.size + job.mask.size * (1 + return_samples) for job in jobs) * 4
+    check_memory(
+        per_sample * n_samples,
+        f"{n_samples} samples of {len(jobs)} image(s)",
+        "ask for fewer samples, or predict fewer or smaller images at a time",
+    )
+
+
+def _call(backend, name, x, psf, n_samples, batch_size, keys, device):
+    """The backend's Prediction for a batch, its samples gathered over calls of about ``batch_size``."""
+    import torch
+
+    from .backend import Prediction
+
+    parts, start = [], 0
+    for k in chunk_sizes(n_samples, batch_size):
+        seeds = [[stream_seed(*key, start + s) for key in keys] for s in range(k)]
+        pred = backend.predict(x, n_samples=k, psf=psf, draws=Draws(seeds, device))
+        if not isinstance(pred, Prediction):
+            raise TypeError(f"Backend {name!r} returned {type(pred).__name__} from predict(), not a Prediction")
+        if pred.samples is None:
+            if "draws" in backend.capabilities:
+                raise TypeError(f"Backend {name!r} declares 'draws' but returned no samples")
+            return pred
+        if tuple(pred.samples.shape[:2]) != (k, x.shape[0]):
+            raise TypeError(
+                f"Backend {name!r} returned samples of shape {tuple(pred.samples.shape)}, "
+                f"expected ({k}, {x.shape[0]}, ...)"
+            )
+        parts.append(pred)
+        start += k
+    if len(parts) == 1:
+        return parts[0]
+    return dataclasses.replace(parts[0], samples=torch.cat([p.samples for p in parts]))
+
+
+def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
+    """Send every tile of every job through the backend.
+
+    Returns
+    -------
+    outputs : list of dict
+        Per job: ``samples``/``mean``/``std``/``components`` lists of per-tile
+        arrays, ``extras`` (name to per-tile arrays), ``units`` and ``meta``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    outputs = [dict(samples=[], mean=[], std=[], components=[], extras={}, units={}, meta={}) for _ in jobs]
+    # Tiles of one shape (and PSF shape) can share a batch.
+    groups = collections.defaultdict(list)
+    for j, job in enumerate(jobs):
+        for t in range(len(job.tiler)):
+            psf_shape = None if job.psf is None else job.psf.shape
+            groups[(job.tiler.tile_shape, psf_shape)].append((j, t))
+    total = sum(len(job.tiler) for job in jobs)
+    with torch.no_grad(), tqdm(
+        total=total, disable=not progress, desc="predict", unit="tile", delay=PROGRESS_DELAY
+    ) as bar:
+        for members in groups.values():
+            for b in range(0, len(members), batch_size):
+                chunk = members[b : b + batch_size]
+                x = torch.from_numpy(np.stack([jobs[j].tiles[t] for j, t in chunk])).to(device)
+                psf = None
+                if jobs[chunk[0][0]].psf is not None:
+                    psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(device)
+                keys = [(seed, jobs[j].index, t) for j, t in chunk]
+                pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device)
+                _collect(pred, chunk, outputs, name)
+                bar.update(len(chunk))
+    return outputs
+
+
+def _collect(pred, chunk, outputs, name):
+    def cpu(tensor):
+        return tensor.float().cpu().numpy()
+
+    for i, (j, t) in enumerate(chunk):
+        out = outputs[j]
+        out["units"] = pred.units
+        if pred.samples is not None:
+            out["samples"].append((t, cpu(pred.samples[:, i])))
+        else:
+            out["mean"].append((t, cpu(pred.mean[i])))
+            if pred.std is not None:
+                out["std"].append((t, cpu(pred.std[i])))
+        if pred.components is not None:
+            out["components"].append(cpu(pred.components[i]))
+        for key, value in pred.extras.items():
+            out["extras"].setdefault(key, []).append((t, cpu(value[i])))
+        if pred.meta is not None:
+            out["meta"].update(pred.meta[i])
+
+
+def _merge(tiler, parts, axis=0):
+    """Stitch ``(tile index, array)`` parts, in tile order, into one image."""
+    arrays = [a for _, a in sorted(parts, key=lambda p: p[0])]
+    return tiler.merge(np.stack(arrays, axis=axis))
+
+
+def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,
+             origin):
+    """The `~radiorecon.Reconstruction` of one job from its backend outputs."""
+    tiler, mask = job.tiler, job.mask
+    samples = std = None
+    if out["samples"]:
+        samples = normalisation.inverse(_merge(tiler, out["samples"], axis=1))
+        estimate = np.median(samples, axis=0) if aggregate == "median" else samples.mean(axis=0)
+        if n_samples > 1:
+            std = samples.std(axis=0, ddof=1)
+            how = f"std of {n_samples} samples"
+        else:
+            how = "none: one sample gives no spread; use n_samples > 1"
+    else:
+        estimate = normalisation.inverse(_merge(tiler, out["mean"]))
+        if out["std"]:
+            std = normalisation.inverse(_merge(tiler, out["std"]))
+            how = f"from backend {name}"
+        else:
+            how = f"none: backend {name} gives no uncertainty"
+    if std is None:
+        log.info("no uncertainty for this prediction (%s)", how)
+    estimate = estimate.astype(np.float32)
+    estimate[mask] = np.nan
+    if std is not None:
+        std = std.astype(np.float32)
+        std[mask] = np.nan
+    kinds = out["units"]
+    model = model_unit(job.unit, units.get("target"))
+
+    def unit_of(key):
+        return model if kinds.get(key, "model") == "model" else job.unit
+
+    components = None
+    if out["components"]:
+        components = normalisation.inverse(out["components"][0][:, : mask.shape[0], : mask.shape[1]])
+    extras = {}
+    for key, parts in out["extras"].items():
+        value = normalisation.inverse(_merge(tiler, parts))
+        unit = unit_of(key)
+        extras[key] = value if unit is None else u.Quantity(value, unit, copy=False)
+    beam = provenance.input_beam(job.image)
+    meta = provenance.prediction_header(
+        input_meta=job.image.meta,
+        version=__version__,
+        backend_name=name,
+        backend_version=backend.version,
+        origin=origin,
+        config=backend.config,
+        n_samples=n_samples,
+        aggregate=aggregate,
+        seed=seed,
+        scale=normalisation.scale,
+        uncertainty=how,
+        beam=beam,
+        backend_meta=out["meta"],
+    )
+    return Reconstruction(
+        estimate,
+        uncertainty=None if std is None else StdDevUncertainty(std),
+        mask=mask,
+        wcs=job.image.wcs,
+        unit=unit_of("estimate"),
+        meta=meta,
+        samples=samples if return_samples else None,
+        components=components,
+        extras=extras,
+    )

@@ -1,0 +1,156 @@
+"""The prediction pipeline: images of any size together, seeds per image, units, memory."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import astropy.units as u
+
+from radiorecon import Backend, Prediction, Reconstructor, registry
+from radiorecon.exceptions import RadioreconWarning
+from radiorecon.seeding import Draws, stream_seed
+
+from conftest import gaussian_psf
+
+
+@pytest.fixture(scope="module")
+def star():
+    return Reconstructor.pretrained("star", device="cpu")
+
+
+@pytest.fixture
+def conv(pairs):
+    dirty, sky = pairs
+    return Reconstructor("test-conv").fit(dirty, sky, epochs=1, batch_size=8, seed=0, progress=False)
+
+
+def _images(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = []
+    for ny, nx in shapes:
+        image = rng.normal(0, 5e-5, (ny, nx)).astype(np.float32)
+        image[ny // 2 - 2 : ny // 2 + 3, nx // 2 - 2 : nx // 2 + 3] += 1e-3 * gaussian_psf((5, 5), 1.0)
+        images.append(image * u.Jy / u.beam)
+    return images
+
+
+def test_images_of_different_sizes_predict_together(star):
+    a, b = _images([(32, 32), (48, 40)])
+    psf = gaussian_psf((64, 64))
+    for rec, kwargs in [(star, {}), (Reconstructor("clean", niter=50), {"psf": psf})]:
+        both = rec.predict([a, b], progress=False, **kwargs)
+        assert [r.data.shape for r in both] == [(32, 32), (48, 40)]
+        # Each equals its prediction alone: different sizes never share a batch.
+        np.testing.assert_array_equal(both[1].data, rec.predict(b, progress=False, **kwargs).data)
+
+
+@pytest.mark.parametrize("name", ["conv", "star"])
+def test_an_image_draws_do_not_depend_on_neighbours_or_batch_size(name, conv, star):
+    rec = {"conv": conv, "star": star}[name]
+    shape = (32, 32)
+    a, b, c = _images([shape] * 3, seed=3)
+    alone = rec.predict(a, n_samples=6, seed=5, return_samples=True, progress=False)
+    listed = rec.predict([a, b, c], n_samples=6, seed=5, batch_size=2, return_samples=True, progress=False)
+    np.testing.assert_allclose(listed[0].samples, alone.samples, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(listed[0].uncertainty.array, alone.uncertainty.array, rtol=1e-5, atol=1e-9)
+    # The same image at another position is another random stream.
+    assert not np.allclose(listed[1].samples, rec.predict(b, n_samples=6, seed=5, return_samples=True,
+                                                           progress=False).samples)
+    # A different seed, different draws.
+    other = rec.predict(a, n_samples=6, seed=6, return_samples=True, progress=False)
+    assert not np.allclose(other.samples, alone.samples)
+
+
+def test_draws_give_one_stream_per_sample_and_row():
+    draws = Draws([[stream_seed(1, 0, k), stream_seed(1, 1, k)] for k in range(3)])
+    x = draws.randn(4)
+    assert x.shape == (3, 2, 4)
+    again = Draws([[stream_seed(1, 1, 2)]]).randn(4)
+    torch.testing.assert_close(x[2, 1], again[0, 0])
+    assert stream_seed(1, 0, 0) != stream_seed(1, 0, 1) != stream_seed(2, 0, 0)
+
+
+def test_too_many_samples_are_refused_before_any_work(conv, monkeypatch):
+    called = []
+    monkeypatch.setattr(type(conv.backend), "predict", lambda *a, **k: called.append(1))
+    with pytest.raises(MemoryError, match=r"10000000000 samples .* GiB"):
+        conv.predict(_images([(32, 32)])[0], n_samples=10**10, progress=False)
+    assert not called
+
+
+@pytest.mark.parametrize("seed, error", [(1.5, TypeError), (-1, ValueError), (2**64, ValueError),
+                                         (True, TypeError), ("7", TypeError)])
+def test_bad_seeds_are_refused(conv, seed, error):
+    with pytest.raises(error, match="seed"):
+        conv.predict(_images([(32, 32)])[0], seed=seed, progress=False)
+
+
+def test_counts_are_checked_alike(conv):
+    image = _images([(32, 32)])[0]
+    with pytest.raises(TypeError, match="n_samples must be an integer"):
+        conv.predict(image, n_samples=True, progress=False)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        conv.predict(image, batch_size=2.0, progress=False)
+
+
+def test_unit_warning_points_at_the_caller(star):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        star.predict(np.zeros((32, 32), np.float32) + np.eye(32, dtype=np.float32) * 1e-4, progress=False)
+    ours = [w for w in caught if issubclass(w.category, RadioreconWarning)]
+    assert ours and ours[0].filename == __file__
+
+
+class _FilterBackend(Backend):
+    """A smoothing filter: its output is an image in the input's unit, not a model."""
+
+    capabilities = {"reconstruct"}
+
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
+        out = torch.nn.functional.avg_pool2d(inputs[:, None], 3, 1, 1)[:, 0]
+        return Prediction(mean=out, extras={"residual": inputs - out}, units={"estimate": "input",
+                                                                            "residual": "input"},
+                          meta=[{"a long key name": 1.5, "Filtered": True}] * inputs.shape[0])
+
+
+def test_declared_units_are_attached_and_meta_becomes_cards(tmp_path):
+    registry.register_backend("test-filter", _FilterBackend, force=True)
+    try:
+        image = _images([(16, 16)])[0].to(u.mJy / u.beam)
+        result = Reconstructor("test-filter").predict(image, progress=False)
+    finally:
+        registry.unregister_backend("test-filter")
+    assert result.unit == u.mJy / u.beam  # not relabelled mJy/pixel
+    assert result.extras["residual"].unit == u.mJy / u.beam
+    assert result.meta["a long key name"] == 1.5 and result.meta["FILTERED"] is True
+    result.write(tmp_path / "filtered.fits")
+
+
+def test_undeclared_extra_units_are_refused():
+    x = torch.zeros(2, 4, 4)
+    with pytest.raises(ValueError, match=r"Declare the unit of the extra map\(s\) \['residual'\]"):
+        Prediction(mean=x, extras={"residual": x})
+    with pytest.raises(ValueError, match="use one of"):
+        Prediction(mean=x, units={"estimate": "Jy"})
+
+
+def test_the_old_uncertainty_capability_says_what_to_use():
+    with pytest.raises(TypeError, match="declare 'draws' if predict"):
+        type("Old", (Backend,), {"capabilities": {"reconstruct", "uncertainty"}})
+
+
+def test_large_images_go_through_in_tiles(star, monkeypatch):
+    shapes = []
+    real = type(star.backend).predict
+
+    def spy(self, inputs, **kwargs):
+        shapes.append(tuple(inputs.shape))
+        return real(self, inputs, **kwargs)
+
+    monkeypatch.setattr(type(star.backend), "predict", spy)
+    monkeypatch.setattr(type(star.backend), "max_tile_shape", (48, 48))
+    monkeypatch.setattr(type(star.backend), "tile_margin", 8)
+    result = star.predict(_images([(80, 64)])[0], batch_size=2, progress=False)
+    assert result.data.shape == (80, 64)
+    assert all(s[1:] == (48, 48) for s in shapes) and sum(s[0] for s in shapes) > 2
