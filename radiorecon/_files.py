@@ -14,6 +14,20 @@ def is_temporary(name):
     return bool(_TEMPORARY.fullmatch(os.path.basename(name)))
 
 
+def check_new(path, overwrite, hint="pass overwrite=True to replace it"):
+    """Refuse, before any work, to replace an existing ``path`` unless ``overwrite``.
+
+    The one "file exists" check of the package; ``hint`` says how to allow
+    it (the command line says ``--overwrite``).
+
+    Raises
+    ------
+    FileExistsError
+    """
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{os.fspath(path)} already exists; {hint}")
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, overwrite=True):
     """Yield a temporary path beside ``path``; move it into place on success.
@@ -33,8 +47,7 @@ def atomic_path(path, *, overwrite=True):
         If writing fails, naming ``path``.
     """
     path = os.fspath(path)
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    check_new(path, overwrite)
     # Replacing a link would turn it into a plain file and leave its target stale.
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     directory, base = os.path.split(target)

@@ -16,6 +16,7 @@ import traceback
 
 from . import __version__
 from .exceptions import CapabilityError, InputError, RadioreconError
+from ._files import check_new
 
 __all__ = ["main"]
 
@@ -121,8 +122,7 @@ def _check_output(path, overwrite, option):
     """
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a directory; give a file name")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_new(path, overwrite, "pass --overwrite to replace it")
     # The file is written beside its final place (or its link's target) and moved there.
     directory = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(directory):

@@ -57,7 +57,7 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         ...) and ``files`` (paths written). The four files are written
         together at the end: a failure leaves none of them changed.
     """
-    from ._files import atomic_path
+    from ._files import atomic_path, check_new
     from .catalog import find_sources_in_model, to_regions
     from .io import write_result
     from .metrics import score_catalog
@@ -65,9 +65,8 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     from astropy.table import QTable
 
     files = [os.path.join(out, name) for name in _FILES]
-    existing = [f for f in files if os.path.exists(f)]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+    for f in files:
+        check_new(f, overwrite, "pass overwrite=True (--overwrite) to replace it")
     rec = _open(model)
     os.makedirs(out, exist_ok=True)
 

@@ -29,7 +29,7 @@ import math
 import os
 import struct
 
-from ._files import atomic_path
+from ._files import atomic_path, check_new
 from .exceptions import ModelFileError
 
 __all__ = [
@@ -120,8 +120,7 @@ def save(path, document, tensors, *, overwrite=False):
     from safetensors.torch import save as st_save
 
     path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:  # before the work, not only after
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    check_new(path, overwrite)  # before the work, not only after
     # Never write a file that reading would refuse.
     _check_depth(document)
     config_size = len(json.dumps(document.get("config", {})))

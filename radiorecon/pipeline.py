@@ -173,7 +173,7 @@ def check_sample_memory(jobs, n_samples, return_samples):
     )
 
 
-def _call(backend, name, x, psf, n_samples, batch_size, keys, device):
+def _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar):
     """The backend's Prediction for a batch, its samples gathered over calls of about ``batch_size``."""
     import torch
 
@@ -188,6 +188,7 @@ def _call(backend, name, x, psf, n_samples, batch_size, keys, device):
         if pred.samples is None:
             if "draws" in backend.capabilities:
                 raise TypeError(f"Backend {name!r} declares 'draws' but returned no samples")
+            bar.update(n_samples * x.shape[0])
             return pred
         if tuple(pred.samples.shape[:2]) != (k, x.shape[0]):
             raise TypeError(
@@ -196,6 +197,7 @@ def _call(backend, name, x, psf, n_samples, batch_size, keys, device):
             )
         parts.append(pred)
         start += k
+        bar.update(k * x.shape[0])
     if len(parts) == 1:
         return parts[0]
     return dataclasses.replace(parts[0], samples=torch.cat([p.samples for p in parts]))
@@ -220,9 +222,11 @@ def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
         for t in range(len(job.tiler)):
             psf_shape = None if job.psf is None else job.psf.shape
             groups[(job.tiler.tile_shape, psf_shape)].append((j, t))
-    total = sum(len(job.tiler) for job in jobs)
+    # One unit per draw of one tile, so a single image with many samples or
+    # a slow sampler shows its progress call by call.
+    total = sum(len(job.tiler) for job in jobs) * n_samples
     with torch.no_grad(), tqdm(
-        total=total, disable=not progress, desc="predict", unit="tile", delay=PROGRESS_DELAY
+        total=total, disable=not progress, desc="predict", unit="draw", delay=PROGRESS_DELAY
     ) as bar:
         for members in groups.values():
             for b in range(0, len(members), batch_size):
@@ -232,9 +236,8 @@ def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
                 if jobs[chunk[0][0]].psf is not None:
                     psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(device)
                 keys = [(seed, jobs[j].index, t) for j, t in chunk]
-                pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device)
+                pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar)
                 _collect(pred, chunk, outputs, name)
-                bar.update(len(chunk))
     return outputs
 
 

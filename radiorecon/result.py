@@ -1,9 +1,30 @@
-"""The sky model that `~radiorecon.Reconstructor.predict` returns."""
+"""The sky model that `~radiorecon.Reconstructor.predict` returns, and its FITS files.
+
+`Reconstruction` owns its FITS reader and writer (`read_result`,
+`write_result`), registered with astropy's unified I/O as
+`~astropy.nddata.CCDData` registers its own, so ``Reconstruction.read`` and
+``Reconstruction.write`` work for ``.fits`` paths.
+"""
+
+import os
+import re
 
 import numpy as np
-from astropy.nddata import NDDataRef
+from astropy import units as u
+from astropy.io import fits
+from astropy.io import registry as io_registry
+from astropy.nddata import NDDataRef, StdDevUncertainty
+from astropy.wcs import WCS
 
-__all__ = ["Reconstruction"]
+from ._fits import bunit, clean_header, hdu_data, header_wcs, open_fits, parse_bunit
+from ._files import atomic_path, check_new
+
+__all__ = ["Reconstruction", "write_result", "read_result"]
+
+_FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
+_FITS_SIGNATURE = b"SIMPLE  =                    T"
+# Extensions with a fixed meaning; any other image extension is an extra map.
+_LAYOUT = ("UNCERT", "MASK", "SAMPLES")
 
 
 class Reconstruction(NDDataRef):
@@ -26,8 +47,9 @@ class Reconstruction(NDDataRef):
         ``(n_samples, ny, nx)`` individual draws, in ``unit``, when asked for.
     components : `~numpy.ndarray` or None
         ``(n_sources, ny, nx)`` per-source models from a deblending backend.
-    extras : dict of str to `~numpy.ndarray`
-        Further ``(ny, nx)`` maps from the method (e.g. ``residual``).
+    extras : dict of str to `~astropy.units.Quantity` or `~numpy.ndarray`
+        Further ``(ny, nx)`` maps from the method (e.g. ``residual``), each
+        in its own unit (a plain array when the input had none).
     """
 
     def __init__(self, data, *args, samples=None, components=None, extras=None, **kwargs):
@@ -63,6 +85,176 @@ class Reconstruction(NDDataRef):
         return kwargs
 
 
-# Registers the FITS reader and writer of Reconstruction with astropy's
-# unified I/O; imported last because io itself needs Reconstruction.
-from . import io as _io  # noqa: E402,F401
+def write_result(result, path, *, overwrite=False, samples=False, extras=False):
+    """Write an image or reconstruction to a FITS file in CCDData's layout.
+
+    The primary HDU holds ``result.data`` with ``result.meta``, the WCS
+    cards and ``BUNIT``; then come an ``UNCERT`` extension (standard
+    deviations, ``UTYPE='StdDevUncertainty'``), a ``MASK`` extension (uint8,
+    1 = masked) and, with ``samples=True``, a ``SAMPLES`` extension
+    ``(n_samples, ny, nx)``, each only when present, and each image
+    extension with the WCS cards too. ``BUNIT`` is written as radio viewers
+    expect it (``Jy/pixel``, ``Jy/beam``); a dimensionless unit is written as
+    no ``BUNIT``, as CCDData does. The file is written to a
+    temporary name in the same directory and then renamed, so a failure
+    leaves any existing file untouched.
+
+    Parameters
+    ----------
+    result : `~astropy.nddata.NDData`
+        E.g. a `~radiorecon.result.Reconstruction`; its unit may be None.
+        ``meta`` is a `~astropy.io.fits.Header` or a mapping of FITS-able
+        scalars (keys longer than 8 characters become HIERARCH cards).
+    path : str or os.PathLike
+        Output file; a ``.gz`` suffix compresses it.
+    overwrite : bool, optional
+        Replace an existing file.
+    samples : bool, optional
+        Also write ``result.samples`` when it is not None.
+    extras : bool, optional
+        Also write each map of ``result.extras`` (e.g. CLEAN's ``residual``
+        and ``restored``) as an extension named after its key in capitals,
+        with the map's own ``BUNIT``.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    ValueError
+        If a meta value cannot go into a FITS header (the message names the
+        key), the uncertainty is not a `~astropy.nddata.StdDevUncertainty`, or
+        the WCS is not a `~astropy.wcs.WCS` with one axis per data axis.
+    """
+    path = os.fspath(path)
+    check_new(path, overwrite)  # before the work, not only after
+    data = np.asarray(result.data)
+    header = _meta_header(result.meta)
+    wcs = result.wcs
+    wcs_cards = fits.Header()
+    if wcs is not None:
+        if not isinstance(wcs, WCS) or wcs.naxis != data.ndim:
+            raise ValueError(f"cannot write a {type(wcs).__name__} for {data.ndim}-D data to FITS")
+        wcs_cards = wcs.to_header(relax=True)
+    header.extend(wcs_cards, update=True, useblanks=False)
+
+    def unit_cards(unit):
+        text = bunit(unit)
+        return fits.Header([("BUNIT", text)] if text else [])
+
+    def extension(array, name, cards=(), unit=None):
+        # Every image extension carries the WCS, so viewers show coordinates on it too.
+        ext = fits.Header(list(cards))
+        ext.update(unit_cards(unit))
+        if np.ndim(array) == data.ndim:
+            ext.extend(wcs_cards, update=True, useblanks=False)
+        return fits.ImageHDU(array, ext, name=name)
+
+    header.update(unit_cards(result.unit))
+    hdus = fits.HDUList([fits.PrimaryHDU(data, header)])
+    uncertainty = result.uncertainty
+    if uncertainty is not None:
+        if not isinstance(uncertainty, StdDevUncertainty):
+            raise ValueError(f"only a StdDevUncertainty can be written, not {type(uncertainty).__name__}")
+        sigma = np.asarray(uncertainty.array)
+        if uncertainty.unit is not None and result.unit is not None:
+            sigma = (sigma * uncertainty.unit).to_value(result.unit)
+        hdus.append(extension(sigma, "UNCERT", [("UTYPE", "StdDevUncertainty")], result.unit))
+    if result.mask is not None:
+        mask = np.broadcast_to(np.asarray(result.mask, dtype=bool), data.shape)
+        hdus.append(extension(mask.astype(np.uint8), "MASK"))
+    if samples and getattr(result, "samples", None) is not None:
+        hdus.append(extension(np.asarray(result.samples), "SAMPLES", unit=result.unit))
+    for key, value in (getattr(result, "extras", None) or {}).items() if extras else ():
+        if key.upper() in _LAYOUT or key.upper() == "PRIMARY":
+            raise ValueError(f"extra map {key!r} would take the name of the {key.upper()} extension")
+        hdus.append(extension(np.asarray(getattr(value, "value", value)), key.upper(),
+                              unit=getattr(value, "unit", None)))
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        hdus.writeto(tmp)
+
+
+def read_result(path):
+    """Read a reconstruction written by `write_result`.
+
+    Parameters
+    ----------
+    path : str, os.PathLike, file-like or `~astropy.io.fits.HDUList`
+        The FITS file.
+
+    Returns
+    -------
+    result : `~radiorecon.result.Reconstruction`
+        Data, ``UNCERT``, ``MASK`` and ``SAMPLES`` when present, any other
+        image extension of the data's shape as an ``extras`` map (with its
+        ``BUNIT``), the celestial WCS, the unit from ``BUNIT`` (None when
+        absent) and as ``meta`` the primary header without its structural
+        and WCS cards.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As for `radiorecon.io.read_image`.
+    """
+    with open_fits(path) as (hdul, name):
+        data, header = hdu_data(hdul[0], name)
+        if data is None:
+            raise ValueError(f"{name} has no data in its primary HDU")
+        extensions = {key: hdu_data(hdul[key], name) for key in _LAYOUT if key in hdul}
+        extras = {}
+        for hdu in hdul[1:]:
+            if hdu.is_image and hdu.name not in _LAYOUT and hdu.shape == data.shape:
+                array, ext_header = hdu_data(hdu, name)
+                unit = parse_bunit(ext_header.get("BUNIT"), name)
+                extras[hdu.name.lower()] = array if unit is None else u.Quantity(array, unit, copy=False)
+    arrays = {key: array for key, (array, _) in extensions.items()}
+    utype = extensions["UNCERT"][1].get("UTYPE", "StdDevUncertainty") if "UNCERT" in arrays else None
+    if utype not in (None, "StdDevUncertainty"):
+        raise ValueError(f"{name}: cannot read an UNCERT extension of type {utype!r}")
+    wcs = header_wcs(header, name)
+    return Reconstruction(
+        data,
+        uncertainty=StdDevUncertainty(arrays["UNCERT"]) if "UNCERT" in arrays else None,
+        mask=arrays["MASK"].astype(bool) if "MASK" in arrays else None,
+        wcs=None if wcs is None else wcs.celestial,
+        meta=clean_header(header),
+        unit=parse_bunit(header.get("BUNIT"), name),
+        samples=arrays.get("SAMPLES"),
+        extras=extras,
+    )
+
+
+def _meta_header(meta):
+    """A FITS header from NDData meta, without axis and scaling cards."""
+    if isinstance(meta, fits.Header):
+        return clean_header(meta)
+    header = fits.Header()
+    for key, value in (meta or {}).items():
+        # An explicit HIERARCH avoids astropy's VerifyWarning for keys that
+        # are long or hold characters FITS keywords lack, and stops a '.'
+        # from turning the card into a record-valued one.
+        key = str(key)  # an int would address a card by position
+        card_key = key if re.fullmatch(r"[A-Z0-9_-]{0,8}", key.upper()) else f"HIERARCH {key}"
+        try:
+            header[card_key] = value
+        except ValueError as exc:
+            raise ValueError(f"meta[{key!r}] cannot be written to a FITS header: {exc}") from exc
+    return clean_header(header)
+
+
+def _identify_fits(origin, path, fileobj, *args, **kwargs):
+    if fileobj is not None:  # reading: the content decides, whatever the name
+        position = fileobj.tell()
+        signature = fileobj.read(len(_FITS_SIGNATURE))
+        fileobj.seek(position)
+        return signature == _FITS_SIGNATURE
+    if isinstance(path, (str, os.PathLike)):
+        return os.fspath(path).lower().endswith(_FITS_SUFFIXES)
+    return bool(args) and isinstance(args[0], fits.HDUList)
+
+
+# force=True: re-importing or reloading this module re-registers the same
+# format instead of raising IORegistryError.
+io_registry.register_reader("fits", Reconstruction, read_result, force=True)
+io_registry.register_writer("fits", Reconstruction, write_result, force=True)
+io_registry.register_identifier("fits", Reconstruction, _identify_fits, force=True)

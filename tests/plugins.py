@@ -4,6 +4,20 @@ import importlib
 import sys
 import textwrap
 
+# A working plugin: a backend that returns its input.
+ECHO = """
+from radiorecon import Backend, Prediction
+
+class Echo(Backend):
+    '''Returns its input unchanged.'''
+    capabilities = {"reconstruct"}
+    version = "2.1"
+    default_config = {"factor": 1.0}
+
+    def predict(self, inputs, *, n_samples=1, psf=None):
+        return Prediction(mean=inputs * self.config["factor"])
+"""
+
 
 def make_distribution(root, name, version, entry_points, modules=None):
     """Write ``name-version.dist-info`` (and module files) under ``root``.

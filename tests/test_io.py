@@ -369,6 +369,38 @@ def test_write_result_is_read_by_ccddata(tmp_path, reconstruction):
         assert hdul["MASK"].data.dtype == np.uint8
 
 
+def test_result_files_speak_the_radio_viewers_language(tmp_path, reconstruction):
+    # BUNIT as CASA and viewers write it, WCS on every image extension, and
+    # each extra map with its own unit.
+    result = Reconstruction(
+        reconstruction.data, uncertainty=reconstruction.uncertainty, mask=reconstruction.mask,
+        wcs=reconstruction.wcs, meta=reconstruction.meta, unit=u.Jy / u.pix,
+        extras={"residual": np.ones((NY, NX)) * u.mJy / u.beam, "weights": np.ones((NY, NX))},
+    )
+    path = tmp_path / "result.fits"
+    write_result(result, path, extras=True)
+    with fits.open(path) as hdul:
+        assert hdul[0].header["BUNIT"] == "Jy/pixel"
+        assert hdul["UNCERT"].header["BUNIT"] == "Jy/pixel"
+        assert hdul["RESIDUAL"].header["BUNIT"] == "mJy/beam"
+        assert "BUNIT" not in hdul["WEIGHTS"].header
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # OBSGEO-L/B/H derived from X/Y/Z
+            for name in ("UNCERT", "MASK", "RESIDUAL", "WEIGHTS"):
+                assert same_sky(WCS(hdul[name].header), reconstruction.wcs), name
+    back = read_result(path)
+    assert back.unit == u.Jy / u.pix
+    assert back.extras["residual"].unit == u.mJy / u.beam
+    np.testing.assert_array_equal(back.extras["weights"], 1.0)
+
+
+def test_masked_arrays_keep_their_mask():
+    data = np.ma.masked_array(np.ones((8, 8)), mask=np.eye(8, dtype=bool))
+    image = read_image(data)
+    np.testing.assert_array_equal(image.mask, np.eye(8, dtype=bool))
+    np.testing.assert_array_equal(image.data, 1.0)  # the values under the mask are kept
+
+
 def test_reconstruction_round_trip_with_samples(tmp_path, reconstruction):
     path = tmp_path / "result.fits.gz"
     reconstruction.write(path, samples=True)

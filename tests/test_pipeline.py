@@ -154,3 +154,10 @@ def test_large_images_go_through_in_tiles(star, monkeypatch):
     result = star.predict(_images([(80, 64)])[0], batch_size=2, progress=False)
     assert result.data.shape == (80, 64)
     assert all(s[1:] == (48, 48) for s in shapes) and sum(s[0] for s in shapes) > 2
+
+
+def test_result_header_carries_the_standard_beam_cards(cube_file):
+    result = Reconstructor("test-smooth").predict(cube_file, progress=False)
+    assert result.meta["BMAJ"] == pytest.approx(0.89 / 3600)
+    assert result.meta["BMIN"] == pytest.approx(0.82 / 3600) and result.meta["BPA"] == pytest.approx(30.0)
+    assert result.meta["RRBMAJ"] == result.meta["BMAJ"]

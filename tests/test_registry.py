@@ -7,20 +7,7 @@ import radiorecon
 from radiorecon import Backend, registry
 from radiorecon.exceptions import BackendLoadWarning, RadioreconError
 
-from plugins import activate, deactivate, make_distribution
-
-GOOD = """
-from radiorecon import Backend, Prediction
-
-class Echo(Backend):
-    '''Returns its input unchanged.'''
-    capabilities = {"reconstruct"}
-    version = "2.1"
-    default_config = {"factor": 1.0}
-
-    def predict(self, inputs, *, n_samples=1, psf=None):
-        return Prediction(mean=inputs * self.config["factor"])
-"""
+from plugins import ECHO as GOOD, activate, deactivate, make_distribution
 
 
 @pytest.fixture
