@@ -150,24 +150,27 @@ def _check_catalog_input(path):
 
 
 def cmd_backends(args):
-    from . import available_backends, backend_info
+    from . import available_backends
+    from .registry import backend_status
 
-    names = available_backends()
-    if not names:
-        print("No backends installed.")
+    if not args.long:
+        # Names only: no backend (and no torch) is imported.
+        names = available_backends()
+        print("\n".join(names) if names else "No backends installed.")
         return 0
-    for name in names:
-        if not args.long:
-            print(name)
+    rows = backend_status()
+    if not rows:
+        print("No backends installed.")
+    for row in rows:
+        if row["status"] != "ok":
+            print(f"{row['name']} (broken: {row['error']}; {row['origin']})")
             continue
-        try:
-            info = backend_info(name)
-        except ValueError:
-            continue  # a broken plugin: backend_info already warned
-        print(f"{name} (version {info['version']}, {info['origin']})")
-        print(f"    {info['description']}")
-        print(f"    capabilities: {', '.join(info['capabilities'])}")
-        print(f"    config: {json.dumps(info['default_config'])}")
+        print(f"{row['name']} (version {row['version']}, {row['origin']})")
+        print(f"    {row['description']}")
+        print(f"    capabilities: {', '.join(row['capabilities'])}")
+        print(f"    config: {json.dumps(row['default_config'])}")
+        if row["ignored"]:
+            print(f"    also declared by {', '.join(row['ignored'])} (ignored)")
     return 0
 
 

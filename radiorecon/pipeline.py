@@ -24,7 +24,7 @@ from . import __version__, provenance
 from .exceptions import InputError, RadioreconWarning
 from .result import Reconstruction
 from .runtime import check_memory
-from .seeding import Draws, stream_seed
+from .seeding import Draws, seeded, stream_seed
 from .tiling import Tiler, center_psf
 
 __all__ = [
@@ -225,7 +225,9 @@ def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
     # One unit per draw of one tile, so a single image with many samples or
     # a slow sampler shows its progress call by call.
     total = sum(len(job.tiler) for job in jobs) * n_samples
-    with torch.no_grad(), tqdm(
+    # seeded: a backend that draws from torch's global generator instead of
+    # its Draws is still repeatable under a seed (though batch-dependent).
+    with seeded(seed, device), torch.no_grad(), tqdm(
         total=total, disable=not progress, desc="predict", unit="draw", delay=PROGRESS_DELAY
     ) as bar:
         for members in groups.values():

@@ -19,7 +19,7 @@ from .normalisation import Normalisation
 from .pretrained import resolve_model_path
 from .result import Reconstruction
 from .runtime import resolve_device, threads as torch_threads
-from .seeding import Draws, stream_seed
+from .seeding import Draws, seeded, stream_seed
 from .training import Scaled, Trainer, is_dataset, training_set
 
 __all__ = ["Reconstructor"]
@@ -537,7 +537,7 @@ class Reconstructor:
                 raise ValueError(f"like= has shape {ref.shape}, the sky model {arr.shape}")
         dev = self._to_device(device)
         chunks, start = [], 0
-        with torch_threads(threads), torch.no_grad():
+        with torch_threads(threads), seeded(seed, dev), torch.no_grad():
             x = torch.from_numpy(norm.forward(arr))[None].to(dev)
             like_t = None if ref is None else torch.from_numpy(norm.forward(ref))[None].to(dev)
             sizes = pipeline.chunk_sizes(n, batch_size)
@@ -592,7 +592,7 @@ class Reconstructor:
 
         dev = self._to_device(device)
         draws = []
-        with torch_threads(threads), torch.no_grad():
+        with torch_threads(threads), seeded(seed, dev), torch.no_grad():
             for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", delay=pipeline.PROGRESS_DELAY):
                 k = min(batch_size, n - start)
                 gens = Draws([[stream_seed(seed, start + i) for i in range(k)]], dev)
