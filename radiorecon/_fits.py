@@ -18,7 +18,9 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from .exceptions import InputError, RadioreconWarning
 
-__all__ = ["open_fits", "hdu_data", "header_wcs", "clean_header", "parse_bunit", "bunit", "AXIS_KEYWORD"]
+__all__ = [
+    "open_fits", "hdu_data", "header_wcs", "clean_header", "parse_bunit", "bunit", "card_key", "AXIS_KEYWORD",
+]
 
 # Cards that describe the stored array's axes or scaling rather than the
 # observation. They go stale once degenerate axes are dropped and the data
@@ -30,6 +32,20 @@ AXIS_KEYWORD = re.compile(
     r"|VELOSYS|ZSOURCE|MJDREF)[A-Z]?|EPOCH|RESTFREQ|VELREF"
     r"|BUNIT|BLANK|BSCALE|BZERO|CHECKSUM|DATASUM"
 )
+_KEYWORD = re.compile(r"[A-Z0-9_-]{1,8}")
+
+
+def card_key(key):
+    """The header key of a meta entry: itself when a valid FITS keyword, else ``HIERARCH key``.
+
+    An explicit HIERARCH avoids astropy's VerifyWarning for keys that are long
+    or hold characters FITS keywords lack, and stops a '.' from turning the
+    card into a record-valued one.
+    """
+    key = str(key)  # an int would address a card by position
+    return key.upper() if _KEYWORD.fullmatch(key.upper()) else f"HIERARCH {key}"
+
+
 # CASA and AIPS write units in upper or title case, which astropy rejects.
 UNIT_CASE = {"JY": "Jy", "BEAM": "beam", "PIXEL": "pix", "PIXELS": "pix", "PIX": "pix"}
 

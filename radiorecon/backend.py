@@ -36,6 +36,17 @@ _RENAMED = {
     "'std' if it returns a standard deviation with its estimate",
 }
 
+def _takes(function, name):
+    """Whether ``function`` accepts the keyword argument ``name``."""
+    import inspect
+
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: cannot tell, so trust it
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 #: Units a Prediction field can be in: ``"model"`` is the unit of the sky
 #: model (Jy/pixel for a Jy/beam input), ``"input"`` that of the dirty image
 #: (Jy/beam), for maps such as a residual or a restored image.
@@ -78,9 +89,12 @@ class Prediction:
         model declares ``{"estimate": "input"}``, else its output would be
         labelled Jy/pixel.
     meta : list of dict or None
-        One dict per image of plain values (numbers, booleans, strings; any
-        key) describing the prediction (a fitted beam, the iterations run);
-        the front door writes them as FITS cards into the result's ``meta``.
+        One dict per image of plain values (finite numbers, booleans,
+        printable ASCII strings; any name) describing the prediction (a
+        fitted beam, the iterations run); the front door writes them as FITS
+        cards into the result's ``meta``. Names of cards the front door
+        writes itself (``RR*``, ``BMAJ``/``BMIN``/``BPA``, WCS and structural
+        cards) are refused.
     """
 
     samples: object = None
@@ -117,8 +131,13 @@ class Prediction:
         for name, kind in self.units.items():
             if kind not in UNIT_KINDS:
                 raise ValueError(f"Prediction.units[{name!r}] = {kind!r}; use one of {UNIT_KINDS}")
-        if self.meta is not None and len(self.meta) != ref.shape[0]:
-            raise ValueError(f"Prediction.meta has {len(self.meta)} entries for {ref.shape[0]} images")
+        if self.meta is not None:
+            from .provenance import check_backend_meta
+
+            if len(self.meta) != ref.shape[0]:
+                raise ValueError(f"Prediction.meta has {len(self.meta)} entries for {ref.shape[0]} images")
+            # Checked here, at the backend's first call, not after the whole prediction.
+            self.meta = [check_backend_meta(m) for m in self.meta]
 
 
 class Backend:
@@ -127,8 +146,9 @@ class Backend:
     Subclasses set the class attributes below, build their networks in
     ``__init__`` from ``self.config``, and implement the methods their
     capabilities promise: `predict` for ``reconstruct``, `sample` for
-    ``sample``, and `train_step` (or the whole of `fit`) for
-    ``needs_training``.
+    ``sample``, `generate` for ``generate``, and `train_step` (with
+    `evaluate_step` for validation) for ``needs_training``; the trainer
+    (`radiorecon.training.Trainer`) runs the epochs.
 
     Parameters
     ----------
@@ -168,6 +188,10 @@ class Backend:
         For methods of any size (``tile_shape`` None): images larger than
         this are cut into overlapping tiles of at most this size, which
         bounds memory and lets progress show; smaller ones go whole.
+    tile_multiple : int
+        Tiles start at multiples of this many pixels: the cell of a method
+        that bins or downsamples its input, whose output moves with the
+        image only by whole cells (8 for STAR and the DDPM).
     tile_margin : int
         Pixels of context a prediction needs on each side to be right: the
         overlap between tiles is at least twice this.
@@ -190,6 +214,7 @@ class Backend:
     version = "1"
     tile_shape = None
     max_tile_shape = None
+    tile_multiple = 1
     tile_margin = 0
     psf_factor = 1
     input_scale = "noise"
@@ -202,6 +227,13 @@ class Backend:
         super().__init_subclass__(**kwargs)
         for old in set(cls.capabilities) & set(_RENAMED):
             raise TypeError(f"{cls.__name__} declares the capability {old!r}: {_RENAMED[old]}")
+        for method in ("predict", "generate", "sample"):
+            if method in vars(cls) and not _takes(vars(cls)[method], "draws"):
+                raise TypeError(
+                    f"{cls.__name__}.{method}() does not take draws=: since radiorecon 0.1 the front door "
+                    "passes each call its random generators (radiorecon.seeding.Draws); add the keyword "
+                    "and draw random numbers from it (see 'Writing a backend')"
+                )
         unknown = set(cls.capabilities) - CAPABILITIES
         if unknown:
             raise TypeError(
@@ -239,6 +271,18 @@ class Backend:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.config}>"
+
+    def tile_for(self, shape):
+        """The ``(ty, tx)`` tiles an image of ``shape`` is cut into (see `tile_shape`)."""
+        from .tiling import tile_size
+
+        if self.tile_shape is not None:
+            return tuple(self.tile_shape)
+        if self.max_tile_shape is None:
+            return tuple(shape)
+        return tuple(
+            tile_size(n, m, self.tile_margin, self.tile_multiple) for n, m in zip(shape, self.max_tile_shape)
+        )
 
     def set_config(self, **params):
         """Change configuration values that do not alter the trained state.

@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 import astropy.units as u
-from astropy.nddata import StdDevUncertainty
 from astropy.table import QTable
 from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy.signal import fftconvolve
@@ -35,6 +34,7 @@ from . import metrics
 from .beam import beam_kernel
 from .catalog import find_sources_in_model, model_catalog
 from ._noise import robust_std
+from .result import std_array
 
 __all__ = ["run_benchmark", "to_markdown", "COLUMNS"]
 
@@ -157,7 +157,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                                  return_samples=n_samples > 1)
             elapsed = time.perf_counter() - start
             model = np.nan_to_num(_in_jy_pix(result.data, result.unit))
-            sigma = _model_std(result)
+            sigma = std_array(result, _JY_PIX)
             if sigma is not None and sources.any():
                 c = metrics.coverage(model, sigma, sky, mask=sources)
                 cover[label] += [c[1.0] * c["n"], c[2.0] * c["n"], c["n"]]
@@ -198,17 +198,6 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
 def _in_jy_pix(values, unit):
     """Plain float array of ``values`` in ``unit`` (None: Jy/pixel) converted to Jy/pixel."""
     return np.asarray(values, dtype=float) * (1.0 if unit is None else unit.to(_JY_PIX))
-
-
-def _model_std(result):
-    """The result's standard deviation as a plain array in Jy/pixel, or None."""
-    sigma = result.uncertainty
-    if sigma is None:
-        return None
-    if not isinstance(sigma, StdDevUncertainty):
-        sigma = sigma.represent_as(StdDevUncertainty)
-    # NDData only accepts an uncertainty unit that converts to the data's.
-    return _in_jy_pix(sigma.array, sigma.unit if sigma.unit is not None else result.unit)
 
 
 def to_markdown(table):

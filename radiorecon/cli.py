@@ -216,10 +216,14 @@ def _tiles(path, backend):
         instance = Reconstructor.load(path, device="cpu").backend
     except ModelFileError as exc:  # the header is still worth showing
         return f"unknown ({exc})"
-    if instance.tile_shape is None:
-        return "whole images, of any size"
-    ny, nx = instance.tile_shape
-    return f"{ny} x {nx} pixels, overlapping by at least {2 * instance.tile_margin}"
+    overlap = f"overlapping by at least {2 * instance.tile_margin}"
+    if instance.tile_shape is not None:
+        ny, nx = instance.tile_shape
+        return f"{ny} x {nx} pixels, {overlap}"
+    if instance.max_tile_shape is not None:
+        ny, nx = instance.max_tile_shape
+        return f"whole images up to {ny} x {nx} pixels; larger ones in tiles of at most that, {overlap}"
+    return "whole images, of any size"
 
 
 def cmd_predict(args):

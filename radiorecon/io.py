@@ -104,6 +104,8 @@ def read_image(source, *, hdu=None, unit=None):
         data, header = np.array(source), fits.Header()
     if data is None:
         raise ValueError(f"{name} holds no image data")
+    if data.size == 0:
+        raise InputError(f"{name} holds no pixels (shape {data.shape})")
     if data.dtype.kind not in "iubf":
         raise TypeError(f"{name}: {data.dtype} data cannot be an image")
     if unit is None:

@@ -143,10 +143,7 @@ def make_jobs(images, psfs, backend, normalisation, input_unit):
     for index, (obj, psf_obj) in enumerate(zip(images, psfs)):
         what = "image" if len(images) == 1 else f"image {index}"
         image, data, mask, unit = read_input(obj, what, input_unit, stacklevel=4)
-        tile = backend.tile_shape
-        if tile is None and backend.max_tile_shape is not None:
-            tile = tuple(min(n, m) for n, m in zip(data.shape, backend.max_tile_shape))
-        tiler = Tiler(data.shape, tile, backend.tile_margin)
+        tiler = Tiler(data.shape, backend.tile_for(data.shape), backend.tile_margin, backend.tile_multiple)
         psf = None
         if psf_obj is not None:
             key = (id(psf_obj), tiler.tile_shape)
@@ -164,8 +161,10 @@ def make_jobs(images, psfs, backend, normalisation, input_unit):
 
 def check_sample_memory(jobs, n_samples, return_samples):
     """Refuse up front a request whose samples cannot fit in memory."""
-    # The tiles of every draw, their stitched copy, and the kept samples.
-    per_sample = sum(job.tiles.size + job.mask.size * (1 + return_samples) for job in jobs) * 4
+    # float32 copies per draw: the tiles as returned and stacked, then the
+    # stitched image, its rescaled copy and the median's working copy (and
+    # the kept samples).
+    per_sample = sum(2 * job.tiles.size + job.mask.size * (3 + return_samples) for job in jobs) * 4
     check_memory(
         per_sample * n_samples,
         f"{n_samples} samples of {len(jobs)} image(s)",
@@ -308,7 +307,8 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
         components = normalisation.inverse(out["components"][0][:, : mask.shape[0], : mask.shape[1]])
     extras = {}
     for key, parts in out["extras"].items():
-        value = normalisation.inverse(_merge(tiler, parts))
+        value = normalisation.inverse(_merge(tiler, parts)).astype(np.float32)
+        value[mask] = np.nan  # blank in the input, blank in every map, as in the estimate
         unit = unit_of(key)
         extras[key] = value if unit is None else u.Quantity(value, unit, copy=False)
     beam = provenance.input_beam(job.image)

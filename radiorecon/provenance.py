@@ -9,20 +9,25 @@ cards, so plugin authors need not know FITS.
 
 import datetime
 import json
-import re
 import warnings
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 
+from ._fits import AXIS_KEYWORD, card_key
 from .exceptions import RadioreconWarning
 
-__all__ = ["observation_cards", "prediction_header", "draws_header", "backend_cards", "beam_cards", "input_beam"]
+__all__ = [
+    "observation_cards", "prediction_header", "draws_header", "backend_cards", "check_backend_meta", "beam_cards",
+    "input_beam",
+]
 
 # Cards of the observation that stay true for a reconstruction of it.
 _OBSERVATION = ("OBJECT", "TELESCOP", "INSTRUME", "DATE-OBS", "OBSERVER", "RESTFRQ")
-_KEYWORD = re.compile(r"[A-Z0-9_-]{1,8}")
+# Cards the front door or FITS itself writes, which a backend may not set.
+_RESERVED = {"SIMPLE", "BITPIX", "EXTEND", "END", "COMMENT", "HISTORY", "BMAJ", "BMIN", "BPA", "UTYPE",
+             "EXTNAME", "XTENSION", "PCOUNT", "GCOUNT", *_OBSERVATION}
 
 
 def _set(header, key, value, comment=""):
@@ -30,30 +35,41 @@ def _set(header, key, value, comment=""):
     header[key] = (value, comment) if comment and len(str(value)) + len(comment) < 60 else value
 
 
-def _card_key(key):
-    key = str(key)
-    return key.upper() if _KEYWORD.fullmatch(key.upper()) else f"HIERARCH {key}"
-
-
-def backend_cards(values, backend_name):
-    """A header of a backend's per-image values (`~radiorecon.Prediction.meta`).
+def check_backend_meta(values, owner="Prediction"):
+    """Plain values a backend may report (`~radiorecon.Prediction.meta`), as Python scalars.
 
     Raises
     ------
     TypeError
-        If a value is not a bool, integer, float or string, naming the key
-        and the backend.
+        If a value is not a bool, integer, float or string.
+    ValueError
+        If a value is not finite or not printable ASCII, or a key would
+        overwrite a card the front door writes (``RR*``, the beam, WCS and
+        structural cards). The messages name ``owner`` and the key.
     """
-    header = fits.Header()
+    checked = {}
     for key, value in (values or {}).items():
         if isinstance(value, np.generic):
             value = value.item()
+        where = f"{owner}.meta[{key!r}] = {value!r}"
         if not isinstance(value, (bool, int, float, str)):
-            raise TypeError(
-                f"Backend {backend_name!r} returned meta[{key!r}] = {value!r}; "
-                "Prediction.meta values must be numbers, booleans or strings"
-            )
-        header[_card_key(key)] = value
+            raise TypeError(f"{where}; Prediction.meta values must be numbers, booleans or strings")
+        if isinstance(value, float) and not np.isfinite(value):
+            raise ValueError(f"{where}; FITS cards hold finite numbers only")
+        if isinstance(value, str) and not (value.isascii() and value.isprintable()):
+            raise ValueError(f"{where}; FITS cards hold printable ASCII text only")
+        name = str(key).upper()
+        if name.startswith("RR") or name in _RESERVED or AXIS_KEYWORD.fullmatch(name) or name.startswith("HIERARCH"):
+            raise ValueError(f"{where}; {key!r} is a card the front door writes, choose another name")
+        checked[str(key)] = value
+    return checked
+
+
+def backend_cards(values, backend_name):
+    """A header of a backend's per-image values (`~radiorecon.Prediction.meta`), checked."""
+    header = fits.Header()
+    for key, value in check_backend_meta(values, f"Backend {backend_name!r}: Prediction").items():
+        header[card_key(key)] = value
     return header
 
 

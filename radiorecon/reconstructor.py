@@ -18,7 +18,7 @@ from .exceptions import CapabilityError, ModelFileError, NotFittedError
 from .normalisation import Normalisation
 from .pretrained import resolve_model_path
 from .result import Reconstruction
-from .runtime import resolve_device, threads as torch_threads
+from .runtime import check_memory, resolve_device, threads as torch_threads
 from .seeding import Draws, seeded, stream_seed
 from .training import Scaled, Trainer, is_dataset, training_set
 
@@ -529,6 +529,8 @@ class Reconstructor:
         from tqdm.auto import tqdm
 
         image, arr, mask, _ = pipeline.read_input(sky, "sky model", self.units.get("target"), stacklevel=3)
+        # The draws, their rescaled copy and the masked result, float32.
+        check_memory(3 * 4 * n * arr.size, f"{n} generated images of {arr.shape}", "ask for fewer at a time")
         norm = self.normalisation
         ref = None
         if like is not None:
@@ -587,6 +589,7 @@ class Reconstructor:
         if len(shape) != 2:
             raise ValueError("Give shape=(ny, nx): the backend has no native size")
         shape = tuple(check_int(s, "shape") for s in shape)
+        check_memory(2 * 4 * n * shape[0] * shape[1], f"{n} samples of {shape}", "ask for fewer at a time")
         import torch
         from tqdm.auto import tqdm
 

@@ -20,7 +20,7 @@ from astropy.nddata import NDData, StdDevUncertainty
 from astropy.wcs import WCS
 
 from .exceptions import RadioreconWarning
-from .result import Reconstruction
+from .result import Reconstruction, std_array
 
 __all__ = ["reproject_model"]
 
@@ -119,7 +119,7 @@ def reproject_model(model, target_wcs, shape_out, **kwargs):
     bad = ~np.isfinite(data)
     if model.mask is not None:
         bad |= np.broadcast_to(np.asarray(model.mask, bool), data.shape)
-    sigma = _std(model)
+    sigma = std_array(model)
     samples, components = getattr(model, "samples", None), getattr(model, "components", None)
     counts = [len(extra) if extra is not None else 0 for extra in (samples, components)]
 
@@ -150,17 +150,3 @@ def _celestial(wcs, what):
     if not getattr(wcs, "has_celestial", False):
         raise ValueError(f"{what} has no celestial WCS: the pixel grids cannot be related")
     return wcs.celestial
-
-
-def _std(model):
-    """The model's standard deviation in the model's unit, or None."""
-    sigma = model.uncertainty
-    if sigma is None:
-        return None
-    if not isinstance(sigma, StdDevUncertainty):
-        sigma = sigma.represent_as(StdDevUncertainty)
-    array = np.asarray(sigma.array, dtype=float)
-    # NDData only accepts an uncertainty unit that converts to the data's.
-    if sigma.unit is not None and model.unit is not None:
-        array = array * sigma.unit.to(model.unit)
-    return array

@@ -7,7 +7,6 @@
 """
 
 import os
-import re
 
 import numpy as np
 from astropy import units as u
@@ -16,10 +15,10 @@ from astropy.io import registry as io_registry
 from astropy.nddata import NDDataRef, StdDevUncertainty
 from astropy.wcs import WCS
 
-from ._fits import bunit, clean_header, hdu_data, header_wcs, open_fits, parse_bunit
+from ._fits import bunit, card_key, clean_header, hdu_data, header_wcs, open_fits, parse_bunit
 from ._files import atomic_path, check_new
 
-__all__ = ["Reconstruction", "write_result", "read_result"]
+__all__ = ["Reconstruction", "write_result", "read_result", "std_array"]
 
 _FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
 _FITS_SIGNATURE = b"SIMPLE  =                    T"
@@ -83,6 +82,31 @@ class Reconstruction(NDDataRef):
             kwargs["components"] = self.components[planes]
         kwargs["extras"] = {key: value[item] for key, value in self.extras.items()}
         return kwargs
+
+
+def std_array(nddata, unit=None):
+    """The standard deviation of an NDData's uncertainty as a float array, or None.
+
+    Parameters
+    ----------
+    nddata : `~astropy.nddata.NDData`
+        With any uncertainty astropy can represent as a standard deviation.
+    unit : `~astropy.units.Unit`, optional
+        Unit of the numbers returned; by default the data's. The
+        uncertainty's own unit, when it has one, is converted (NDData only
+        accepts one that converts to the data's).
+    """
+    sigma = nddata.uncertainty
+    if sigma is None:
+        return None
+    if not isinstance(sigma, StdDevUncertainty):
+        sigma = sigma.represent_as(StdDevUncertainty)
+    array = np.asarray(sigma.array, dtype=float)
+    have = sigma.unit if sigma.unit is not None else nddata.unit
+    want = unit if unit is not None else nddata.unit
+    if have is not None and want is not None:
+        array = array * have.to(want)
+    return array
 
 
 def write_result(result, path, *, overwrite=False, samples=False, extras=False):
@@ -230,13 +254,8 @@ def _meta_header(meta):
         return clean_header(meta)
     header = fits.Header()
     for key, value in (meta or {}).items():
-        # An explicit HIERARCH avoids astropy's VerifyWarning for keys that
-        # are long or hold characters FITS keywords lack, and stops a '.'
-        # from turning the card into a record-valued one.
-        key = str(key)  # an int would address a card by position
-        card_key = key if re.fullmatch(r"[A-Z0-9_-]{0,8}", key.upper()) else f"HIERARCH {key}"
         try:
-            header[card_key] = value
+            header[card_key(key)] = value
         except ValueError as exc:
             raise ValueError(f"meta[{key!r}] cannot be written to a FITS header: {exc}") from exc
     return clean_header(header)

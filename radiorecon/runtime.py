@@ -54,11 +54,25 @@ def threads(n):
 
 
 def available_memory():
-    """Bytes of physical memory this process may use (the machine's total; None if unknown)."""
+    """Bytes of memory this process may use: the machine's, or its container's limit if lower.
+
+    None if neither can be read.
+    """
+    limits = []
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
-        return None
+        pass
+    # cgroup v2, then v1: a container may allow far less than the machine has.
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def check_memory(nbytes, what, fix, fraction=0.5):

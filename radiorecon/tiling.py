@@ -11,14 +11,37 @@ wider reach blends without visible seams.
 
 import numpy as np
 
-__all__ = ["Tiler", "center_psf"]
+__all__ = ["Tiler", "center_psf", "tile_size"]
 
 
-def _starts(length, tile, overlap):
+def _starts(length, tile, overlap, multiple=1):
     if length <= tile:
         return [0]
+    # Rounding a start moves it by less than a cell: leave that much slack
+    # in the overlap, so that no pixel lies in the unweighted margins only.
+    overlap += multiple - 1
     n = int(np.ceil((length - overlap) / (tile - overlap)))
-    return [int(round(s)) for s in np.linspace(0, length - tile, n)]
+    # Starts on the method's grid (a network that bins and downsamples gives
+    # the same numbers only for shifts by whole cells); the last tile may run
+    # past the image by less than a cell, into zero padding.
+    starts = [multiple * int(round(s / multiple)) for s in np.linspace(0, length - tile, n)]
+    starts[-1] = multiple * int(np.ceil((length - tile) / multiple))
+    return starts
+
+
+def tile_size(length, max_tile, margin, multiple=1):
+    """The tile length that covers ``length`` pixels in evenly sized tiles of at most ``max_tile``.
+
+    Fewest tiles, each as small as they can be (so 700 pixels with tiles of
+    at most 512 become two of about 380, not 512 + 512), rounded up to a
+    multiple of ``multiple``; ``length`` itself when it fits in one tile.
+    """
+    if length <= max_tile:
+        return length
+    overlap = 2 * margin + max(4, max_tile // 16) + multiple - 1
+    n = int(np.ceil((length - overlap) / (max_tile - overlap)))
+    tile = int(np.ceil((length + (n - 1) * overlap) / n))
+    return multiple * int(np.ceil(tile / multiple))
 
 
 def _ramp(tile, margin, ramp, inner_start, inner_end):
@@ -45,9 +68,12 @@ class Tiler:
         ``(ty, tx)``; `None` for one tile of the whole image.
     margin : int
         Pixels of context the method needs on each side.
+    multiple : int
+        Tile starts are multiples of it (the cell of a method that bins or
+        downsamples its input), so tiles see the image on the method's grid.
     """
 
-    def __init__(self, shape, tile_shape, margin=0):
+    def __init__(self, shape, tile_shape, margin=0, multiple=1):
         self.shape = tuple(int(s) for s in shape)
         self.tile_shape = self.shape if tile_shape is None else tuple(int(t) for t in tile_shape)
         self.margin = int(margin)
@@ -57,11 +83,11 @@ class Tiler:
         for length, tile in zip(self.shape, self.tile_shape):
             ramp = max(4, tile // 16)
             overlap = 2 * self.margin + ramp
-            if length > tile and overlap >= tile:
+            if length > tile and overlap + multiple - 1 >= tile:
                 raise ValueError(
                     f"Tiles of {tile} pixels are too small for a margin of {self.margin} pixels"
                 )
-            starts = _starts(length, tile, overlap)
+            starts = _starts(length, tile, overlap, int(multiple))
             weights = [
                 _ramp(tile, self.margin, ramp, i > 0, i < len(starts) - 1)
                 for i in range(len(starts))

@@ -92,12 +92,16 @@ def training_set(inputs, targets, paired):
     import torch
 
     if is_dataset(inputs):
+        if len(inputs) == 0:
+            raise ValueError("The training data set is empty")
         units = dict(getattr(inputs, "units", {}) or {})
         first = inputs[0]
         if paired and not (isinstance(first, tuple) and len(first) == 2):
             raise ValueError("A paired backend needs a dataset whose items are (input, target) pairs")
         return _Pairs(inputs, paired), {"input": units.get("input"), "target": units.get("target")}
     x, x_unit = _stack(inputs, "inputs")
+    if len(x) == 0:
+        raise ValueError("No training inputs given")
     units = {"input": None if x_unit is None else x_unit.to_string(), "target": None}
     if not paired:
         return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.zeros(len(x), 0)), units
@@ -301,7 +305,8 @@ class Trainer:
             return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
         # Seeding the order per epoch keeps a resumed run identical to an
         # uninterrupted one.
-        gen = torch.Generator().manual_seed((0 if self.seed is None else self.seed) * 100003 + epoch)
+        # (Reduced modulo 2**63 so that any valid seed fits torch's generator.)
+        gen = torch.Generator().manual_seed(((0 if self.seed is None else self.seed) * 100003 + epoch) % 2**63)
         if self.seed is None:
             gen.seed()
         return torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=gen)

@@ -4,9 +4,16 @@ import astropy.units as u
 from astropy.io import fits
 from astropy.wcs import WCS
 
+import torch
+
 from radiorecon import registry
 
 import _backends
+
+# One thread: on a 2-core machine busy with other work, torch's default of
+# one thread per core makes the suite several times slower (its threads spin
+# waiting for each other); results do not depend on it.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -76,3 +83,37 @@ def cube_file(tmp_path):
     path = tmp_path / "dirty.image.fits"
     fits.PrimaryHDU(data, header).writeto(path)
     return path
+
+
+@pytest.fixture
+def no_prediction(monkeypatch):
+    """Fail the test if a prediction starts: the checks under test must come before it."""
+    from radiorecon import Reconstructor
+
+    def predict(*args, **kwargs):
+        raise AssertionError("predicted before checking the outputs")
+
+    monkeypatch.setattr(Reconstructor, "predict", predict)
+
+
+def make_unwritable(monkeypatch, directory):
+    """Make ``directory`` read-only, also for root (whom os.access would let write anyway)."""
+    import os
+
+    directory.chmod(0o555)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        not (mode & os.W_OK and os.path.samefile(path, directory)) and real(path, mode, **kw)))
+
+
+def record_build_devices(monkeypatch, cls):
+    """A list that gets the default torch device each time ``cls`` is constructed."""
+    built_on = []
+    original = cls.__init__
+
+    def spy(self, *args, **kwargs):
+        built_on.append(torch.empty(0).device.type)  # the default device while building
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", spy)
+    return built_on

@@ -14,7 +14,7 @@ class Echo(Backend):
     version = "2.1"
     default_config = {"factor": 1.0}
 
-    def predict(self, inputs, *, n_samples=1, psf=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
         return Prediction(mean=inputs * self.config["factor"])
 """
 

@@ -52,7 +52,7 @@ from radiorecon.io import read_image, read_result
 from radiorecon.result import Reconstruction
 
 import _backends
-from conftest import celestial_header, gaussian_psf
+from conftest import celestial_header, gaussian_psf, make_unwritable, record_build_devices
 from plugins import ECHO, activate, deactivate, make_distribution
 
 
@@ -361,14 +361,7 @@ def test_huge_network_is_refused_before_it_is_built(tmp_path, monkeypatch, obser
     }
     path = tmp_path / "huge.rrm"
     modelfile.save(path, doc, cls().state_dict())  # the tensors of the default network
-    built_on = []
-    original = cls.__init__
-
-    def spy(self, *args, **kwargs):
-        built_on.append(torch.empty(0).device.type)  # the default device while building
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, "__init__", spy)
+    built_on = record_build_devices(monkeypatch, cls)
     with _refuses(tmp_path, ModelFileError, "refusing to build backend 'star': its config asks for more than",
                   path):
         Reconstructor.load(path)
@@ -594,22 +587,8 @@ def observation(tmp_path):
     return _write_image(tmp_path / "field.fits"), psf
 
 
-@pytest.fixture
-def no_prediction(monkeypatch):
-    """Fail the test if a prediction starts: these checks come before it."""
-
-    def predict(*args, **kwargs):
-        raise AssertionError("predicted before checking the outputs")
-
-    monkeypatch.setattr(Reconstructor, "predict", predict)
 
 
-def _unwritable(monkeypatch, directory):
-    """Make ``directory`` read-only, also for root (whom os.access would let write anyway)."""
-    directory.chmod(0o555)
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
-        not (mode & os.W_OK and os.path.samefile(path, directory)) and real(path, mode, **kw)))
 
 
 # name: (input, options after the PSF, error type, message; {tmp} is the test's directory)
@@ -658,7 +637,7 @@ def test_predict_output_problems_are_refused_before_predicting(case, observation
     _write_image(tmp_path / "nowcs.fits", without=("CTYPE1", "CTYPE2"))
     (tmp_path / "old.fits").write_bytes(b"old")
     (tmp_path / "ro").mkdir()
-    _unwritable(monkeypatch, tmp_path / "ro")
+    make_unwritable(monkeypatch, tmp_path / "ro")
     argv = ["predict", "clean", str(tmp_path / name), "--psf", str(psf), *(o.format(tmp=tmp_path) for o in options)]
     with _nothing_changes(tmp_path):
         _refused(capsys, argv, error, message.format(tmp=tmp_path))
@@ -694,6 +673,7 @@ def test_overwriting_keeps_permissions_and_writes_through_links(observation, tmp
     assert after.keys() == before.keys() and after["sky.fits"] == before["sky.fits"]  # the link itself
     assert after["models/sky.fits"][:2] == before["models/sky.fits"][:2]  # a file, still 0o640
     assert fits.getheader(target)["RRBACKND"] == "clean"
+    assert sorted(os.listdir(target.parent)) == ["sky.fits"]  # no temporary left beside it
 
 
 # == 7. Large images ===================================================================

@@ -17,7 +17,7 @@ from radiorecon._files import atomic_path
 from radiorecon.cli import _methods, main
 from radiorecon.reconstructor import Reconstructor
 
-from conftest import celestial_header, gaussian_psf
+from conftest import celestial_header, gaussian_psf, make_unwritable
 
 
 @pytest.fixture
@@ -231,22 +231,8 @@ def test_verbose_adds_one_log_handler_however_often_main_runs(capsys, log_handle
 # -- outputs: checked before predicting, written together, permissions and links kept ----------
 
 
-@pytest.fixture
-def no_prediction(monkeypatch):
-    """Fail the test if a prediction starts: these checks must come before it."""
-
-    def predict(*args, **kwargs):
-        raise AssertionError("predicted before checking the outputs")
-
-    monkeypatch.setattr(Reconstructor, "predict", predict)
 
 
-def _unwritable(monkeypatch, directory):
-    """Make ``directory`` read-only, also for root (whom os.access would let write anyway)."""
-    directory.chmod(0o555)
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
-        not (mode & os.W_OK and os.path.samefile(path, directory)) and real(path, mode, **kw)))
 
 
 @pytest.mark.parametrize(
@@ -262,7 +248,7 @@ def test_output_problems_are_found_before_predicting(where, message, observation
     image, psf = observation
     ro = tmp_path / "ro"
     ro.mkdir()
-    _unwritable(monkeypatch, ro)
+    make_unwritable(monkeypatch, ro)
     argv = ["predict", "clean", str(image), "--psf", str(psf), "-o", where.format(tmp=tmp_path, ro=ro)]
     assert main(argv) == 1
     assert message.format(tmp=tmp_path, ro=ro) in capsys.readouterr().err
@@ -299,7 +285,7 @@ def test_catalog_path_is_checked_before_predicting(observation, tmp_path, monkey
     image, psf = observation
     ro = tmp_path / "ro"
     ro.mkdir()
-    _unwritable(monkeypatch, ro)
+    make_unwritable(monkeypatch, ro)
     out = tmp_path / "o.fits"
     argv = ["predict", "clean", str(image), "--psf", str(psf), "-o", str(out), "--catalog", str(ro / "c.ecsv")]
     assert main(argv) == 1
@@ -320,22 +306,6 @@ def test_a_failed_catalog_leaves_no_outputs(observation, tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert f"No space left on device: '{cat}'" in err and ".tmp." not in err
     assert sorted(os.listdir(tmp_path)) == sorted(["field.image.fits", "field.psf.fits"])
-
-
-def test_overwriting_keeps_permissions_and_writes_through_links(observation, tmp_path, capsys):
-    image, psf = observation
-    target, link = tmp_path / "models" / "sky.fits", tmp_path / "sky.fits"
-    target.parent.mkdir()
-    target.write_bytes(b"old")
-    target.chmod(0o640)
-    link.symlink_to(target)
-    argv = ["predict", "clean", str(image), "--psf", str(psf), "-o", str(link), "--set", "niter=20",
-            "--no-progress", "--overwrite"]
-    assert main(argv) == 0, capsys.readouterr().err
-    assert os.path.islink(link) and os.readlink(link) == str(target)
-    assert fits.getheader(target)["RRBACKND"] == "clean"
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert sorted(os.listdir(target.parent)) == ["sky.fits"]  # no temporary left beside it
 
 
 def test_atomic_path_keeps_the_mode_of_the_file_it_replaces(tmp_path):
@@ -422,7 +392,7 @@ def test_info_reads_shipped_models_and_shows_the_tiles(registered, tmp_path, cap
     assert main(["info", "pretrained:star"]) == 0
     out = capsys.readouterr().out
     assert "star (version" in out and "pretrained:star (" in out
-    assert "tiles: " in out
+    assert "tiles: whole images up to 512 x 512 pixels; larger ones in tiles" in out
     model = tmp_path / "tiled.rrm"
     Reconstructor("test-tiled", size=40).save(model)
     assert main(["info", str(model)]) == 0

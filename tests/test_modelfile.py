@@ -12,6 +12,8 @@ from radiorecon import Backend, Reconstructor, available_pretrained, modelfile, 
 from radiorecon.exceptions import InputError, ModelFileError
 from radiorecon.pretrained import pretrained_path, resolve_model_path
 
+from conftest import record_build_devices
+
 
 @pytest.fixture
 def trained(pairs):
@@ -238,14 +240,7 @@ def test_huge_config_is_refused_before_anything_is_built(tmp_path, monkeypatch, 
     state = cls().state_dict()
     modelfile.save(path, doc, state)
     held = sum(t.nbytes for t in state.values()) / 1e6
-    built_on = []
-    original = cls.__init__
-
-    def spy(self, *args, **kwargs):
-        built_on.append(torch.empty(0).device.type)  # the default device while building
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, "__init__", spy)
+    built_on = record_build_devices(monkeypatch, cls)
     with pytest.raises(ModelFileError, match=f"refusing to build backend '{name}'.*asks for more than") as err:
         modelfile.read_model(path)
     assert str(path) in str(err.value) and str(err.value).endswith(f"but the file holds {held:.3g} MB")

@@ -86,6 +86,12 @@ def test_bad_seeds_are_refused(conv, seed, error):
         conv.predict(_images([(32, 32)])[0], seed=seed, progress=False)
 
 
+def test_the_largest_seeds_train_and_predict(pairs):
+    dirty, sky = pairs
+    rec = Reconstructor("test-conv").fit(dirty[:8], sky[:8], epochs=2, batch_size=4, seed=2**63 - 1, progress=False)
+    rec.predict(dirty[0], n_samples=2, seed=2**63 - 1, progress=False)
+
+
 def test_counts_are_checked_alike(conv):
     image = _images([(32, 32)])[0]
     with pytest.raises(TypeError, match="n_samples must be an integer"):
@@ -127,6 +133,20 @@ def test_declared_units_are_attached_and_meta_becomes_cards(tmp_path):
     result.write(tmp_path / "filtered.fits")
 
 
+@pytest.mark.parametrize("meta, error, match", [
+    ({"RRSEED": 5}, ValueError, "card the front door writes"),
+    ({"bmaj": 3.0}, ValueError, "card the front door writes"),
+    ({"CRPIX1": 3.0}, ValueError, "card the front door writes"),
+    ({"iterations": float("nan")}, ValueError, "finite numbers only"),
+    ({"note": "caf\u00e9"}, ValueError, "printable ASCII"),
+    ({"beam": [1, 2]}, TypeError, "numbers, booleans or strings"),
+])
+def test_backend_meta_cannot_overwrite_or_break_the_header(meta, error, match):
+    x = torch.zeros(1, 4, 4)
+    with pytest.raises(error, match=match):
+        Prediction(mean=x, meta=[meta])
+
+
 def test_undeclared_extra_units_are_refused():
     x = torch.zeros(2, 4, 4)
     with pytest.raises(ValueError, match=r"Declare the unit of the extra map\(s\) \['residual'\]"):
@@ -135,12 +155,18 @@ def test_undeclared_extra_units_are_refused():
         Prediction(mean=x, units={"estimate": "Jy"})
 
 
-def test_the_old_uncertainty_capability_says_what_to_use():
+def test_backends_of_the_old_contract_are_told_what_changed():
     with pytest.raises(TypeError, match="declare 'draws' if predict"):
         type("Old", (Backend,), {"capabilities": {"reconstruct", "uncertainty"}})
 
+    def predict(self, inputs, *, n_samples=1, psf=None):
+        return Prediction(mean=inputs)
 
-def test_large_images_go_through_in_tiles(star, monkeypatch):
+    with pytest.raises(TypeError, match=r"Old.predict\(\) does not take draws="):
+        type("Old", (Backend,), {"capabilities": {"reconstruct"}, "predict": predict})
+
+
+def test_large_images_go_through_in_tiles_that_match_the_whole(star, monkeypatch):
     shapes = []
     real = type(star.backend).predict
 
@@ -148,12 +174,15 @@ def test_large_images_go_through_in_tiles(star, monkeypatch):
         shapes.append(tuple(inputs.shape))
         return real(self, inputs, **kwargs)
 
+    image = _images([(232, 200)], seed=4)[0]
+    whole = star.predict(image, progress=False, threads=1).data
     monkeypatch.setattr(type(star.backend), "predict", spy)
-    monkeypatch.setattr(type(star.backend), "max_tile_shape", (48, 48))
-    monkeypatch.setattr(type(star.backend), "tile_margin", 8)
-    result = star.predict(_images([(80, 64)])[0], batch_size=2, progress=False)
-    assert result.data.shape == (80, 64)
-    assert all(s[1:] == (48, 48) for s in shapes) and sum(s[0] for s in shapes) > 2
+    monkeypatch.setattr(type(star.backend), "max_tile_shape", (192, 192))
+    tiled = star.predict(image, batch_size=2, progress=False, threads=1).data
+    # Two tiles a side, each about half the image plus the overlap, on STAR's 8-pixel grid.
+    assert shapes and all(s[1] % 8 == 0 and s[2] % 8 == 0 and s[1] < 232 for s in shapes)
+    assert sum(s[0] for s in shapes) == 4
+    np.testing.assert_allclose(tiled, whole, atol=1e-3 * np.abs(whole).max())
 
 
 def test_result_header_carries_the_standard_beam_cards(cube_file):
@@ -161,3 +190,19 @@ def test_result_header_carries_the_standard_beam_cards(cube_file):
     assert result.meta["BMAJ"] == pytest.approx(0.89 / 3600)
     assert result.meta["BMIN"] == pytest.approx(0.82 / 3600) and result.meta["BPA"] == pytest.approx(30.0)
     assert result.meta["RRBMAJ"] == result.meta["BMAJ"]
+
+
+def test_empty_inputs_are_refused_clearly(conv, pairs):
+    with pytest.raises(ValueError, match=r"holds no pixels \(shape \(0, 32, 32\)\)"):
+        conv.predict(np.zeros((0, 32, 32), np.float32), progress=False)
+    with pytest.raises(ValueError, match="No training inputs given"):
+        Reconstructor("test-conv").fit(np.zeros((0, 32, 32)), np.zeros((0, 32, 32)), progress=False)
+    assert conv.predict([], progress=False) == []
+
+
+def test_blank_pixels_are_blank_in_every_map():
+    image = _images([(24, 24)])[0]
+    image[:3, :3] = np.nan
+    result = Reconstructor("clean", niter=20).predict(image, psf=gaussian_psf((48, 48)), progress=False)
+    for key in ("residual", "restored", "rms"):
+        assert np.isnan(result.extras[key][:3, :3]).all() and np.isfinite(result.extras[key][5:, 5:]).all()

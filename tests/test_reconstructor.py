@@ -311,6 +311,7 @@ def test_progress_bars_show_and_hide(pairs, capsys, monkeypatch):
     dirty, sky = pairs
     rec = Reconstructor("test-conv")
     rec.fit(dirty, sky, epochs=1, batch_size=4, progress=True)
+    monkeypatch.setattr("radiorecon.pipeline.PROGRESS_DELAY", 3600)  # however slow the machine
     rec.predict(list(dirty[:3]), batch_size=1, progress=True)
     err = capsys.readouterr().err
     # A quick prediction stays silent; the bar counts tiles once it shows.

@@ -72,7 +72,7 @@ class DdpmBackend(Backend):
     # Any size works; larger images go through in overlapping tiles, so
     # memory stays bounded and progress shows.
     max_tile_shape = (512, 512)
-    tile_margin = 32
+    tile_margin = 64
     version = "1"
     input_scale = "noise"
     inference_keys = frozenset({"sampler", "steps", "eta", "clip_denoised"})
@@ -132,7 +132,7 @@ class DdpmBackend(Backend):
         # The averaged weights are what predicts; they start as the network's.
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self._alphas_cumprod = None
-        self._multiple = c["downsample"] * self.net.multiple
+        self.tile_multiple = self._multiple = c["downsample"] * self.net.multiple
         self.ema_steps = 0
 
     def check_config(self):

@@ -93,7 +93,7 @@ class StarBackend(Backend):
     # Any size works; larger images go through in overlapping tiles, so
     # memory stays bounded and progress shows.
     max_tile_shape = (512, 512)
-    tile_margin = 32
+    tile_margin = 64
     version = "1"
     input_scale = "noise"
     inference_keys = frozenset({"style_temperature"})
@@ -151,7 +151,7 @@ class StarBackend(Backend):
             self.discriminators = torch.nn.ModuleDict(
                 {"content": PatchDiscriminator(2, c["style_base_channels"] * 2), "composite": PatchDiscriminator(2, c["style_base_channels"] * 2)}
             )
-        self._multiple = c["downsample"] * self.content_net.multiple
+        self.tile_multiple = self._multiple = c["downsample"] * self.content_net.multiple
 
     def modules(self):
         mods = {
