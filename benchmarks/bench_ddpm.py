@@ -101,7 +101,9 @@ def report(args):
               f"{table.meta['wall_seconds'] / 60:.1f} min\n")
         print(to_markdown(table))
 
-    thresholds = sorted({float(t) for _, (table, _) in parts.items() for t in table["threshold"]}, reverse=True)
+    # The "published" protocol's rows have no threshold (NaN): only the significance ones do.
+    thresholds = sorted({float(t) for _, (table, _) in parts.items()
+                         for t in table[table["protocol"] == "significance"]["threshold"]}, reverse=True)
     counts = {}
     seconds = {}
     for part, (table, arrays) in parts.items():

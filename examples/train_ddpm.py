@@ -19,6 +19,8 @@ seen in all eight flips and quarter turns (the backend's augmentation) over
 ``--epochs`` epochs. Networks work on 2x2 bins (32x32 grids) and, being
 convolutional with per-pixel normalisation, run on images of any size.
 Interrupt at any time: the same command resumes from ``<output>.ckpt``.
+The model file records the training domain (preset, beam, pixel size,
+noise; see ``radiorecon info``), against which ``predict`` checks images.
 """
 
 import argparse
@@ -32,13 +34,19 @@ from tqdm.auto import tqdm
 
 from radiorecon import Reconstructor
 from radiorecon.simulate import SimulatedPairs
+from radiorecon.training import training_domain
 
 
 class InMemoryPairs:
-    """The pairs of a `SimulatedPairs`, simulated once and kept as arrays."""
+    """The pairs of a `SimulatedPairs`, simulated once and kept as arrays.
+
+    Its ``units`` and ``domain`` (the preset, beam, pixel size and noise)
+    are those of the pairs, so the model file records them.
+    """
 
     def __init__(self, pairs, progress=True):
         self.units = pairs.units
+        self.domain = training_domain(pairs)
         items = [pairs[i] for i in tqdm(range(len(pairs)), desc="simulate", disable=not progress)]
         self.inputs = np.stack([d for d, _ in items])
         self.targets = np.stack([s for _, s in items])

@@ -18,7 +18,9 @@ pixels) with the sources within 3" of the centre, simulated on the fly
 (seed ``--seed``, never the benchmark's seed 2026). Networks work on 2x2
 bins, so they see 32x32 grids; being convolutional, with per-pixel channel
 normalisation, they then run on images of any size. Interrupt at any time:
-the same command resumes from ``<output>.ckpt``.
+the same command resumes from ``<output>.ckpt``. The model file records the
+training domain of the pairs (preset, beam, pixel size, noise; see
+``radiorecon info``), against which ``predict`` checks images.
 """
 
 import argparse

@@ -30,6 +30,10 @@ _INPUT_PROBLEMS = (RadioreconError, OSError, ValueError, MemoryError)
 # again (tests, notebooks) replaces it instead of adding a second one.
 _LOG_HANDLER = "radiorecon.cli"
 
+# Detection threshold (S/N) of predict --catalog for models that record no
+# catalog_threshold of their own (demo's is radiorecon.demo.DEFAULT_THRESHOLD).
+_PREDICT_THRESHOLD = 5.0
+
 _THREADS_HELP = ("torch CPU threads (default: OMP_NUM_THREADS, else one per core); "
                  "fewer than the cores is often faster on a busy machine")
 
@@ -191,6 +195,8 @@ def cmd_info(args):
         ("tiles", _tiles(path, doc.get("backend"))),
         ("normalisation", json.dumps(doc.get("normalisation"))),
         ("units", json.dumps(doc.get("units"))),
+        ("domain", _domain(doc.get("domain"))),
+        ("catalog threshold", _threshold(doc.get("catalog_threshold"))),
         ("epochs", len(doc.get("history", []))),
     ]
     if doc.get("history"):
@@ -202,6 +208,28 @@ def cmd_info(args):
     for key, value in rows:
         print(f"{key:>{width}}: {value}")
     return 0
+
+
+def _domain(domain):
+    """A model's training domain for people, or why predict cannot check images against it."""
+    if domain is None:
+        return "not recorded (predict does not check images against it)"
+
+    def number(key, unit, scale=1):
+        value = domain.get(key)
+        return "?" if value is None else f"{value * scale:.3g}{unit}"
+
+    return (f"preset {domain.get('preset') or 'unknown'}; "
+            f"beam {number('beam_major_arcsec', '')}\" x {number('beam_minor_arcsec', '')}\"; "
+            f"pixels {number('pixel_scale_arcsec', '')}\"; noise {number('noise_jy_beam', ' uJy/beam', 1e6)}")
+
+
+def _threshold(value):
+    from .demo import DEFAULT_THRESHOLD
+
+    if value is None:
+        return f"not set (predict --catalog uses S/N {_PREDICT_THRESHOLD:g}, demo {DEFAULT_THRESHOLD:g})"
+    return f"S/N {value:g} (the default of predict --catalog and demo)"
 
 
 def _tiles(path, backend):
@@ -260,7 +288,10 @@ def cmd_predict(args):
         threads=args.threads,
         return_samples=bool(args.catalog) and args.samples > 1,
     )
-    catalog = _catalog(sky, args.input, args.threshold) if args.catalog else None
+    threshold = args.threshold
+    if threshold is None:
+        threshold = rec.catalog_threshold or _PREDICT_THRESHOLD
+    catalog = _catalog(sky, args.input, threshold) if args.catalog else None
     # Both files appear, or neither: each is written to a temporary and moved into place last.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(args.output, overwrite=args.overwrite))
@@ -386,7 +417,7 @@ def cmd_demo(args):
     obs, catalog, s = out["observation"], out["catalog"], out["scores"]
     print(f"simulated {obs!r}")
     print(f"reconstructed with {args.model} and {_plural(args.samples, 'sample')}; "
-          f"{_plural(len(catalog), 'source')} found at S/N >= {args.threshold:g}:")
+          f"{_plural(len(catalog), 'source')} found at S/N >= {out['threshold']:g}:")
     cols = [c for c in ("label", "x", "y", "sky_centroid", "flux", "snr", "detection_probability")
             if c in catalog.colnames]
     if len(catalog):
@@ -447,7 +478,9 @@ def _parser():
     p.add_argument("--psf", help="PSF FITS image, for backends that need it")
     p.add_argument("--catalog", help="also write a source catalog (ECSV); a sky model is detected through "
                    "the input's clean beam against the input's noise")
-    p.add_argument("--threshold", type=float, default=5.0, help="detection threshold in sigma")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="detection threshold in sigma (default: the model's catalog threshold, "
+                        f"see radiorecon info; else {_PREDICT_THRESHOLD:g})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("simulate", help="simulate a data set of dirty images, skies and PSFs")

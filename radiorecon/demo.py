@@ -11,12 +11,15 @@ import os
 import numpy as np
 import astropy.units as u
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "DEFAULT_THRESHOLD"]
 
 _FILES = ("sky.fits", "sources.ecsv", "sources.reg", "demo.png")
 
+#: Detection threshold (S/N) for models that record no ``catalog_threshold``.
+DEFAULT_THRESHOLD = 3.0
 
-def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, threshold=3.0,
+
+def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, threshold=None,
              overwrite=False, progress=True, threads=None):
     """Simulate, reconstruct, catalog and score one default-preset observation.
 
@@ -37,10 +40,13 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     seed : int
         Fixes the simulated observation and the samples (3, the default,
         gives five sources; 0 gives an empty field).
-    threshold : float
+    threshold : float, optional
         Detection threshold, in units of the dirty image's robust noise,
         applied to the sky model convolved with the clean beam, as in
         `radiorecon.benchmark` (`radiorecon.catalog.find_sources_in_model`).
+        By default the model's
+        `~radiorecon.Reconstructor.catalog_threshold`, else
+        ``DEFAULT_THRESHOLD`` (3).
     overwrite : bool
         Replace existing output files.
     progress : bool
@@ -54,7 +60,7 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         ``observation`` (`~radiorecon.simulate.SimulatedObservation`),
         ``result`` (`~radiorecon.Reconstruction`), ``catalog``
         (`~astropy.table.QTable`), ``scores`` (purity, completeness, F1,
-        ...) and ``files`` (paths written). The four files are written
+        ...), ``threshold`` (the one used) and ``files`` (paths written). The four files are written
         together at the end: a failure leaves none of them changed.
     """
     from ._files import atomic_path, check_new
@@ -68,6 +74,8 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     for f in files:
         check_new(f, overwrite, "pass overwrite=True (--overwrite) to replace it")
     rec = _open(model)
+    if threshold is None:
+        threshold = rec.catalog_threshold or DEFAULT_THRESHOLD
     os.makedirs(out, exist_ok=True)
 
     obs = observe(seed=seed)
@@ -86,7 +94,8 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         catalog.write(tmp[1], format="ascii.ecsv")
         to_regions(catalog).write(tmp[2], format="ds9")
         _plot(obs, result, catalog, tmp[3], title=f"{rec.backend_name} sky model (Jy/pix)")
-    return {"observation": obs, "result": result, "catalog": catalog, "scores": scores, "files": files}
+    return {"observation": obs, "result": result, "catalog": catalog, "scores": scores, "threshold": threshold,
+            "files": files}
 
 
 def _open(model):

@@ -3,7 +3,8 @@
 A model file is a standard `safetensors <https://huggingface.co/docs/safetensors>`_
 file: a JSON header followed by raw tensor bytes. radiorecon stores its own
 JSON document (format version, package and backend versions, backend config,
-normalisation, units, and for checkpoints the training state) as one string
+normalisation, units, training domain, catalog threshold, and for checkpoints
+the training state) as one string
 in the header's ``__metadata__``, plus a SHA-256 digest of the tensors, so a
 file is checked before use. Loading never unpickles anything: it cannot run
 code, whatever the file holds.
@@ -27,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import numbers
 import struct
 
 from ._files import atomic_path, check_new
@@ -41,6 +43,9 @@ __all__ = [
     "read_model",
     "expected_tensors",
     "check_tensors",
+    "check_domain",
+    "check_catalog_threshold",
+    "DOMAIN_KEYS",
     "flatten_state",
     "unflatten_state",
 ]
@@ -78,6 +83,69 @@ _FIELDS = {
     "history": (list, "a list"),
 }
 
+#: The fields of a model's training domain (``document["domain"]``): the
+#: simulator preset (str) and the beam, pixel size and image noise of the
+#: training inputs (positive numbers, arcsec and Jy/beam); any may be None
+#: (unknown).
+DOMAIN_KEYS = ("preset", "beam_major_arcsec", "beam_minor_arcsec", "pixel_scale_arcsec", "noise_jy_beam")
+
+
+def _is_positive(value):
+    """Whether ``value`` is a positive, finite real number (numpy's included, booleans not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def check_domain(domain):
+    """Check a training domain as a model file stores it.
+
+    Parameters
+    ----------
+    domain : dict or None
+        ``None`` (unknown), or a mapping with exactly the keys of
+        `DOMAIN_KEYS`: ``preset`` a string or None, the others positive
+        finite numbers (arcsec; Jy/beam for ``noise_jy_beam``) or None.
+
+    Returns
+    -------
+    domain : dict or None
+        A copy, numbers as floats.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong.
+    """
+    if domain is None:
+        return None
+    if not isinstance(domain, dict) or set(domain) != set(DOMAIN_KEYS):
+        keys = sorted(domain) if isinstance(domain, dict) else type(domain).__name__
+        raise ValueError(f"domain must be a mapping of {', '.join(DOMAIN_KEYS)}, not {keys}")
+    preset = domain["preset"]
+    if preset is not None and not isinstance(preset, str):
+        raise ValueError(f"domain preset must be a string or null, not {preset!r}")
+    out = {"preset": preset}
+    for key in DOMAIN_KEYS[1:]:
+        value = domain[key]
+        if value is not None and not _is_positive(value):
+            raise ValueError(f"domain {key} must be a positive number or null, not {value!r}")
+        out[key] = None if value is None else float(value)
+    return out
+
+
+def check_catalog_threshold(value):
+    """A model's catalog threshold (an S/N) as a float, or None.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not None and not a positive, finite number.
+    """
+    if value is None:
+        return None
+    if not _is_positive(value):
+        raise ValueError(f"catalog_threshold must be a positive, finite S/N (such as 5) or None, not {value!r}")
+    return float(value)
+
 
 def _digest(tensors):
     import torch
@@ -104,7 +172,7 @@ def save(path, document, tensors, *, overwrite=False):
     path : str or os.PathLike
     document : dict
         JSON-serialisable description; ``format``, ``format_version`` and
-        ``sha256`` are added.
+        ``sha256`` are added, and ``created`` (now) unless it has one.
     tensors : dict of str to torch.Tensor
     overwrite : bool
         Replace an existing file.
@@ -115,7 +183,8 @@ def save(path, document, tensors, *, overwrite=False):
         If ``path`` exists and ``overwrite`` is False.
     ValueError
         If the document is beyond what `load` accepts (nested more than 64
-        levels, or a config of more than 1 MB of JSON).
+        levels, a config of more than 1 MB of JSON, a malformed ``domain``
+        or ``catalog_threshold``).
     """
     from safetensors.torch import save as st_save
 
@@ -126,12 +195,16 @@ def save(path, document, tensors, *, overwrite=False):
     config_size = len(json.dumps(document.get("config", {})))
     if config_size > _MAX_CONFIG:
         raise ValueError(f"a config of {config_size} bytes of JSON is over the {_MAX_CONFIG} a model file may hold")
+    check_domain(document.get("domain"))
+    check_catalog_threshold(document.get("catalog_threshold"))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = {
         **document,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Kept when a file's own document is saved again (a metadata edit): the weights are that old.
+        "created": document.get("created") or now,
         "sha256": _digest(tensors),
     }
     doc["document_sha256"] = _document_digest(doc)
@@ -427,6 +500,12 @@ def _read(path):
             raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({key} is not {what})")
     if "training" in doc and not isinstance(doc["training"], dict):
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted (training is not a mapping)")
+    # Optional: files written before radiorecon recorded them have neither.
+    try:
+        check_domain(doc.get("domain"))
+        check_catalog_threshold(doc.get("catalog_threshold"))
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({exc})") from None
     return doc, table
 
 

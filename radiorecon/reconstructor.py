@@ -64,6 +64,20 @@ class Reconstructor:
         training data, used to convert inputs at prediction.
     history : list of dict
         Losses per epoch of the last `fit`.
+    domain : dict or None
+        What the model was trained on, recorded by `fit` and kept in model
+        files: ``preset`` (the simulator preset, or None),
+        ``beam_major_arcsec``, ``beam_minor_arcsec`` and
+        ``pixel_scale_arcsec`` (arcsec) and ``noise_jy_beam`` (image noise
+        rms, Jy/beam), each None where unknown; None when nothing is known
+        (training on plain arrays). `predict` warns when an image's beam or
+        pixel size differs from it by more than 20 %
+        (`radiorecon.pipeline.DOMAIN_TOLERANCE`).
+    catalog_threshold : float or None
+        The detection threshold (S/N) chosen for this model, kept in model
+        files: the default of ``radiorecon predict --catalog`` and
+        ``radiorecon demo``. None (the default, and after a new `fit`) leaves
+        them at their own defaults. Set it, then `save`.
 
     Examples
     --------
@@ -88,6 +102,8 @@ class Reconstructor:
         self.normalisation = Normalisation()
         self.units = {"input": None, "target": None}
         self.history = []
+        self.domain = None
+        self.catalog_threshold = None
         self.origin = "untrained" if not self.fitted else "no training needed"
 
     def __repr__(self):
@@ -103,6 +119,26 @@ class Reconstructor:
     def config(self):
         """The backend's configuration (dict)."""
         return self.backend.config
+
+    @property
+    def catalog_threshold(self):
+        """The detection threshold (S/N) chosen for this model, or None (float or None).
+
+        Setting it checks that it is positive and finite.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> rec = Reconstructor("clean")
+        >>> rec.catalog_threshold = 4
+        >>> rec.catalog_threshold
+        4.0
+        """
+        return self._catalog_threshold
+
+    @catalog_threshold.setter
+    def catalog_threshold(self, value):
+        self._catalog_threshold = modelfile.check_catalog_threshold(value)
 
     @property
     def scale(self):
@@ -187,7 +223,9 @@ class Reconstructor:
             arrays), or a dataset whose items are ``(input, target)`` pairs
             of arrays (or single arrays for unpaired backends), such as the
             ones `radiorecon.simulate` writes. For unpaired backends these
-            are the sky images themselves.
+            are the sky images themselves. The training domain (`domain`)
+            comes from a simulated data set's preset, from the images' beam
+            cards, WCS and noise, or from a data set's ``domain`` attribute.
         targets : array or list of images, optional
             True sky models, one per input, for ``paired`` backends.
         epochs : int
@@ -229,12 +267,15 @@ class Reconstructor:
         batch_size = check_int(batch_size, "batch_size")
         seed = check_seed(seed)
 
-        train, units = training_set(inputs, targets, paired)
+        train, units, domain = training_set(inputs, targets, paired)
         trainer = Trainer(self.backend, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
                           progress=progress, checkpoint=checkpoint)
         resume = trainer.read_checkpoint(self.backend_name, self._restore)
         if resume is None:
             self.units = units
+            self.domain = domain
+            # A threshold chosen for other weights does not carry over.
+            self.catalog_threshold = None
             self.normalisation = Normalisation.fit(train, self.backend.input_scale)
             self.history = []
         val = None
@@ -265,6 +306,8 @@ class Reconstructor:
             "config": self.backend.config,
             "normalisation": self.normalisation.to_dict(),
             "units": self.units,
+            "domain": self.domain,
+            "catalog_threshold": self.catalog_threshold,
             "fitted": self.fitted,
             "history": self.history,
         }
@@ -363,6 +406,9 @@ class Reconstructor:
         self.normalisation = normalisation
         self.units = {"input": units.get("input"), "target": units.get("target")}
         self.history = list(history)
+        # modelfile checked both; files written before they were recorded have neither.
+        self.domain = modelfile.check_domain(doc.get("domain"))
+        self.catalog_threshold = doc.get("catalog_threshold")
 
     # -- prediction --------------------------------------------------------
 
@@ -425,6 +471,14 @@ class Reconstructor:
             Maps in ``extras`` are `~astropy.units.Quantity` in the unit the
             backend declares (e.g. Jy/beam for CLEAN's residual).
 
+        Warns
+        -----
+        RadioreconWarning
+            Once per call, when an image's beam (major or minor axis) or
+            pixel size differs from the model's training `domain` by more
+            than 20 %: the result may be wrong. Images without beam cards or
+            a celestial WCS, and models without a domain, are not checked.
+
         Raises
         ------
         CapabilityError
@@ -462,6 +516,7 @@ class Reconstructor:
             psfs = [psf] * len(images)
 
         jobs = pipeline.make_jobs(images, psfs, self.backend, self.normalisation, self.units.get("input"))
+        pipeline.warn_outside_domain(jobs, self.domain, stacklevel=3)
         if "deblend" in self.capabilities and any(len(job.tiler) > 1 for job in jobs):
             raise ValueError(
                 f"Backend {self.backend_name!r} deblends whole images of at most "

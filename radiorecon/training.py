@@ -20,7 +20,7 @@ from .exceptions import ModelFileError
 from .runtime import resolve_device
 from .seeding import seeded
 
-__all__ = ["Trainer", "training_set", "is_dataset", "Scaled"]
+__all__ = ["Trainer", "training_set", "training_domain", "is_dataset", "Scaled"]
 
 log = logging.getLogger("radiorecon")
 
@@ -46,15 +46,15 @@ def is_dataset(obj):
 
 
 def _stack(inputs, role):
-    """Training images as one float32 ``(N, ny, nx)`` array with the unit they share."""
+    """Training images as one float32 ``(N, ny, nx)`` array, the unit they share, and their domain."""
     if isinstance(inputs, np.ndarray) and inputs.ndim == 3:
-        # A stack of images (or a Quantity): already numbers.
+        # A stack of images (or a Quantity): already numbers, without beam or WCS.
         unit = getattr(inputs, "unit", None)
-        return np.nan_to_num(np.asarray(getattr(inputs, "value", inputs), dtype=np.float32)), unit
+        return np.nan_to_num(np.asarray(getattr(inputs, "value", inputs), dtype=np.float32)), unit, None
     from .io import read_image
 
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    arrays, unit = [], None
+    arrays, images, unit = [], [], None
     for i, item in enumerate(items):
         image = read_image(item)
         data = np.nan_to_num(np.asarray(image.data, dtype=np.float64))
@@ -66,9 +66,109 @@ def _stack(inputs, role):
                 f"Training {role} must share one shape: item {i} is {data.shape}, item 0 is {arrays[0].shape}"
             )
         arrays.append(data.astype(np.float32))
+        images.append(image)
     if not arrays:
         raise ValueError(f"No training {role} given")
-    return np.stack(arrays), unit
+    return np.stack(arrays), unit, _images_domain(images, arrays, unit)
+
+
+def _median(values):
+    """The median of the known (non-None) values as a float, or None if none is known."""
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
+
+
+def _images_domain(images, arrays, unit):
+    """The domain of training images read from FITS/NDData: medians of their beams, pixels and noise."""
+    import astropy.units as u
+
+    from ._noise import robust_std
+    from .io import get_beam
+    from .pipeline import pixel_scale_arcsec
+
+    beams = []
+    for image in images:
+        try:
+            beams.append(get_beam(image))
+        except ValueError:  # malformed beam cards: unknown here; predict warns about them
+            beams.append(None)
+    noise = [None]
+    if unit is not None and unit.is_equivalent(u.Jy / u.beam):
+        factor = unit.to(u.Jy / u.beam)
+        noise = [robust_std(a) * factor for a in arrays]
+    presets = {image.meta.get("SIMPRSET") for image in images if image.meta is not None}
+    return _domain_of(
+        preset=presets.pop() if len(presets) == 1 else None,
+        beam_major_arcsec=_median([None if b is None else b.major.to_value(u.arcsec) for b in beams]),
+        beam_minor_arcsec=_median([None if b is None else b.minor.to_value(u.arcsec) for b in beams]),
+        pixel_scale_arcsec=_median([pixel_scale_arcsec(image.wcs) for image in images]),
+        noise_jy_beam=_median(noise),
+    )
+
+
+def _domain_of(**fields):
+    """A training domain (see `training_domain`), or None when nothing of it is known."""
+    domain = {key: fields.get(key) for key in modelfile.DOMAIN_KEYS}
+    if all(value is None for value in domain.values()):
+        return None
+    return modelfile.check_domain(domain)
+
+
+def training_domain(data):
+    """What a model learned from: the simulator preset, beam, pixel size and noise of its data.
+
+    Parameters
+    ----------
+    data : data set
+        A `~radiorecon.simulate.SimulatedPairs` (the beam and noise at the
+        preset's central declination), a `~radiorecon.simulate.SimulatedDataset`
+        (their medians over the images), or any data set with a ``domain``
+        attribute (a dict as returned here, or None). Lists of FITS images
+        or NDData get theirs in `training_set`, from their headers.
+
+    Returns
+    -------
+    domain : dict or None
+        ``preset`` (str or None), ``beam_major_arcsec``,
+        ``beam_minor_arcsec``, ``pixel_scale_arcsec`` (arcsec) and
+        ``noise_jy_beam`` (image noise rms, Jy/beam), each None where
+        unknown; None when nothing is known (a plain array, a foreign data
+        set).
+    """
+    import astropy.units as u
+
+    from .simulate import SimulatedDataset, SimulatedPairs
+    from .simulate.engine import setup_for
+
+    if isinstance(data, SimulatedPairs):
+        params = data.parameters
+        setup = setup_for(params)
+        # The beam changes slowly with the phase centre's declination
+        # (~0.1 % per 0.25 deg); the field's centre stands for all.
+        cov = setup.coverage(setup.dec_bin(params["declination"].to_value(u.deg)))
+        return _domain_of(
+            preset=data.preset, beam_major_arcsec=cov.beam.major.to_value(u.arcsec),
+            beam_minor_arcsec=cov.beam.minor.to_value(u.arcsec), pixel_scale_arcsec=setup.pixel,
+            noise_jy_beam=setup.image_rms(cov),
+        )
+    if isinstance(data, SimulatedDataset):
+        # One beam and noise per PSF of the bank; each counted as often as images use it.
+        index = np.asarray(data.images["psf_index"])
+        _, first, counts = np.unique(index, return_index=True, return_counts=True)
+        beams = [data.beam(int(i)) for i in first]
+        noise = [data.image(int(i)).meta["NOISERMS"] for i in first]
+
+        def median(values):
+            return float(np.median(np.repeat(values, counts)))
+
+        return _domain_of(
+            preset=data.config.get("preset"),
+            beam_major_arcsec=median([b.major.to_value(u.arcsec) for b in beams]),
+            beam_minor_arcsec=median([b.minor.to_value(u.arcsec) for b in beams]),
+            pixel_scale_arcsec=float(data.config["pixel_scale_arcsec"]), noise_jy_beam=median(noise),
+        )
+    domain = getattr(data, "domain", None)
+    return None if domain is None else modelfile.check_domain(domain)
 
 
 def training_set(inputs, targets, paired):
@@ -88,6 +188,10 @@ def training_set(inputs, targets, paired):
     dataset : sequence of (torch.Tensor, torch.Tensor)
     units : dict
         ``{"input": str or None, "target": str or None}``.
+    domain : dict or None
+        The inputs' training domain (see `training_domain`): from a data
+        set, or from the images' headers (beam cards, WCS) and pixels
+        (robust noise, for inputs in Jy/beam); None for plain arrays.
     """
     import torch
 
@@ -98,20 +202,21 @@ def training_set(inputs, targets, paired):
         first = inputs[0]
         if paired and not (isinstance(first, tuple) and len(first) == 2):
             raise ValueError("A paired backend needs a dataset whose items are (input, target) pairs")
-        return _Pairs(inputs, paired), {"input": units.get("input"), "target": units.get("target")}
-    x, x_unit = _stack(inputs, "inputs")
+        units = {"input": units.get("input"), "target": units.get("target")}
+        return _Pairs(inputs, paired), units, training_domain(inputs)
+    x, x_unit, domain = _stack(inputs, "inputs")
     if len(x) == 0:
         raise ValueError("No training inputs given")
     units = {"input": None if x_unit is None else x_unit.to_string(), "target": None}
     if not paired:
-        return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.zeros(len(x), 0)), units
-    y, y_unit = _stack(targets, "targets")
+        return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.zeros(len(x), 0)), units, domain
+    y, y_unit, _ = _stack(targets, "targets")
     if len(y) != len(x):
         raise ValueError(f"{len(x)} training inputs but {len(y)} targets")
     if y.shape[1:] != x.shape[1:]:
         raise ValueError(f"Inputs are {x.shape[1:]} but targets are {y.shape[1:]}")
     units["target"] = None if y_unit is None else y_unit.to_string()
-    return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), units
+    return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), units, domain
 
 
 class _Pairs:

@@ -1,10 +1,11 @@
+import astropy.units as u
 import numpy as np
 import pytest
 import astropy.units as u
 from astropy.table import QTable
 
 from radiorecon import Reconstructor, simulate
-from radiorecon.benchmark import COLUMNS, plot_report, run_benchmark, to_markdown
+from radiorecon.benchmark import COLUMNS, plot_report, published_catalog, run_benchmark, to_markdown
 from radiorecon.cli import main
 from radiorecon.metrics import coverage
 
@@ -24,8 +25,9 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     rec = Reconstructor("clean", niter=500)
     table, examples = run_benchmark(dataset, [("clean", rec, 1)], progress=False)
     assert table.colnames == COLUMNS
-    assert list(table["method"]) == ["truth limit", "dirty", "clean"]
-    rows = {row["method"]: row for row in table}
+    assert list(table["method"]) == ["truth limit", "dirty", "clean"] * 2
+    assert list(table["protocol"]) == ["significance"] * 3 + ["published"] * 3
+    rows = {row["method"]: row for row in table[table["protocol"] == "significance"]}
     # Bright, isolated sources: everything finds them all, and fluxes agree.
     for name in ("truth limit", "clean"):
         assert rows[name]["completeness"] == 1.0 and rows[name]["purity"] == 1.0
@@ -46,9 +48,11 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     for column in ("purity", "completeness", "f1", "flux_r2", "l2"):
         assert np.array_equal(table[column], again[column], equal_nan=True)
     text = to_markdown(table)
-    assert text.splitlines()[0].startswith("| method | n_samples | threshold | purity")
+    assert text.splitlines()[0].startswith("| method | protocol | n_samples | threshold | purity")
     assert list(examples["results"]) == ["clean"]
-    assert "| truth limit | 1 | 5 | 1 | 1 |" in text
+    assert "| truth limit | significance | 1 | 5 | 1 | 1 |" in text
+    # The published protocol's threshold comes from each image, not from the dirty image's noise.
+    assert "| truth limit | published | 1 | — | 1 | 1 |" in text
     assert not np.isfinite(rows["dirty"]["coverage_1sigma"])
 
 
@@ -59,9 +63,9 @@ def test_benchmark_thresholds_and_calibration(dataset):
     rec = Reconstructor("test-conv", noise=3.0)
     rec.fit(dataset, epochs=2, batch_size=2, seed=0, progress=False)
     table, examples = run_benchmark(dataset, [("prior", rec, 4)], threshold=[5, 3], progress=False)
-    assert list(table["threshold"]) == [5, 5, 5, 3, 3, 3]
-    assert list(table["method"]) == ["truth limit", "dirty", "prior"] * 2
-    rows = {(r["method"], r["threshold"]): r for r in table}
+    assert list(table["threshold"][:6]) == [5, 5, 5, 3, 3, 3] and np.isnan(table["threshold"][6:]).all()
+    assert list(table["method"]) == ["truth limit", "dirty", "prior"] * 3
+    rows = {(r["method"], r["threshold"]): r for r in table[table["protocol"] == "significance"]}
     # A lower threshold never finds fewer true sources.
     for name in ("truth limit", "dirty", "prior"):
         assert rows[(name, 3.0)]["completeness"] >= rows[(name, 5.0)]["completeness"]
@@ -113,7 +117,8 @@ def test_cli_simulate_and_benchmark(dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| clean |" in out
     table = QTable.read(report / "benchmark.ecsv")
-    assert len(table) == 3
+    assert len(table) == 6 and list(table["protocol"]) == ["significance"] * 3 + ["published"] * 3
+    assert "fp_per_image" in table.colnames
     for name in ("benchmark.md", "panels.png", "fluxes.png"):
         assert (report / name).stat().st_size > 0
     assert main(["benchmark", "--data", str(dataset.path), "--out", str(report), "--no-progress"]) == 1
@@ -144,3 +149,93 @@ def test_point_source_survives_simulator_clean_and_find_sources():
     assert np.nanmax(restored).to_value(u.Jy / u.beam) == pytest.approx(apparent, abs=3 * sigma)
     components = np.nansum(result.data[100:121, 140:161])
     assert apparent - 2 * sigma - 3 * sigma < components < apparent + 3 * sigma
+
+
+def _blobs(shape=(64, 64), centres=((16.0, 20.0), (44.0, 24.0), (30.0, 48.0)), sigma=1.5):
+    """Gaussian blobs of peak 1 at ``(x, y)`` centres on a zero background."""
+    y, x = np.indices(shape, dtype=float)
+    return sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)) for cx, cy in centres)
+
+
+def _patches(shape=(64, 64), amplitude=1.0):
+    """Four 3x3 squares of ``amplitude`` in the corners, away from the blobs."""
+    texture = np.zeros(shape)
+    for y0, x0 in ((2, 2), (2, 58), (58, 2), (58, 58)):
+        texture[y0 : y0 + 3, x0 : x0 + 3] = amplitude
+    return texture
+
+
+def test_published_catalog_on_known_images():
+    """The published protocol finds the blobs, and a texture exactly when it clears the threshold."""
+    blobs = _blobs()
+    found = published_catalog(blobs)
+    # An empty background has a clipped std of 0: the floor, 1e-3 of the peak, decides.
+    assert found.meta["threshold"] == pytest.approx(1e-3)
+    order = np.argsort(found["x"])
+    np.testing.assert_allclose(found["x"][order], [16, 30, 44], atol=1e-6)
+    np.testing.assert_allclose(found["y"][order], [20, 48, 24], atol=1e-6)
+    # Each blob's pixels above 1e-3 hold nearly all of its 2 pi sigma^2.
+    np.testing.assert_allclose(found["flux"], 2 * np.pi * 1.5**2, rtol=2e-3)
+    # A faint texture in a few patches is spurious sources above the floor, nothing below it.
+    assert len(published_catalog(blobs + _patches(amplitude=2e-3))) == 3 + 4
+    assert len(published_catalog(blobs + _patches(amplitude=5e-4))) == 3
+    # Four pixels are not a source, five are.
+    dots = blobs.copy()
+    dots[5, 30:34] = 0.5
+    dots[10, 30:35] = 0.5
+    assert len(published_catalog(dots)) == 4
+    # A texture over the whole background sets the threshold through its
+    # clipped spread (std about 0.005), above the floor: a texture of peak 0.01 never
+    # exceeds median + 3 std and adds nothing.
+    y, x = np.indices(blobs.shape)
+    textured = blobs + 0.01 * np.sin(2 * np.pi * x / 7) * np.sin(2 * np.pi * y / 5)
+    found = published_catalog(textured)
+    assert len(found) == 3 and 0.01 < found.meta["threshold"] < 0.03
+    # Blended neighbours are split unless deblend=False; blank images find nothing.
+    pair = _blobs(centres=((30.0, 32.0), (36.0, 32.0)))
+    assert len(published_catalog(pair)) == 2 and len(published_catalog(pair, deblend=False)) == 1
+    assert len(published_catalog(np.zeros((32, 32)))) == 0
+    assert len(published_catalog(np.full((32, 32), np.nan))) == 0
+
+
+def test_published_protocol_in_the_benchmark(dataset):
+    """Published rows: CLEAN's restored image against the same detection on the apparent sky."""
+    from radiorecon.metrics import score_catalog
+
+    rec = Reconstructor("clean", niter=500)
+    table, examples = run_benchmark(dataset, [("clean", rec, 1)], progress=False)
+    rows = {r["method"]: r for r in table[table["protocol"] == "published"]}
+    counts = examples["published"]
+    # The reference scores itself perfectly: it is the truth of this protocol.
+    assert rows["truth limit"]["f1"] == 1.0 and rows["truth limit"]["fp_per_image"] == 0.0
+    expected = []
+    for i in range(len(dataset)):
+        sky = dataset.sky(i).data * dataset.primary_beam
+        result = rec.predict(dataset.image(i), psf=dataset.psf(i, full=True), progress=False)
+        restored = result.extras["restored"].to_value(u.Jy / u.beam)
+        s = score_catalog(published_catalog(restored), published_catalog(sky), 3.0, flux=None)
+        expected.append([s["tp"], s["fp"], s["fn"]])
+    np.testing.assert_array_equal(counts["clean"], expected)
+    for label, row in rows.items():
+        assert row["fp_per_image"] == pytest.approx(counts[label][:, 1].mean())
+    # Significance rows count their own spurious detections.
+    sig = table[table["protocol"] == "significance"]
+    for row in sig:
+        assert row["fp_per_image"] == pytest.approx(examples["counts"][(row["method"], 5.0)][:, 1].mean())
+
+
+def test_a_filtered_image_is_scored_in_itself(dataset):
+    # The matched filter returns an image in Jy/beam, not a sky model: it is
+    # detected against its own noise, and its fluxes are read through its
+    # response to a point source.
+    table, examples = run_benchmark(dataset, [("matched filter", Reconstructor("matched-filter"), 1)],
+                                    progress=False)
+    rows = {(r["method"], r["protocol"]): r for r in table}
+    mf = rows[("matched filter", "significance")]
+    assert mf["completeness"] == 1.0 and mf["purity"] == 1.0
+    assert not np.isfinite(mf["ssim"]) and not np.isfinite(mf["coverage_1sigma"])  # not a model
+    true, found = (np.concatenate([p[k] for p in examples["fluxes"]["matched filter"]]) for k in (0, 1))
+    ratio = (found / true).decompose().value
+    assert np.all((ratio > 0.8) & (ratio < 1.05))
+    assert ("matched filter", "published") in rows
+    assert examples["results"]["matched filter"].unit == u.Jy / u.beam
