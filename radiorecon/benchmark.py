@@ -31,6 +31,14 @@ apparent sky, and found sources are matched one-to-one within 3 pixels. The
 two measure different things: the first how faint a source a method
 recovers, the second how clean and sparse its sky model is where the sky is
 empty (a faint texture there becomes spurious sources).
+
+With a *calibration split* (``calibration=``) the significance threshold
+of each row is not the user's but chosen on images kept apart from the
+test images: the lowest of `CALIBRATION_GRID` at which the detections of
+all calibration images, pooled, reach a purity of `TARGET_PURITY`. The
+test images are then scored at that threshold (protocol ``"significance
+(calibrated)"``), and over the whole grid for a purity-completeness curve,
+from the same predictions.
 """
 
 import time
@@ -39,7 +47,7 @@ import warnings
 import numpy as np
 import astropy.units as u
 from astropy.stats import sigma_clipped_stats
-from astropy.table import QTable
+from astropy.table import QTable, vstack
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
@@ -47,6 +55,8 @@ from photutils.utils import NoDetectionsWarning
 from scipy.signal import fftconvolve
 
 from . import metrics
+from ._validate import check_int
+from .exceptions import InputError
 from .beam import beam_kernel
 from .catalog import find_sources_in_model, model_catalog
 from ._noise import robust_std
@@ -54,7 +64,8 @@ from .pipeline import is_per_beam
 from .result import std_array
 from .tiling import center_psf
 
-__all__ = ["run_benchmark", "published_catalog", "to_markdown", "COLUMNS"]
+__all__ = ["run_benchmark", "published_catalog", "to_markdown", "plot_report", "completeness_table", "COLUMNS", "CALIBRATION_GRID",
+           "TARGET_PURITY", "SNR_BINS"]
 
 _JY_PIX = u.Jy / u.pix
 
@@ -65,6 +76,15 @@ COLUMNS = ["method", "protocol", "n_samples", "threshold", "purity", "completene
 
 #: Matching radius of the published protocol, pix (the papers match within 3 pixels).
 PUBLISHED_RADIUS = 3.0
+
+#: Significance thresholds searched by the calibration, in units of the dirty image's robust noise.
+CALIBRATION_GRID = np.round(np.arange(2.5, 8.0 + 1e-9, 0.25), 2)
+
+#: Pooled purity the calibrated threshold must reach on the calibration images.
+TARGET_PURITY = 0.9
+
+#: Edges of the true peak-S/N bins of the completeness table at the calibrated threshold.
+SNR_BINS = np.array([0.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, np.inf])
 
 
 def published_catalog(image, *, nsigma=3.0, floor=1e-3, npixels=5, deblend=True):
@@ -131,7 +151,7 @@ def published_catalog(image, *, nsigma=3.0, floor=1e-3, npixels=5, deblend=True)
     return table
 
 
-def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progress=True):
+def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progress=True, calibration=None):
     """Score methods on a simulated data set.
 
     Parameters
@@ -141,7 +161,8 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     methods : list of tuple
         ``(label, reconstructor, n_samples)`` for each row.
     n_images : int, optional
-        Use the first ``n_images`` images (all by default).
+        Use the first ``n_images`` test images (all by default): the images
+        of the data set not in the calibration split, in order.
     threshold : float or sequence of float
         Detection threshold in units of the dirty image's robust noise;
         several give rows for each, from the same predictions.
@@ -149,6 +170,13 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         Image ``i`` is predicted with seed ``seed + i``: same seed, same table.
     progress : bool
         Show a progress bar over images.
+    calibration : int or sequence of int, optional
+        A calibration split, never scored as a test image: an int ``K`` for
+        the last ``K`` images of the data set, or the indices of its images.
+        Each row's significance threshold is chosen on it (the lowest of
+        `CALIBRATION_GRID` whose pooled purity reaches `TARGET_PURITY`;
+        the one of highest purity if none does) and the test images are
+        scored at it, as one more row per method.
 
     Returns
     -------
@@ -166,7 +194,14 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         (`radiorecon.metrics.coverage`; 0.683 and 0.954 when calibrated).
         ``f1_err`` is the bootstrap standard deviation of ``f1`` over
         images (`radiorecon.metrics.bootstrap_f1`, seeded by ``seed``);
-        ``f1_std`` the spread of the per-image F1.
+        ``f1_std`` the spread of the per-image F1. With ``calibration``, the
+        rows of protocol ``"significance (calibrated)"`` follow those of
+        ``"significance"``, each at its own calibrated ``threshold``, and
+        ``meta["calibration"]`` holds the split (``images``), the
+        ``target_purity`` and, per row label, the ``threshold``, the pooled
+        ``purity`` it reached on the calibration images and ``reached``
+        (False: no threshold of the grid reached the target, and the one of
+        highest purity was taken).
     examples : dict
         For the first image: ``dirty``, ``truth`` and ``results`` (per method
         label, the `~radiorecon.Reconstruction`); ``fluxes``, per row label,
@@ -179,7 +214,16 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         is_true_positive)`` of all its detections, for
         `radiorecon.metrics.reliability`; ``recovered``, per ``(label,
         threshold)``, the arrays ``(peak_snr, matched)`` of all true
-        sources, for `radiorecon.metrics.completeness_by_snr`. For
+        sources, for `radiorecon.metrics.completeness_by_snr`. With
+        ``calibration``, the keys ``(label, "calibrated")`` of ``counts``,
+        ``calibration`` and ``recovered`` are those of the calibrated rows,
+        ``curves`` holds per label the purity-completeness curve of the test
+        images over `CALIBRATION_GRID` (a `~astropy.table.QTable` of
+        ``threshold``, ``tp``, ``fp``, ``fn``, ``purity``, ``completeness``,
+        counts pooled over images; ``calibration_curves`` the same on the
+        calibration images) and ``completeness_by_snr`` per label the
+        completeness of the test images' true sources in bins `SNR_BINS`
+        of their true peak S/N at the calibrated threshold. For
         `plot_report`.
     """
     from tqdm.auto import tqdm
@@ -188,18 +232,28 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         from .simulate import load_dataset
 
         data = load_dataset(data)
-    n = len(data) if n_images is None else min(int(n_images), len(data))
-    if n < 1:
-        raise ValueError("The data set holds no images")
+    test, calib = _split(len(data), n_images, calibration)
     thresholds = [float(t) for t in np.atleast_1d(threshold)]
+    # Row keys: the user's thresholds, then the calibrated one (per label).
+    keys = thresholds + (["calibrated"] if calib else [])
+    grid = CALIBRATION_GRID if calib else np.zeros(0)
     pb = data.primary_beam
     truth_all = data.truth
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]
-    rows = {(label, t): [] for label in labels for t in thresholds}
+    rows = {(label, key): [] for label in labels for key in keys}
+    # tp, fp, fn over the threshold grid, summed over each split's images.
+    curve = {split: {label: np.zeros((len(grid), 3), np.int64) for label in labels}
+             for split in ("calibration", "test")}
+    chosen = {}
     published = {label: [] for label in labels}
     cover = {label: np.zeros(3) for label in labels}  # within 1 sigma, within 2 sigma, pixels
     examples = {"fluxes": {label: [] for label in labels}, "results": {}, "calibration": {}, "recovered": {}}
-    for i in tqdm(range(n), desc="benchmark", disable=not progress, unit="image"):
+    # Calibration images first: each row's threshold is fixed before any
+    # test image is scored at it.
+    for i in tqdm(calib + test, desc="benchmark", disable=not progress, unit="image"):
+        is_test = i in test
+        if is_test and calib and not chosen:
+            chosen = {label: _choose_threshold(grid, c) for label, c in curve["calibration"].items()}
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
         true_sky = data.sky(i)
@@ -215,18 +269,24 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         truth = QTable(truth)
         truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
         sources = sky > 0.1 * sky.max() if sky.max() > 0 else np.zeros(sky.shape, bool)
-        reference = published_catalog(sky)
+        reference = published_catalog(sky) if is_test else None
         # Jy/beam of the clean beam to Jy/pixel, so that the published
         # protocol's sums are fluxes (its detection does not depend on scale).
         beam_area = kernel.sum()
 
         def score(label, catalog, image, model=None, seconds=None, runs=0, n_samples=1):
+            for k, t in enumerate(grid):
+                found = metrics.score_catalog(catalog(t), truth, fwhm_px, flux=None)
+                curve["test" if is_test else "calibration"][label][k] += [found["tp"], found["fp"], found["fn"]]
+            if not is_test:
+                return
             images = metrics.image_scores(model, sky) if model is not None else {}
             pub = metrics.score_catalog(published_catalog(image), reference, PUBLISHED_RADIUS)
             pub.update(images, seconds=np.nan if seconds is None else float(seconds), runs=runs,
                        n_samples=n_samples)
             published[label].append(pub)
-            for t in thresholds:
+            for key in keys:
+                t = chosen[label]["threshold"] if key == "calibrated" else key
                 found = catalog(t)
                 row = metrics.score_catalog(found, truth, fwhm_px)
                 row.update(images)
@@ -235,14 +295,14 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                 if "detection_probability" in found.colnames:
                     tp = np.zeros(len(found), bool)
                     tp[row["match"].found_index] = True
-                    calib = examples["calibration"].setdefault((label, t), ([], []))
-                    calib[0].append(np.asarray(found["detection_probability"], float))
-                    calib[1].append(tp)
-                rows[(label, t)].append(row)
-                recovered = examples["recovered"].setdefault((label, t), ([], []))
+                    probabilities = examples["calibration"].setdefault((label, key), ([], []))
+                    probabilities[0].append(np.asarray(found["detection_probability"], float))
+                    probabilities[1].append(tp)
+                rows[(label, key)].append(row)
+                recovered = examples["recovered"].setdefault((label, key), ([], []))
                 recovered[0].append(np.asarray(truth["peak_snr"], float))
                 recovered[1].append(row["match"].truth_matched)
-                if t == thresholds[0]:
+                if key == thresholds[0]:
                     examples["fluxes"][label].append((row["flux_true"], row["flux_found"]))
 
         smooth = fftconvolve(sky, kernel, mode="same")
@@ -250,7 +310,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         dirty_data = np.nan_to_num(np.asarray(dirty.data, float)) * to_jy_beam
         score("dirty", lambda t: model_catalog(dirty_data, wcs, noise, t, dirty_data, fwhm_px, psf=psf),
               dirty_data / beam_area)
-        if i == 0:
+        if i == test[0]:
             examples.update(dirty=dirty, truth=sky)
         for label, rec, n_samples in methods:
             needs_psf = "needs_psf" in rec.capabilities
@@ -271,12 +331,12 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                 response = _point_response(rec, data, i, dirty)
                 score(label, lambda t: model_catalog(filtered, wcs, own, t, filtered, fwhm_px, psf=response),
                       filtered / beam_area, None, elapsed, runs, n_samples)
-                if i == 0:
+                if i == test[0]:
                     examples["results"][label] = result
                 continue
             model = np.nan_to_num(_in_jy_pix(result.data, result.unit))
             sigma = std_array(result, _JY_PIX)
-            if sigma is not None and sources.any():
+            if is_test and sigma is not None and sources.any():
                 c = metrics.coverage(model, sigma, sky, mask=sources)
                 cover[label] += [c[1.0] * c["n"], c[2.0] * c["n"], c["n"]]
             catalog = lambda t: find_sources_in_model(result, threshold=t, beam=beam, noise=noise)  # noqa: E731
@@ -285,7 +345,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             restored = result.extras.get("restored")
             image = model if restored is None else _jy_beam(restored, to_jy_beam) / beam_area
             score(label, catalog, image, model, elapsed, runs, n_samples)
-            if i == 0:
+            if i == test[0]:
                 examples["results"][label] = result
     for name in ("calibration", "recovered"):
         examples[name] = {
@@ -296,13 +356,17 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     examples["counts"], examples["published"] = {}, {}
     # Rows of the significance protocol at each threshold, then those of the
     # published one, whose threshold comes from each image (NaN here).
-    groups = [("significance", t, {label: rows[(label, t)] for label in labels}, examples["counts"])
-              for t in thresholds]
+    groups = [("significance", key, {label: rows[(label, key)] for label in labels}, examples["counts"])
+              for key in thresholds]
+    if calib:
+        groups.append(("significance (calibrated)", "calibrated", {label: rows[(label, "calibrated")]
+                                                                  for label in labels}, examples["counts"]))
     groups.append(("published", np.nan, published, examples["published"]))
-    for protocol, t, by_label, all_counts in groups:
+    for protocol, key, by_label, all_counts in groups:
         for label, runs in by_label.items():
+            t = chosen[label]["threshold"] if key == "calibrated" else key
             counts = np.array([[r["tp"], r["fp"], r["fn"]] for r in runs], dtype=np.int64)
-            all_counts[label if protocol == "published" else (label, t)] = counts
+            all_counts[label if protocol == "published" else (label, key)] = counts
             f1_err = metrics.bootstrap_f1(counts, seed=seed)["std"]
             s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in runs])
             seconds = [r["seconds"] for r in runs]
@@ -316,7 +380,61 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             ])
     table.meta.update(threshold=thresholds, seed=seed, reference="apparent sky (sky x primary beam)",
                       match_radius={"significance": "1 clean-beam FWHM", "published": f"{PUBLISHED_RADIUS:g} pix"})
+    if calib:
+        table.meta["calibration"] = {"images": calib, "target_purity": TARGET_PURITY, "thresholds": chosen}
+        examples["curves"] = {label: _curve(grid, c) for label, c in curve["test"].items()}
+        examples["calibration_curves"] = {label: _curve(grid, c) for label, c in curve["calibration"].items()}
+        examples["completeness_by_snr"] = {
+            label: metrics.completeness_by_snr(examples["recovered"][(label, "calibrated")][1],
+                                               examples["recovered"][(label, "calibrated")][0], SNR_BINS)
+            for label in labels
+        }
     return table, examples
+
+
+def _split(n_total, n_images, calibration):
+    """Test and calibration image indices (lists of int, disjoint) of a data set of ``n_total`` images."""
+    if calibration is None:
+        calib = []
+    elif np.ndim(calibration) == 0:
+        k = check_int(calibration, "calibration", minimum=1, maximum=n_total - 1)
+        calib = list(range(n_total - k, n_total))
+    else:
+        calib = [check_int(int(i) if isinstance(i, np.integer) else i, "calibration image", minimum=0,
+                           maximum=n_total - 1) for i in calibration]
+        if not calib or len(set(calib)) != len(calib):
+            raise InputError(f"the calibration images must be distinct and at least one, not {list(calibration)}")
+    taken = set(calib)
+    available = [i for i in range(n_total) if i not in taken]
+    n = len(available) if n_images is None else int(n_images)
+    if n < 1 or not available:
+        raise InputError("The data set holds no test images")
+    if n > len(available):
+        # Never score a calibration image as a test image.
+        raise InputError(f"{n} test images and a calibration split of {len(calib)} need {n + len(calib)} images; "
+                         f"the data set holds {n_total}: pass fewer n_images or a smaller calibration split")
+    return available[:n], calib
+
+
+def _curve(grid, counts):
+    """Purity-completeness curve: a QTable of the pooled counts (rows of tp, fp, fn) at each threshold."""
+    scores = [metrics.detection_scores(*c) for c in counts]
+    return QTable([grid, counts[:, 0], counts[:, 1], counts[:, 2], [s["purity"] for s in scores],
+                   [s["completeness"] for s in scores]],
+                  names=["threshold", "tp", "fp", "fn", "purity", "completeness"])
+
+
+def _choose_threshold(grid, counts):
+    """The lowest threshold whose pooled purity reaches `TARGET_PURITY`, else the one of highest purity.
+
+    Returns a dict: ``threshold`` (noise units), the ``purity`` reached and
+    ``reached`` (whether it meets the target).
+    """
+    purity = _curve(grid, counts)["purity"]
+    ok = np.flatnonzero(purity >= TARGET_PURITY)
+    # np.argmax takes the lowest threshold among equal purities: the most complete.
+    k = int(ok[0]) if ok.size else int(np.argmax(purity))
+    return {"threshold": float(grid[k]), "purity": float(purity[k]), "reached": bool(ok.size)}
 
 
 def _point_response(rec, data, i, dirty):
@@ -344,6 +462,31 @@ def _in_jy_pix(values, unit):
     return np.asarray(values, dtype=float) * (1.0 if unit is None else unit.to(_JY_PIX))
 
 
+def completeness_table(table, examples):
+    """Completeness per true peak-S/N bin at each row's calibrated threshold, all rows in one table.
+
+    Parameters
+    ----------
+    table, examples
+        As returned by `run_benchmark` with a calibration split.
+
+    Returns
+    -------
+    table : `~astropy.table.QTable`
+        ``method``, ``threshold`` (the calibrated one, in units of the dirty
+        image's noise), then the columns of
+        `radiorecon.metrics.completeness_by_snr` for the bins `SNR_BINS`.
+    """
+    chosen = table.meta["calibration"]["thresholds"]
+    parts = []
+    for label, bins in examples["completeness_by_snr"].items():
+        part = QTable(bins)
+        part.add_column([label] * len(part), name="method", index=0)
+        part.add_column(np.full(len(part), chosen[label]["threshold"]), name="threshold", index=1)
+        parts.append(part)
+    return vstack(parts)
+
+
 def to_markdown(table):
     """The benchmark table as a Markdown table (numbers to 3-4 significant digits)."""
     def fmt(value):
@@ -351,7 +494,7 @@ def to_markdown(table):
             return str(value)
         if isinstance(value, (int, np.integer)):
             return str(int(value))
-        return "—" if not np.isfinite(value) else (f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.4g}")
+        return "—" if np.isnan(value) else (f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.4g}")
 
     lines = ["| " + " | ".join(table.colnames) + " |", "|" + "---|" * len(table.colnames)]
     for row in table:
@@ -361,6 +504,10 @@ def to_markdown(table):
 
 def plot_report(table, examples, out):
     """Write ``panels.png`` (dirty, truth, reconstructions, uncertainty) and ``fluxes.png``.
+
+    With a calibration split (``examples["curves"]``) also ``curves.png``:
+    each row's purity-completeness curve on the test images over
+    `CALIBRATION_GRID`, its calibrated threshold marked.
 
     The figures are drawn with `matplotlib.figure.Figure` alone, so this
     works without a display and leaves the user's backend and pyplot state
@@ -398,3 +545,20 @@ def plot_report(table, examples, out):
     ax.set_ylabel("measured flux (mJy)")
     ax.legend(fontsize=8)
     fig.savefig(f"{out}/fluxes.png", dpi=110)
+
+    if "curves" not in examples:
+        return
+    chosen = table.meta["calibration"]["thresholds"]
+    fig = Figure(figsize=(5, 5), layout="tight")
+    ax = fig.subplots()
+    for label, curve in examples["curves"].items():
+        (line,) = ax.plot(curve["completeness"], curve["purity"], ".-", ms=3, label=label)
+        k = int(np.argmin(np.abs(curve["threshold"] - chosen[label]["threshold"])))
+        ax.plot(curve["completeness"][k], curve["purity"][k], "o", mfc="none", color=line.get_color())
+    ax.axhline(TARGET_PURITY, color="k", ls=":", lw=1)
+    ax.set_xlabel("completeness (test images)")
+    ax.set_ylabel("purity (test images)")
+    ax.set_title("thresholds %g-%g sigma; circles: calibrated" % (CALIBRATION_GRID[0], CALIBRATION_GRID[-1]),
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(f"{out}/curves.png", dpi=110)

@@ -197,6 +197,7 @@ def cmd_info(args):
         ("units", json.dumps(doc.get("units"))),
         ("domain", _domain(doc.get("domain"))),
         ("catalog threshold", _threshold(doc.get("catalog_threshold"))),
+        ("uncertainty scale", _uncertainty_scale(doc.get("uncertainty_scale"))),
         ("epochs", len(doc.get("history", []))),
     ]
     if doc.get("history"):
@@ -230,6 +231,12 @@ def _threshold(value):
     if value is None:
         return f"not set (predict --catalog uses S/N {_PREDICT_THRESHOLD:g}, demo {DEFAULT_THRESHOLD:g})"
     return f"S/N {value:g} (the default of predict --catalog and demo)"
+
+
+def _uncertainty_scale(value):
+    if value is None or value == 1:
+        return "1 (not calibrated: predict gives the method's own spread)"
+    return f"{value:.4g} (predict multiplies the standard deviation by it)"
 
 
 def _tiles(path, backend):
@@ -383,7 +390,7 @@ def _methods(specs, samples):
 
 
 def cmd_benchmark(args):
-    from .benchmark import plot_report, run_benchmark, to_markdown
+    from .benchmark import TARGET_PURITY, completeness_table, plot_report, run_benchmark, to_markdown
     from .runtime import threads
 
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
@@ -394,15 +401,25 @@ def cmd_benchmark(args):
     with threads(args.threads):
         table, examples = run_benchmark(
             args.data, methods, n_images=args.n_images, threshold=thresholds, seed=args.seed,
-            progress=not args.no_progress,
+            progress=not args.no_progress, calibration=args.calibration,
         )
     os.makedirs(args.out, exist_ok=True)
     table.write(os.path.join(args.out, "benchmark.ecsv"), overwrite=True)
     markdown = to_markdown(table)
+    if args.calibration:
+        bins = completeness_table(table, examples)
+        bins.write(os.path.join(args.out, "completeness_by_snr.ecsv"), overwrite=True)
+        markdown += "\n\nCompleteness per true peak S/N at the calibrated thresholds:\n\n" + to_markdown(bins)
     with open(os.path.join(args.out, "benchmark.md"), "w") as fh:
         fh.write(markdown + "\n")
     plot_report(table, examples, args.out)
     print(markdown)
+    if args.calibration:
+        # A model's stored threshold is the user's to set (Reconstructor.catalog_threshold).
+        for label, chosen in table.meta["calibration"]["thresholds"].items():
+            note = "" if chosen["reached"] else f" (purity {TARGET_PURITY:g} not reached; the highest taken)"
+            print(f"calibrated threshold of {label}: {chosen['threshold']:g} sigma, purity "
+                  f"{chosen['purity']:.3g} on the calibration images{note}")
     return 0
 
 
@@ -504,8 +521,12 @@ def _parser():
     p.add_argument("--data", required=True, help="data set directory (radiorecon simulate)")
     p.add_argument("--backends", default="clean", help="comma-separated backend names or model files")
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
-    p.add_argument("--n-images", type=_positive_int, default=None, metavar="N", help="use the first N images")
+    p.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
+                   help="use the first N images (of those not in the calibration split)")
     p.add_argument("--threshold", default="5", help="detection threshold(s) in sigma, comma-separated")
+    p.add_argument("--calibration", type=_positive_int, default=None, metavar="K",
+                   help="choose each method's threshold on the last K images (never scored) and add its "
+                        "calibrated row, purity-completeness curves and completeness per S/N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report directory (ECSV, Markdown, PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")

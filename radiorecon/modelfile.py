@@ -3,8 +3,8 @@
 A model file is a standard `safetensors <https://huggingface.co/docs/safetensors>`_
 file: a JSON header followed by raw tensor bytes. radiorecon stores its own
 JSON document (format version, package and backend versions, backend config,
-normalisation, units, training domain, catalog threshold, and for checkpoints
-the training state) as one string
+normalisation, units, training domain, catalog threshold, uncertainty scale,
+and for checkpoints the training state) as one string
 in the header's ``__metadata__``, plus a SHA-256 digest of the tensors, so a
 file is checked before use. Loading never unpickles anything: it cannot run
 code, whatever the file holds.
@@ -45,6 +45,7 @@ __all__ = [
     "check_tensors",
     "check_domain",
     "check_catalog_threshold",
+    "check_uncertainty_scale",
     "DOMAIN_KEYS",
     "flatten_state",
     "unflatten_state",
@@ -147,6 +148,24 @@ def check_catalog_threshold(value):
     return float(value)
 
 
+def check_uncertainty_scale(value):
+    """A model's uncertainty scale as a float; None (files written before it was recorded) is 1.
+
+    The factor `~radiorecon.Reconstructor.predict` applies to the standard
+    deviation, chosen by `~radiorecon.calibration.calibrate_uncertainty`.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not None and not a positive, finite number.
+    """
+    if value is None:
+        return 1.0
+    if not _is_positive(value):
+        raise ValueError(f"uncertainty_scale must be a positive, finite number (such as 1), not {value!r}")
+    return float(value)
+
+
 def _digest(tensors):
     import torch
 
@@ -183,8 +202,8 @@ def save(path, document, tensors, *, overwrite=False):
         If ``path`` exists and ``overwrite`` is False.
     ValueError
         If the document is beyond what `load` accepts (nested more than 64
-        levels, a config of more than 1 MB of JSON, a malformed ``domain``
-        or ``catalog_threshold``).
+        levels, a config of more than 1 MB of JSON, a malformed ``domain``,
+        ``catalog_threshold`` or ``uncertainty_scale``).
     """
     from safetensors.torch import save as st_save
 
@@ -197,6 +216,7 @@ def save(path, document, tensors, *, overwrite=False):
         raise ValueError(f"a config of {config_size} bytes of JSON is over the {_MAX_CONFIG} a model file may hold")
     check_domain(document.get("domain"))
     check_catalog_threshold(document.get("catalog_threshold"))
+    check_uncertainty_scale(document.get("uncertainty_scale"))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = {
@@ -500,10 +520,11 @@ def _read(path):
             raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({key} is not {what})")
     if "training" in doc and not isinstance(doc["training"], dict):
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted (training is not a mapping)")
-    # Optional: files written before radiorecon recorded them have neither.
+    # Optional: files written before radiorecon recorded them have none of these.
     try:
         check_domain(doc.get("domain"))
         check_catalog_threshold(doc.get("catalog_threshold"))
+        check_uncertainty_scale(doc.get("uncertainty_scale"))
     except ValueError as exc:
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({exc})") from None
     return doc, table

@@ -340,8 +340,13 @@ def _merge(tiler, parts, axis=0):
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,
-             origin):
-    """The `~radiorecon.Reconstruction` of one job from its backend outputs."""
+             origin, uncertainty_scale=1.0):
+    """The `~radiorecon.Reconstruction` of one job from its backend outputs.
+
+    The standard deviation, whether of the samples or the backend's own, is
+    multiplied by ``uncertainty_scale`` (the model's calibration, see
+    `radiorecon.calibration`); the samples and the estimate are not changed.
+    """
     tiler, mask = job.tiler, job.mask
     samples = std = None
     if out["samples"]:
@@ -361,6 +366,9 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
             how = f"none: backend {name} gives no uncertainty"
     if std is None:
         log.info("no uncertainty for this prediction (%s)", how)
+    elif uncertainty_scale != 1:
+        std = std * uncertainty_scale
+        how += f", times {uncertainty_scale:.4g} (calibrated)"
     estimate = estimate.astype(np.float32)
     estimate[mask] = np.nan
     if std is not None:
@@ -396,6 +404,7 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
         uncertainty=how,
         beam=beam,
         backend_meta=out["meta"],
+        uncertainty_scale=uncertainty_scale,
     )
     return Reconstruction(
         estimate,

@@ -103,7 +103,7 @@ def _model_cards(header, version, backend_name, backend_version, origin, comment
 
 def prediction_header(
     *, input_meta, version, backend_name, backend_version, origin, config, n_samples, aggregate, seed,
-    scale, uncertainty, beam, backend_meta,
+    scale, uncertainty, beam, backend_meta, uncertainty_scale=1.0,
 ):
     """The header of a `~radiorecon.Reconstructor.predict` result.
 
@@ -116,6 +116,10 @@ def prediction_header(
         ``BMAJ``/``BMIN``/``BPA`` and as ``RRBMAJ``... (kept for older readers).
     backend_meta : mapping
         The backend's plain per-image values, see `backend_cards`.
+    uncertainty_scale : float
+        The factor applied to the standard deviation
+        (`~radiorecon.Reconstructor.uncertainty_scale`), written as
+        ``RRUSCALE``: 1 for an uncalibrated model.
     Other parameters
         Plain values recorded as ``RR*`` cards.
     """
@@ -127,6 +131,7 @@ def prediction_header(
     _set(header, "RRSEED", seed, "random seed")
     _set(header, "RRSCALE", scale, "normalisation scale (input units)")
     _set(header, "RRUNCERT", uncertainty, "what the uncertainty is")
+    _set(header, "RRUSCALE", float(uncertainty_scale), "calibration factor applied to the std")
     _set(header, "RRDATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "UTC")
     if beam is not None:
         header.update(beam_cards(beam))

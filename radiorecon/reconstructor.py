@@ -78,6 +78,13 @@ class Reconstructor:
         files: the default of ``radiorecon predict --catalog`` and
         ``radiorecon demo``. None (the default, and after a new `fit`) leaves
         them at their own defaults. Set it, then `save`.
+    uncertainty_scale : float
+        The factor by which `predict` multiplies the standard deviation
+        (of the samples, or the backend's own) so that it means what it
+        says: 1 (the default, and after a new `fit`) leaves it as the
+        method gives it. Chosen on a calibration split by
+        `calibrate_uncertainty`, kept in model files and written into each
+        result's provenance (``RRUSCALE``).
 
     Examples
     --------
@@ -104,6 +111,7 @@ class Reconstructor:
         self.history = []
         self.domain = None
         self.catalog_threshold = None
+        self.uncertainty_scale = 1.0
         self.origin = "untrained" if not self.fitted else "no training needed"
 
     def __repr__(self):
@@ -139,6 +147,29 @@ class Reconstructor:
     @catalog_threshold.setter
     def catalog_threshold(self, value):
         self._catalog_threshold = modelfile.check_catalog_threshold(value)
+
+    @property
+    def uncertainty_scale(self):
+        """The factor `predict` applies to the standard deviation (float, default 1).
+
+        Setting it checks that it is positive and finite. Only the
+        uncertainty is scaled: estimates and samples are as drawn.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> rec = Reconstructor("clean")
+        >>> rec.uncertainty_scale = 2
+        >>> rec.uncertainty_scale
+        2.0
+        """
+        return self._uncertainty_scale
+
+    @uncertainty_scale.setter
+    def uncertainty_scale(self, value):
+        if value is None:  # the model file's "not recorded", never a user's setting
+            raise ValueError("uncertainty_scale must be a positive, finite number (such as 1), not None")
+        self._uncertainty_scale = modelfile.check_uncertainty_scale(value)
 
     @property
     def scale(self):
@@ -274,8 +305,9 @@ class Reconstructor:
         if resume is None:
             self.units = units
             self.domain = domain
-            # A threshold chosen for other weights does not carry over.
+            # A threshold or calibration chosen for other weights does not carry over.
             self.catalog_threshold = None
+            self.uncertainty_scale = 1.0
             self.normalisation = Normalisation.fit(train, self.backend.input_scale)
             self.history = []
         val = None
@@ -308,6 +340,7 @@ class Reconstructor:
             "units": self.units,
             "domain": self.domain,
             "catalog_threshold": self.catalog_threshold,
+            "uncertainty_scale": self.uncertainty_scale,
             "fitted": self.fitted,
             "history": self.history,
         }
@@ -409,6 +442,7 @@ class Reconstructor:
         # modelfile checked both; files written before they were recorded have neither.
         self.domain = modelfile.check_domain(doc.get("domain"))
         self.catalog_threshold = doc.get("catalog_threshold")
+        self._uncertainty_scale = modelfile.check_uncertainty_scale(doc.get("uncertainty_scale"))
 
     # -- prediction --------------------------------------------------------
 
@@ -532,8 +566,32 @@ class Reconstructor:
             results.append(pipeline.assemble(
                 job, out, n_samples=n_samples, aggregate=aggregate, seed=seed, return_samples=return_samples,
                 normalisation=self.normalisation, units=self.units, backend=self.backend,
-                name=self.backend_name, origin=self.origin))
+                name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale))
         return results if many else results[0]
+
+    def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
+                              progress=True):
+        """Calibrate the uncertainty on a simulated data set and keep the scale found.
+
+        Sets `uncertainty_scale` so that the 1-sigma coverage of source
+        pixels on ``data`` is 0.683 (or, with ``match=(1, 2)``, so that the
+        1- and 2-sigma coverage are both as near 0.683 and 0.954 as one
+        scale makes them); see
+        `radiorecon.calibration.calibrate_uncertainty` for the parameters.
+        Calibrate on images the model was not trained on, check on others,
+        then `save`. The scale holds for the ``n_samples`` it was found
+        with: the spread of a few samples differs from that of many.
+
+        Returns
+        -------
+        `~radiorecon.calibration.CalibrationReport`
+        """
+        from .calibration import calibrate_uncertainty
+
+        report = calibrate_uncertainty(self, data, n_samples=n_samples, n_images=n_images, images=images,
+                                       seed=seed, match=match, progress=progress)
+        self.uncertainty_scale = report.scale
+        return report
 
     def _to_device(self, device):
         dev = resolve_device(device)

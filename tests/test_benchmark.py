@@ -239,3 +239,84 @@ def test_a_filtered_image_is_scored_in_itself(dataset):
     assert np.all((ratio > 0.8) & (ratio < 1.05))
     assert ("matched filter", "published") in rows
     assert examples["results"]["matched filter"].unit == u.Jy / u.beam
+
+
+@pytest.fixture
+def coarse_grid(monkeypatch):
+    """A calibration grid of 3/4-sigma steps: each threshold is one more detection per image and row."""
+    from radiorecon import benchmark
+
+    monkeypatch.setattr(benchmark, "CALIBRATION_GRID", np.arange(2.5, 8.01, 0.75))
+    return benchmark.CALIBRATION_GRID
+
+
+def test_calibration_split_chooses_thresholds_on_its_own_images(dataset, tmp_path, coarse_grid):
+    from radiorecon.benchmark import TARGET_PURITY, completeness_table
+    from radiorecon.exceptions import InputError
+
+    methods = [("clean", Reconstructor("clean", niter=200), 1)]
+    table, examples = run_benchmark(dataset, methods, calibration=2, progress=False)
+    calibration = table.meta["calibration"]
+    assert calibration["images"] == [2, 3]
+    calibrated = table[table["protocol"] == "significance (calibrated)"]
+    assert list(calibrated["method"]) == ["truth limit", "dirty", "clean"]
+    assert (table["n_images"] == 2).all()  # only the test images 0 and 1 are scored
+    chosen = {label: c["threshold"] for label, c in calibration["thresholds"].items()}
+    assert list(calibrated["threshold"]) == list(chosen.values())
+    # The dirty image's sidelobes are spurious sources at low thresholds:
+    # the calibration has something to choose.
+    assert chosen["dirty"] > coarse_grid[0]
+    # Recomputed by scoring the calibration images as test images over the
+    # whole grid: the chosen threshold is the lowest reaching the purity.
+    lower = [t for t in coarse_grid if t <= max(chosen.values())]
+    check, _ = run_benchmark(dataset, methods, calibration=[0, 1], threshold=lower, progress=False)
+    for label, t in chosen.items():
+        purity = {r["threshold"]: r["purity"] for r in check[(check["method"] == label)
+                                                             & (check["protocol"] == "significance")]}
+        assert purity[t] >= TARGET_PURITY and calibration["thresholds"][label]["reached"]
+        assert all(p < TARGET_PURITY for s, p in purity.items() if s < t)
+    n_true = sum((dataset.truth["image_id"] == i).sum() for i in (0, 1))
+    for label, curve in examples["curves"].items():
+        # A higher threshold never finds more true sources on these isolated ones.
+        assert (np.diff(curve["completeness"]) <= 0).all() and (np.diff(curve["tp"]) <= 0).all()
+        assert (curve["tp"] + curve["fn"] == n_true).all()
+        counts = examples["counts"][(label, "calibrated")].sum(axis=0)
+        assert list(counts) == list(curve[curve["threshold"] == chosen[label]]["tp", "fp", "fn"][0])
+        bins = examples["completeness_by_snr"][label]
+        assert bins["n_found"].sum() == counts[0] and bins["n_true"].sum() == n_true
+    bins = completeness_table(table, examples)
+    assert len(bins) == 3 * 7 and set(bins["method"]) == set(chosen)
+    plot_report(table, examples, tmp_path)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    # A calibration image is never a test image.
+    with pytest.raises(InputError, match="need 5 images"):
+        run_benchmark(dataset, methods, n_images=3, calibration=2, progress=False)
+    with pytest.raises(InputError, match="distinct"):
+        run_benchmark(dataset, methods, calibration=[1, 1], progress=False)
+    with pytest.raises(ValueError, match="at most 3"):
+        run_benchmark(dataset, methods, calibration=4, progress=False)
+
+
+def test_calibrated_threshold_falls_back_to_the_highest_purity():
+    from radiorecon.benchmark import _choose_threshold
+
+    grid = np.array([3.0, 4.0, 5.0])
+    reached = _choose_threshold(grid, np.array([[5, 5, 0], [5, 0, 0], [4, 0, 1]]))
+    assert reached == {"threshold": 4.0, "purity": 1.0, "reached": True}
+    missed = _choose_threshold(grid, np.array([[5, 10, 0], [5, 5, 0], [4, 4, 1]]))
+    assert missed == {"threshold": 4.0, "purity": 0.5, "reached": False}
+
+
+def test_cli_benchmark_with_calibration(dataset, tmp_path, capsys, coarse_grid):
+    report = tmp_path / "report"
+    assert main(["benchmark", "--data", str(dataset.path), "--backends", "clean", "--calibration", "2",
+                 "--out", str(report), "--no-progress"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "significance (calibrated)" in out and "calibrated threshold of clean:" in out
+    bins = QTable.read(report / "completeness_by_snr.ecsv")
+    assert list(bins.colnames[:3]) == ["method", "threshold", "snr_min"]
+    assert "Completeness per true peak S/N" in (report / "benchmark.md").read_text()
+    assert (report / "curves.png").stat().st_size > 0
+    assert main(["benchmark", "--data", str(dataset.path), "--calibration", "4", "--out", str(tmp_path / "r2"),
+                 "--no-progress"]) == 1
+    assert "calibration must be at most 3" in capsys.readouterr().err

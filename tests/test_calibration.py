@@ -1,0 +1,156 @@
+"""Calibrated uncertainty: the scale on the standard deviation, its model-file field and provenance."""
+
+import numpy as np
+import pytest
+
+from radiorecon import Reconstructor, modelfile, simulate
+from radiorecon.calibration import calibrate_uncertainty, gaussian_coverage, uncertainty_coverage
+from radiorecon.cli import main
+from radiorecon.exceptions import CapabilityError, ModelFileError
+
+N_SAMPLES = 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    # Bright sources near the centre, so that every image has source pixels.
+    return simulate.make_dataset(
+        4, seed=3, out=tmp_path_factory.mktemp("cal") / "data", workers=1, progress=False, npix=64,
+        flux_range=["1 mJy", "5 mJy"], n_sources=[1, 2], empty_fraction=0.0, placement_radius="2 arcsec",
+    )
+
+
+@pytest.fixture(scope="module")
+def overconfident(dataset, test_backends):
+    # One epoch leaves errors far larger than the samples' spread of 0.01
+    # (in units of the noise): the std is much too small.
+    return Reconstructor("test-conv", noise=0.01).fit(dataset, epochs=1, batch_size=4, seed=0, progress=False)
+
+
+def test_calibration_makes_one_sigma_coverage_0683(overconfident, dataset):
+    report = calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, progress=False)
+    assert overconfident.uncertainty_scale == 1.0  # the function alone changes nothing
+    assert report.n_images == 4 and report.n_samples == N_SAMPLES and report.n_pixels > 50
+    assert report.before[1.0] < 0.2  # overconfident, as built
+    assert report.scale > 5
+    # Coverage steps by one pixel in n_pixels as the scale passes each
+    # pixel's |error| / std (errors are continuous: no ties); the scale is
+    # at the step nearest 0.683 (half a step), and rounding may move the
+    # pixel at that step across (one more).
+    assert report.after[1.0] == pytest.approx(gaussian_coverage(1), abs=1.5 / report.n_pixels)
+    assert report.after[2.0] > report.after[1.0]
+    # The same numbers as measured afresh with the scale set.
+    overconfident.uncertainty_scale = report.scale
+    try:
+        again = uncertainty_coverage(overconfident, dataset, n_samples=N_SAMPLES, progress=False)
+    finally:
+        overconfident.uncertainty_scale = 1.0
+    assert again[1.0] == pytest.approx(report.after[1.0], abs=1 / report.n_pixels)
+    assert again["n"] == report.n_pixels
+
+
+def test_matching_two_levels_trades_one_sigma_for_two(overconfident, dataset):
+    def worst_miss(coverage):
+        return max(abs(coverage[k] - gaussian_coverage(k)) / np.sqrt(gaussian_coverage(k) * (1 - gaussian_coverage(k)))
+                   for k in (1.0, 2.0))
+
+    one = calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, progress=False)
+    both = calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, match=(1, 2), progress=False)
+    # These errors have heavy tails: at 1-sigma coverage 0.683, 2-sigma falls short of 0.954.
+    assert one.after[2.0] < gaussian_coverage(2) - 0.02
+    assert both.scale > one.scale
+    assert both.after[2.0] > one.after[2.0] and both.after[1.0] > one.after[1.0]
+    assert worst_miss(both.after) < worst_miss(one.after)
+    with pytest.raises(ValueError, match="match must hold positive levels"):
+        calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, match=(), progress=False)
+
+
+def test_predict_applies_the_scale_to_the_std_only_and_records_it(overconfident, dataset):
+    image = dataset.image(0)
+    plain = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+    overconfident.uncertainty_scale = 12.5
+    try:
+        scaled = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+    finally:
+        overconfident.uncertainty_scale = 1.0
+    np.testing.assert_allclose(scaled.uncertainty.array, 12.5 * plain.uncertainty.array, rtol=1e-6)
+    np.testing.assert_array_equal(scaled.data, plain.data)
+    np.testing.assert_array_equal(scaled.samples, plain.samples)  # samples as drawn
+    assert plain.meta["RRUSCALE"] == 1.0 and plain.meta["RRUNCERT"] == f"std of {N_SAMPLES} samples"
+    assert scaled.meta["RRUSCALE"] == 12.5
+    assert scaled.meta["RRUNCERT"] == f"std of {N_SAMPLES} samples, times 12.5 (calibrated)"
+
+
+def test_backend_std_is_scaled_too(dataset):
+    rec = Reconstructor("clean", niter=20)
+    psf = dataset.psf(0, full=True)
+    plain = rec.predict(dataset.image(0), psf=psf, progress=False)
+    rec.uncertainty_scale = 3
+    scaled = rec.predict(dataset.image(0), psf=psf, progress=False)
+    np.testing.assert_allclose(scaled.uncertainty.array, 3 * plain.uncertainty.array, rtol=1e-6)
+    assert scaled.meta["RRUNCERT"] == "from backend clean, times 3 (calibrated)"
+
+
+def test_the_calibration_is_kept_by_the_model_and_its_file(overconfident, dataset, tmp_path, capsys):
+    report = overconfident.calibrate_uncertainty(dataset, n_samples=N_SAMPLES, images=[0, 1], progress=False)
+    try:
+        assert report.n_images == 2
+        assert overconfident.uncertainty_scale == report.scale
+        overconfident.save(tmp_path / "calibrated.rrm")
+    finally:
+        overconfident.uncertainty_scale = 1.0
+    loaded = Reconstructor.load(tmp_path / "calibrated.rrm")
+    assert loaded.uncertainty_scale == report.scale
+    assert loaded.predict(dataset.image(0), n_samples=2, progress=False).meta["RRUSCALE"] == report.scale
+    assert main(["info", str(tmp_path / "calibrated.rrm")]) == 0
+    assert f"uncertainty scale: {report.scale:.4g} (predict multiplies" in capsys.readouterr().out
+    # Calibrating a calibrated model replaces its scale rather than compounding it.
+    again = calibrate_uncertainty(loaded, dataset, n_samples=N_SAMPLES, images=[0, 1], progress=False)
+    assert again.scale == pytest.approx(report.scale, rel=1e-5)
+    assert again.before[1.0] == pytest.approx(report.after[1.0], abs=1e-9)
+
+
+def test_files_without_the_field_load_with_scale_one(overconfident, tmp_path, capsys):
+    overconfident.save(tmp_path / "new.rrm")
+    doc, tensors = modelfile.load(tmp_path / "new.rrm")
+    assert doc["uncertainty_scale"] == 1.0
+    del doc["uncertainty_scale"]
+    modelfile.save(tmp_path / "old.rrm", doc, tensors)
+    assert "uncertainty_scale" not in modelfile.read_header(tmp_path / "old.rrm")
+    assert Reconstructor.load(tmp_path / "old.rrm").uncertainty_scale == 1.0
+    assert main(["info", str(tmp_path / "old.rrm")]) == 0
+    assert "uncertainty scale: 1 (not calibrated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [0, -2.0, float("nan"), float("inf"), True, "2", None])
+def test_bad_scales_are_refused(bad, tmp_path, monkeypatch):
+    rec = Reconstructor("clean")
+    with pytest.raises(ValueError, match="uncertainty_scale must be a positive, finite number"):
+        rec.uncertainty_scale = bad
+    assert rec.uncertainty_scale == 1.0
+    if bad is None or isinstance(bad, float) and not np.isfinite(bad):
+        return  # None means "not recorded" in a file; JSON holds no NaN or infinity
+    # A crafted file carries a valid checksum; its fields are checked all the same.
+    with monkeypatch.context() as m:
+        m.setattr(modelfile, "check_uncertainty_scale", lambda value: value)
+        rec.uncertainty_scale = bad  # unchecked here
+        rec.save(tmp_path / "crafted.rrm")
+    with pytest.raises(ModelFileError, match="uncertainty_scale must be a positive"):
+        Reconstructor.load(tmp_path / "crafted.rrm")
+
+
+def test_calibration_needs_a_spread_and_sources(overconfident, dataset, tmp_path):
+    with pytest.raises(ValueError, match="use n_samples > 1"):
+        calibrate_uncertainty(overconfident, dataset, n_samples=1, progress=False)
+    with pytest.raises(CapabilityError, match="gives no uncertainty"):
+        calibrate_uncertainty(Reconstructor("test-smooth"), dataset, n_samples=1, progress=False)
+    with pytest.raises(ValueError, match="n_images or images, not both"):
+        calibrate_uncertainty(overconfident, dataset, n_samples=2, n_images=1, images=[0], progress=False)
+    empty = simulate.make_dataset(1, seed=0, out=tmp_path / "empty", workers=1, progress=False, npix=64,
+                                  empty_fraction=1.0)
+    with pytest.raises(ValueError, match="hold no sources"):
+        calibrate_uncertainty(overconfident, empty, n_samples=2, progress=False)
+    # A spread of exactly zero cannot be scaled into coverage.
+    zero = Reconstructor("test-conv", noise=0.0).fit(dataset, epochs=1, batch_size=4, seed=0, progress=False)
+    with pytest.raises(ValueError, match="spread is zero on every source pixel"):
+        calibrate_uncertainty(zero, dataset, n_samples=2, progress=False)
