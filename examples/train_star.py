@@ -11,7 +11,11 @@ all with the same data, seed and budget:
 
 Shipped model: the first command (defaults: 12 epochs of the same 2000
 pairs, 24000 pair visits, batch 16) took 26.8 minutes of wall time on a 2-core
-CPU (AMD EPYC, torch 2.13.0+cpu, one thread, next to another training).
+CPU (AMD EPYC, torch 2.13.0+cpu, one thread, next to another training), at
+commit b48dabb, when STAR's loss still used the plain (biased) distance
+correlation: run today, the same command trains with the bias-corrected one
+and gives other weights. The shipped file's training domain was added to its
+metadata afterwards (its tensors are unchanged byte for byte).
 
 Training pairs are 64x64-pixel observations of the default preset (0.1"
 pixels) with the sources within 3" of the centre, simulated on the fly
