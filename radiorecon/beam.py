@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from ._validate import FWHM_PER_SIGMA
 
-__all__ = ["fit_clean_beam", "beam_kernel"]
+__all__ = ["fit_clean_beam", "beam_kernel", "pixel_beam_kernel"]
 
 
 def fit_clean_beam(psf, pixel_scale, *, level=0.35):
@@ -75,3 +75,27 @@ def beam_kernel(beam, pixel_scale, shape=None):
     gauss = models.Gaussian2D(1.0, nx // 2, ny // 2, sx, sy, theta)
     yy, xx = np.mgrid[:ny, :nx]
     return gauss(xx, yy)
+
+
+def pixel_beam_kernel(major, minor, pa, limit=None):
+    """A peak-1 elliptical Gaussian of FWHM ``major`` x ``minor`` pixels, odd-sized, out to 5 sigma.
+
+    Odd, so that convolving with ``mode="same"`` keeps sources in place; 5
+    sigma of the major axis, where the Gaussian is below 4e-6 of its peak.
+
+    Parameters
+    ----------
+    major, minor : float
+        FWHMs in pixels.
+    pa : float
+        Position angle in degrees, as `fit_clean_beam` gives it.
+    limit : int, optional
+        Largest half-width in pixels (e.g. the image's size).
+    """
+    import math
+
+    half = int(math.ceil(5 * major / FWHM_PER_SIGMA))
+    if limit is not None:
+        half = min(half, int(limit))
+    beam = Beam(major=major * u.deg, minor=minor * u.deg, pa=pa * u.deg)
+    return beam_kernel(beam, 1 * u.deg, (2 * half + 1, 2 * half + 1))

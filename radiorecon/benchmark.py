@@ -58,6 +58,7 @@ from . import metrics
 from ._validate import check_int
 from .exceptions import InputError
 from .beam import beam_kernel
+from .calibration import apparent_sky, source_mask
 from .catalog import find_sources_in_model, model_catalog
 from ._noise import robust_std
 from .pipeline import is_per_beam
@@ -237,7 +238,6 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     # Row keys: the user's thresholds, then the calibrated one (per label).
     keys = thresholds + (["calibrated"] if calib else [])
     grid = CALIBRATION_GRID if calib else np.zeros(0)
-    pb = data.primary_beam
     truth_all = data.truth
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]
     rows = {(label, key): [] for label in labels for key in keys}
@@ -256,8 +256,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             chosen = {label: _choose_threshold(grid, c) for label, c in curve["calibration"].items()}
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
-        true_sky = data.sky(i)
-        sky = _in_jy_pix(true_sky.data, true_sky.unit) * pb
+        sky = apparent_sky(data, i)
         to_jy_beam = dirty.unit.to(u.Jy / u.beam)
         wcs = dirty.wcs
         beam = data.beam(i)
@@ -268,7 +267,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         truth = truth_all[truth_all["image_id"] == i]
         truth = QTable(truth)
         truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
-        sources = sky > 0.1 * sky.max() if sky.max() > 0 else np.zeros(sky.shape, bool)
+        sources = source_mask(sky)
         reference = published_catalog(sky) if is_test else None
         # Jy/beam of the clean beam to Jy/pixel, so that the published
         # protocol's sums are fluxes (its detection does not depend on scale).

@@ -31,11 +31,23 @@ from .exceptions import CapabilityError
 from .result import std_array
 
 __all__ = ["CalibrationReport", "calibrate_uncertainty", "uncertainty_coverage", "gaussian_coverage",
-           "SOURCE_FRACTION"]
+           "apparent_sky", "source_mask", "SOURCE_FRACTION"]
 
 #: Pixels whose apparent sky exceeds this fraction of its image's maximum
-#: are source pixels, as in `radiorecon.benchmark`.
+#: are source pixels (here and in `radiorecon.benchmark`'s coverage).
 SOURCE_FRACTION = 0.1
+
+
+def apparent_sky(data, i):
+    """The sky a model of image ``i`` of a simulated data set should give: true sky x primary beam, Jy/pixel."""
+    true_sky = data.sky(i)
+    return u.Quantity(true_sky.data, true_sky.unit).to_value(_JY_PIX) * np.asarray(data.primary_beam, float)
+
+
+def source_mask(sky):
+    """The source pixels of an apparent sky (above `SOURCE_FRACTION` of its maximum); none if it is empty."""
+    top = np.max(sky)
+    return sky > SOURCE_FRACTION * top if top > 0 else np.zeros(np.shape(sky), bool)
 
 
 
@@ -103,14 +115,12 @@ def _source_pixels(rec, data, *, n_samples, n_images, images, seed, progress):
     if "draws" not in rec.capabilities and "std" not in rec.capabilities:
         raise CapabilityError(f"Backend {rec.backend_name!r} gives no uncertainty to calibrate")
     indices = _indices(data, n_images, images)
-    pb = np.asarray(data.primary_beam, float)
     parts = []
     for i in tqdm(indices, desc="calibrate", disable=not progress, unit="image"):
-        true_sky = data.sky(i)
-        sky = u.Quantity(true_sky.data, true_sky.unit).to_value(_JY_PIX) * pb
-        if not sky.max() > 0:  # an empty field has no source pixels
+        sky = apparent_sky(data, i)
+        sources = source_mask(sky)
+        if not sources.any():  # an empty field has no source pixels
             continue
-        sources = sky > SOURCE_FRACTION * sky.max()
         psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
         result = rec.predict(data.image(i), psf=psf, n_samples=n_samples,
                              seed=None if seed is None else seed + i, progress=False)

@@ -10,7 +10,6 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import fftconvolve
 
 from .._noise import robust_std
-from .._validate import FWHM_PER_SIGMA
 from ..backend import Backend, Prediction
 
 __all__ = ["CleanBackend", "hogbom", "psf_convolve", "fit_clean_beam_pixels", "restore"]
@@ -236,16 +235,10 @@ def restore(model, major, minor, pa, residual=None):
     residual : `~numpy.ndarray`, optional
         Added to the result.
     """
-    import astropy.units as u
-    from radio_beam import Beam
-
-    from ..beam import beam_kernel
+    from ..beam import pixel_beam_kernel
 
     model = np.asarray(model, dtype=np.float64)
-    # An odd kernel out to 5 sigma of the major axis (the Gaussian is < 4e-6 there).
-    half = min(int(math.ceil(5 * major / FWHM_PER_SIGMA)), max(model.shape))
-    beam = Beam(major=major * u.deg, minor=minor * u.deg, pa=pa * u.deg)
-    kernel = beam_kernel(beam, 1 * u.deg, (2 * half + 1, 2 * half + 1))
+    kernel = pixel_beam_kernel(major, minor, pa, limit=max(model.shape))
     restored = fftconvolve(model, kernel, mode="same") if model.any() else np.zeros(model.shape)
     if residual is not None:
         restored = restored + residual

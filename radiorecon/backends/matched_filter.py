@@ -7,7 +7,6 @@ import numpy as np
 from scipy.signal import fftconvolve
 
 from .._noise import robust_std
-from .._validate import FWHM_PER_SIGMA
 from ..backend import Backend, Prediction
 from .clean import fit_clean_beam_pixels
 
@@ -42,18 +41,12 @@ def matched_filter(dirty, psf, major, minor, pa):
     `~numpy.ndarray`
         ``(ny, nx)`` float64 filtered image.
     """
-    import astropy.units as u
-    from radio_beam import Beam
-
-    from ..beam import beam_kernel
+    from ..beam import pixel_beam_kernel
 
     dirty = np.asarray(dirty, dtype=np.float64)
     psf = np.asarray(psf, dtype=np.float64)
-    # An odd kernel (so that "same" keeps sources in place) out to 5 sigma of
-    # the major axis, where the Gaussian is below 4e-6 of its peak.
-    half = min(int(math.ceil(5 * major / FWHM_PER_SIGMA)), max(dirty.shape))
-    kernel = beam_kernel(Beam(major=major * u.deg, minor=minor * u.deg, pa=pa * u.deg), 1 * u.deg,
-                         (2 * half + 1, 2 * half + 1))
+    kernel = pixel_beam_kernel(major, minor, pa, limit=max(dirty.shape))
+    half = kernel.shape[0] // 2
     # The PSF around its peak, zero where it ends before the kernel does.
     cy, cx = psf.shape[0] // 2, psf.shape[1] // 2
     lobe = np.zeros_like(kernel)
