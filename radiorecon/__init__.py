@@ -39,7 +39,8 @@ _LAZY = {
 }
 _SUBMODULES = {
     "io", "catalog", "metrics", "simulate", "benchmark", "beam", "registry", "exceptions",
-    "backends", "tiling", "modelfile", "cli", "nn", "pretrained",
+    "backends", "tiling", "modelfile", "cli", "nn", "pretrained", "diffusion", "resample", "calibration",
+    "pipeline", "normalisation", "training", "provenance", "seeding",
 }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
-from astropy.nddata import NDData, StdDevUncertainty
+from astropy.nddata import NDData
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from ._noise import robust_std
 from ._validate import FWHM_PER_SIGMA, check_int
 from .exceptions import RadioreconWarning
+from .result import std_array
 
 __all__ = ["find_sources", "find_sources_in_model", "match", "Match", "to_regions"]
 
@@ -89,13 +90,8 @@ def _unpack(image, mask):
         unit = image.unit
         data = _values(image.data, unit, "data")
         bad = np.zeros(data.shape) if image.mask is None else image.mask
-        sigma = image.uncertainty
-        if sigma is not None:
-            # Variance and inverse-variance maps convert; the noise is a std.
-            if not isinstance(sigma, StdDevUncertainty):
-                sigma = sigma.represent_as(StdDevUncertainty)
-            sigma_unit = sigma.unit if sigma.unit is not None else (unit or u.one)
-            sigma = _values(u.Quantity(sigma.array, sigma_unit), unit, "uncertainty")
+        # Variance and inverse-variance maps convert; the noise is a std in the data's unit.
+        sigma = std_array(image)
         wcs = image.wcs
     else:
         unit = image.unit if isinstance(image, u.Quantity) else None

@@ -49,6 +49,22 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    """argparse type of thresholds: a usage error (status 2) unless a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_floats(text):
+    """argparse type of comma-separated thresholds."""
+    return [_positive_float(t) for t in text.split(",") if t.strip()] or _positive_float(text)
+
+
 def _plural(n, noun):
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -135,15 +151,10 @@ def _check_output(path, overwrite, option):
         raise InputError(f"cannot write {path}: no permission to write in {directory}")
 
 
-def _check_catalog_input(path):
-    """Refuse ``--catalog`` before predicting when ``path`` cannot give a catalog."""
-    import warnings
+def _check_catalog_input(image, path):
+    """Refuse ``--catalog`` before predicting when the input ``image`` (read from ``path``) cannot give a catalog."""
+    from .io import get_beam
 
-    from .io import get_beam, read_image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # predict reads the image again and warns there
-        image = read_image(path)
     if image.wcs is None or not image.wcs.has_celestial:
         raise InputError(f"--catalog needs sky coordinates, but {path} has no celestial WCS")
     if get_beam(image) is None:
@@ -263,7 +274,7 @@ def _tiles(path, backend):
 
 def cmd_predict(args):
     from ._files import atomic_path
-    from .io import write_result
+    from .io import read_image, write_result
 
     # Everything that can be checked is checked before the (long) prediction.
     if args.catalog and os.path.realpath(args.catalog) == os.path.realpath(args.output):
@@ -274,8 +285,10 @@ def cmd_predict(args):
     for name in (args.input, args.psf):
         if name is not None and not os.path.exists(name):
             raise FileNotFoundError(f"{name} does not exist")
+    # Read once: the checks, the prediction and the catalog all use it.
+    image = read_image(args.input)
     if args.catalog:
-        _check_catalog_input(args.input)
+        _check_catalog_input(image, args.input)
     rec = _open_model(args.model, _config_pairs(args.set))
     # The front door would say psf= and n_samples=; here they are options.
     if args.psf is None and "needs_psf" in rec.capabilities:
@@ -285,7 +298,7 @@ def cmd_predict(args):
             f"backend {rec.backend_name!r} gives one estimate, not draws to sample: use --samples 1"
         )
     sky = rec.predict(
-        args.input,
+        image,
         n_samples=args.samples,
         psf=args.psf,
         aggregate=args.aggregate,
@@ -298,7 +311,7 @@ def cmd_predict(args):
     threshold = args.threshold
     if threshold is None:
         threshold = rec.catalog_threshold or _PREDICT_THRESHOLD
-    catalog = _catalog(sky, args.input, threshold) if args.catalog else None
+    catalog = _catalog(sky, image, threshold) if args.catalog else None
     # Both files appear, or neither: each is written to a temporary and moved into place last.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(args.output, overwrite=args.overwrite))
@@ -396,7 +409,7 @@ def cmd_benchmark(args):
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} is not empty; pass --overwrite to replace its report")
     samples = [int(n) for n in args.samples.split(",")]
-    thresholds = [float(t) for t in args.threshold.split(",")]
+    thresholds = args.threshold
     methods = _methods([s for s in args.backends.split(",") if s], samples)
     with threads(args.threads):
         table, examples = run_benchmark(
@@ -495,7 +508,7 @@ def _parser():
     p.add_argument("--psf", help="PSF FITS image, for backends that need it")
     p.add_argument("--catalog", help="also write a source catalog (ECSV); a sky model is detected through "
                    "the input's clean beam against the input's noise")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=_positive_float, default=None,
                    help="detection threshold in sigma (default: the model's catalog threshold, "
                         f"see radiorecon info; else {_PREDICT_THRESHOLD:g})")
     p.set_defaults(func=cmd_predict)
@@ -523,7 +536,8 @@ def _parser():
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
     p.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
                    help="use the first N images (of those not in the calibration split)")
-    p.add_argument("--threshold", default="5", help="detection threshold(s) in sigma, comma-separated")
+    p.add_argument("--threshold", type=_positive_floats, default=[5.0],
+                   help="detection threshold(s) in sigma, comma-separated (default 5)")
     p.add_argument("--calibration", type=_positive_int, default=None, metavar="K",
                    help="choose each method's threshold on the last K images (never scored) and add its "
                         "calibrated row, purity-completeness curves and completeness per S/N")
@@ -542,7 +556,8 @@ def _parser():
                    help="samples for the uncertainty: styles for STAR, diffusion draws for DDPM (default 10)")
     p.add_argument("--seed", type=int, default=3,
                    help="seed of the observation and the samples (default 3: five sources)")
-    p.add_argument("--threshold", type=float, default=3.0, help="detection threshold in sigma (default 3)")
+    p.add_argument("--threshold", type=_positive_float, default=None,
+                   help="detection threshold in sigma (default: the model's catalog_threshold, else 3)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--threads", type=_positive_int, metavar="N", help=_THREADS_HELP)

@@ -127,7 +127,11 @@ def _plot(obs, result, catalog, path, title):
     from matplotlib.patches import Circle
 
     truth = np.asarray(obs.sky.data) * obs.primary_beam
-    sigma = result.uncertainty.array if result.uncertainty is not None else np.full(result.data.shape, np.nan)
+    from .result import std_array
+
+    sigma = std_array(result, u.Jy / u.pix)
+    if sigma is None:
+        sigma = np.full(result.data.shape, np.nan)
     panels = [("dirty (Jy/beam)", obs.dirty.data), (title, result.data),
               ("uncertainty (Jy/pix)", sigma), ("apparent true sky, detections", truth)]
     c = np.array(truth.shape) // 2

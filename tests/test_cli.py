@@ -216,6 +216,23 @@ def test_a_count_that_is_not_positive_is_a_usage_error(option, observation, tmp_
     assert "expected a positive integer, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command, value", [("predict", "nan"), ("predict", "-1"), ("demo", "0"),
+                                            ("benchmark", "5,inf")])
+def test_a_bad_threshold_is_a_usage_error_before_any_work(command, value, observation, tmp_path, capsys):
+    image, psf = observation
+    argv = {
+        "predict": ["predict", "clean", str(image), "--psf", str(psf), "-o", str(tmp_path / "o.fits"),
+                    "--catalog", str(tmp_path / "o.ecsv")],
+        "demo": ["demo", "--out", str(tmp_path / "demo")],
+        "benchmark": ["benchmark", "--data", str(tmp_path), "--backends", "clean", "--out", str(tmp_path / "r")],
+    }[command]
+    with pytest.raises(SystemExit) as exit:
+        main(argv + ["--threshold", value])
+    assert exit.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([image.name, psf.name])
+
+
 def test_verbose_adds_one_log_handler_however_often_main_runs(capsys, log_handlers):
     logger = logging.getLogger("radiorecon")
     assert main(["-v", "backends"]) == 0
@@ -429,3 +446,20 @@ def test_threads_reach_the_prediction(observation, tmp_path, monkeypatch, capsys
     assert main([*argv, "-o", str(tmp_path / "a.fits"), "--threads", "1"]) == 0, capsys.readouterr().err
     assert main([*argv, "-o", str(tmp_path / "b.fits")]) == 0, capsys.readouterr().err
     assert seen == [1, None]
+
+
+def test_predict_with_a_catalog_reads_the_input_once(observation, tmp_path, monkeypatch):
+    import radiorecon.io
+
+    image, psf = observation
+    opened = []
+    real = radiorecon.io.open_fits
+
+    def counting(source):
+        opened.append(os.path.basename(os.fspath(source)))
+        return real(source)
+
+    monkeypatch.setattr(radiorecon.io, "open_fits", counting)
+    assert main(["predict", "clean", str(image), "--psf", str(psf), "-o", str(tmp_path / "o.fits"),
+                 "--catalog", str(tmp_path / "o.ecsv"), "--set", "niter=50", "--no-progress"]) == 0
+    assert opened.count(image.name) == 1  # checks, prediction and catalog share one read

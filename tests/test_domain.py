@@ -50,7 +50,14 @@ def test_fit_records_the_domain_of_simulated_pairs(pairs, trained):
     # The preset's clean beam (Taran et al. 2023: ~0.9" x 0.8") and image noise.
     assert 0.85 < domain["beam_major_arcsec"] < 0.95 and 0.78 < domain["beam_minor_arcsec"] < 0.86
     assert domain["noise_jy_beam"] == pytest.approx(pairs.parameters["noise_rms"].to_value(u.Jy / u.beam))
-    assert trained.catalog_threshold is None
+
+
+def test_a_new_fit_forgets_the_previous_models_calibration(pairs):
+    rec = Reconstructor("test-conv", noise=0.0)
+    rec.catalog_threshold, rec.uncertainty_scale, rec.domain = 4.0, 3.0, None
+    rec.fit(pairs, epochs=1, batch_size=4, seed=0, progress=False)
+    assert rec.catalog_threshold is None and rec.uncertainty_scale == 1.0
+    assert rec.domain == training_domain(pairs)
 
 
 def test_a_simulated_data_set_on_disk_has_the_domain_of_its_pairs(pairs, tmp_path):
@@ -115,8 +122,11 @@ def test_catalog_threshold_is_validated(bad):
 
 def test_malformed_domain_is_refused_when_saved_and_when_read(tmp_path, monkeypatch):
     rec = Reconstructor("clean")
-    rec.domain = {"preset": PRESET, "beam_major_arcsec": -1}
+    rec.domain = {"preset": PRESET, "beam_major_arcsec": 0.9}  # keys missing
     with pytest.raises(ValueError, match="domain must be a mapping of preset"):
+        rec.save(tmp_path / "refused.rrm")
+    rec.domain = dict.fromkeys(modelfile.DOMAIN_KEYS) | {"beam_major_arcsec": -1}
+    with pytest.raises(ValueError, match="beam_major_arcsec must be a positive number"):
         rec.save(tmp_path / "refused.rrm")
     # A crafted file carries a valid checksum; its fields are checked all the same.
     rec.domain = dict.fromkeys(modelfile.DOMAIN_KEYS) | {"pixel_scale_arcsec": -0.1}
