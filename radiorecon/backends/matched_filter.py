@@ -67,7 +67,7 @@ class MatchedFilterBackend(Backend):
     lobe, i.e. the clean beam: an elliptical Gaussian fitted to the PSF's
     main lobe (`radiorecon.beam.fit_clean_beam`). Needs no training, only
     the PSF; the gain depends on how the noise is correlated (see
-    :doc:`backends`).
+    :doc:`/backends`).
 
     The estimate is the filtered image in the dirty image's unit (Jy/beam
     for a Jy/beam image), normalised so that an isolated point source's
