@@ -40,7 +40,7 @@ _LAZY = {
 _SUBMODULES = {
     "io", "catalog", "metrics", "simulate", "benchmark", "beam", "registry", "exceptions",
     "backends", "tiling", "modelfile", "cli", "nn", "pretrained", "diffusion", "resample", "calibration",
-    "pipeline", "normalisation", "training", "provenance", "seeding",
+    "pipeline", "normalisation", "training", "provenance", "seeding", "visualization",
 }
 
 

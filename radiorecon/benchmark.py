@@ -204,8 +204,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         (False: no threshold of the grid reached the target, and the one of
         highest purity was taken).
     examples : dict
-        For the first image: ``dirty``, ``truth`` and ``results`` (per method
-        label, the `~radiorecon.Reconstruction`); ``fluxes``, per row label,
+        For the first image: ``dirty``, ``truth`` (the apparent sky,
+        Jy/pixel), ``sources`` (its true sources, with apparent fluxes) and
+        ``results`` (per method label, the `~radiorecon.Reconstruction`); ``fluxes``, per row label,
         the matched (true, measured) flux pairs over all images (at the
         first threshold); ``counts``, per ``(label, threshold)``, and
         ``published``, per label (the published protocol), the ``(n_images,
@@ -312,7 +313,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         score("dirty", lambda t: model_catalog(dirty_data, wcs, noise, t, dirty_data, fwhm_px, psf=psf),
               dirty_data / beam_area)
         if i == test[0]:
-            examples.update(dirty=dirty, truth=sky)
+            examples.update(dirty=dirty, truth=sky, sources=truth)
         for label, rec, n_samples in methods:
             needs_psf = "needs_psf" in rec.capabilities
             start = time.perf_counter()
@@ -463,6 +464,59 @@ def _in_jy_pix(values, unit):
     return np.asarray(values, dtype=float) * (1.0 if unit is None else unit.to(_JY_PIX))
 
 
+def _plot_panels(table, examples, path):
+    """``panels.png`` of `plot_report`: each map of the first test image on its own sky axes."""
+    from astropy.nddata import NDData
+    from matplotlib.figure import Figure
+
+    from .catalog import find_sources
+    from .io import get_beam
+    from .visualization import legend_handles, plot_catalog, plot_image
+
+    dirty = examples["dirty"]
+    threshold = table.meta["threshold"][0]
+    truth = examples.get("sources")
+    panels = [(dirty, "Dirty image", "image", None),
+              (NDData(examples["truth"], wcs=dirty.wcs, unit=_JY_PIX, meta=dirty.meta), "Apparent true sky", "image",
+               None)]
+    for label, result in examples["results"].items():
+        if is_per_beam(result.unit):
+            # A filtered image, detected against its own noise (as run_benchmark scores it).
+            catalog = find_sources(result, threshold=threshold)
+        else:
+            catalog = find_sources_in_model(result, dirty, threshold)
+        restored = result.extras.get("restored")
+        shown = result if restored is None else NDData(restored, wcs=result.wcs, unit=getattr(restored, "unit", None),
+                                                         meta=result.meta)
+        panels.append((shown, f"{label}{' (restored)' if restored is not None else ''}", "image", catalog))
+        sigma = std_array(result)
+        # A missing or constant uncertainty has nothing to show (a blank or one-colour panel).
+        if sigma is not None and np.ptp(np.broadcast_to(sigma, result.data.shape)[np.isfinite(sigma)]) > 0:
+            panels.append((NDData(np.broadcast_to(sigma, result.data.shape), wcs=result.wcs, unit=result.unit,
+                                  meta=result.meta), f"{label}: uncertainty", "uncertainty", None))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows + 0.6), layout="constrained")
+    # Found sources match true ones within one clean-beam FWHM, as in the table.
+    fwhm_px = float((get_beam(dirty).major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+    probabilities = False
+    for k, (image, title, kind, catalog) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1, projection=image.wcs.celestial)
+        plot_image(image, ax, title=title, kind=kind, size=np.shape(dirty.data)[0] // 2)
+        if catalog is not None:
+            # Counts in the title and one legend for all panels: nothing drawn over the sources.
+            found = plot_catalog(ax, catalog, truth=truth, radius=fwhm_px, legend=False)
+            counts = (f"{len(catalog)} detected" if found is None
+                      else f"{found.tp} true, {found.fp} spurious, {found.fn} missed")
+            ax.set_title(f"{title}\n{counts}", fontsize=11)
+            probabilities |= "detection_probability" in catalog.colnames
+    if len(panels) > 2:
+        fig.legend(handles=legend_handles(truth=truth is not None, probability=probabilities),
+                   loc="outside lower center", ncols=4, fontsize=11)
+    fig.suptitle(f"First test image; detections at {threshold:g} sigma", fontsize=14)
+    fig.savefig(path, dpi=150)
+
+
 def completeness_table(table, examples):
     """Completeness per true peak-S/N bin at each row's calibrated threshold, all rows in one table.
 
@@ -504,7 +558,14 @@ def to_markdown(table):
 
 
 def plot_report(table, examples, out):
-    """Write ``panels.png`` (dirty, truth, reconstructions, uncertainty) and ``fluxes.png``.
+    """Write ``panels.png`` (sky maps of the first test image) and ``fluxes.png``.
+
+    ``panels.png`` shows, on sky axes with colour bars, the beam and a scale
+    bar (`radiorecon.visualization`), the dirty image, the apparent true
+    sky and each method's sky model (its restored image for a method that
+    makes one, as CLEAN does) with its detections at the first threshold
+    marked against the truth (matched, spurious, missed), followed by its
+    uncertainty where it has one that varies over the image.
 
     With a calibration split (``examples["curves"]``) also ``curves.png``:
     each row's purity-completeness curve on the test images over
@@ -516,23 +577,7 @@ def plot_report(table, examples, out):
     """
     from matplotlib.figure import Figure
 
-    labels = list(examples["results"])
-    n = 2 + 2 * len(labels)
-    fig = Figure(figsize=(3 * n, 3.2), layout="tight")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    panels = [("dirty", examples["dirty"].data), ("truth (apparent)", examples["truth"])]
-    for label in labels:
-        result = examples["results"][label]
-        panels.append((label, result.data))
-        sigma = result.uncertainty.array if result.uncertainty is not None else np.full(result.data.shape, np.nan)
-        panels.append((f"{label}: uncertainty", sigma))
-    c = np.array(examples["dirty"].data.shape) // 2
-    for ax, (title, image) in zip(axes, panels):
-        cut = np.asarray(image)[max(c[0] - 128, 0) : c[0] + 128, max(c[1] - 128, 0) : c[1] + 128]
-        ax.imshow(cut, origin="lower", cmap="inferno")
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.savefig(f"{out}/panels.png", dpi=110)
+    _plot_panels(table, examples, f"{out}/panels.png")
 
     fig = Figure(figsize=(5, 5), layout="tight")
     ax = fig.subplots()

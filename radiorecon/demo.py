@@ -28,8 +28,10 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     out : str or os.PathLike
         Directory for ``sky.fits`` (sky model, ``UNCERT``, ``MASK``),
         ``sources.ecsv`` (catalog), ``sources.reg`` (DS9 regions) and
-        ``demo.png`` (dirty image, reconstruction, uncertainty, truth with
-        the detections circled).
+        ``demo.png`` (`radiorecon.visualization.plot_reconstruction`:
+        dirty image, sky model, uncertainty, residual, and the detections
+        over the apparent true sky with matched, spurious and missed
+        sources marked).
     model : str or os.PathLike
         ``pretrained:NAME`` for a shipped model (a name from
         `radiorecon.available_pretrained`), else a model file if one
@@ -93,7 +95,8 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         write_result(result, tmp[0], overwrite=True)
         catalog.write(tmp[1], format="ascii.ecsv")
         to_regions(catalog).write(tmp[2], format="ds9")
-        _plot(obs, result, catalog, tmp[3], title=f"{rec.backend_name} sky model (Jy/pix)")
+        _plot(obs, result, catalog, truth, tmp[3], title=f"radiorecon demo: {rec.backend_name}, seed {seed}, "
+              f"detections at {threshold:g} sigma")
     return {"observation": obs, "result": result, "catalog": catalog, "scores": scores, "threshold": threshold,
             "files": files}
 
@@ -121,29 +124,13 @@ def _open(model):
     )
 
 
-def _plot(obs, result, catalog, path, title):
-    # A Figure without pyplot draws with Agg and leaves the user's matplotlib backend alone.
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
+def _plot(obs, result, catalog, truth, path, title):
+    from astropy.nddata import NDData
 
-    truth = np.asarray(obs.sky.data) * obs.primary_beam
-    from .result import std_array
+    from .visualization import plot_reconstruction
 
-    sigma = std_array(result, u.Jy / u.pix)
-    if sigma is None:
-        sigma = np.full(result.data.shape, np.nan)
-    panels = [("dirty (Jy/beam)", obs.dirty.data), (title, result.data),
-              ("uncertainty (Jy/pix)", sigma), ("apparent true sky, detections", truth)]
-    c = np.array(truth.shape) // 2
-    half = 128
-    fig = Figure(figsize=(13, 3.6))
-    axes = fig.subplots(1, 4)
-    for ax, (title, image) in zip(axes, panels):
-        ax.imshow(np.asarray(image)[c[0] - half: c[0] + half, c[1] - half: c[1] + half], origin="lower",
-                  cmap="inferno", extent=(c[1] - half - 0.5, c[1] + half - 0.5, c[0] - half - 0.5, c[0] + half - 0.5))
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    for x, y in zip(catalog["x"], catalog["y"]):
-        axes[3].add_patch(Circle((float(x), float(y)), 6, fill=False, color="cyan", lw=1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # The apparent sky (what the dirty image encodes) is the truth to look at;
+    # the sources lie within the primary beam, so its central half is shown.
+    apparent = NDData(np.asarray(obs.sky.data) * obs.primary_beam, wcs=obs.sky.wcs, unit=obs.sky.unit)
+    plot_reconstruction(result, obs.dirty, catalog=catalog, truth=truth, truth_image=apparent, psf=obs.psf,
+                        title=title, size=obs.dirty.shape[0] // 2, path=path, overwrite=True)

@@ -243,6 +243,8 @@ class Reconstructor:
         checkpoint=None,
         warm_start=False,
         threads=None,
+        workers=0,
+        distributed=None,
     ):
         """Train the backend.
 
@@ -283,6 +285,19 @@ class Reconstructor:
         threads : int, optional
             CPU threads for torch during the call; by default torch's own
             setting (``OMP_NUM_THREADS`` when set, else one per core).
+        workers : int
+            Processes that load (or simulate) the training data while the
+            backend trains; 0 loads in this process. The batches and so the
+            trained weights are the same for any number.
+        distributed : bool, optional
+            Train data-parallel across the processes of an initialised
+            ``torch.distributed`` process group: every process calls `fit`
+            with the same data and arguments, trains on its share of each
+            batch of ``batch_size`` images, and gradients are averaged; only
+            process 0 shows progress and writes the checkpoint. By default
+            (None), whenever a group of more than one process is
+            initialised; False trains each process on its own. See
+            :doc:`/training` for when the weights equal one process's.
 
         Returns
         -------
@@ -300,7 +315,7 @@ class Reconstructor:
 
         train, units, domain = training_set(inputs, targets, paired)
         trainer = Trainer(self.backend, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                          progress=progress, checkpoint=checkpoint)
+                          progress=progress, checkpoint=checkpoint, workers=workers, distributed=distributed)
         resume = trainer.read_checkpoint(self.backend_name, self._restore)
         if resume is None:
             self.units = units

@@ -68,6 +68,16 @@ class Reconstruction(NDDataRef):
         """Number of stored samples (0 when none were kept)."""
         return 0 if self.samples is None else len(self.samples)
 
+    def plot(self, dirty=None, **kwargs):
+        """Draw the sky model, its uncertainty and residual on sky axes.
+
+        See `radiorecon.visualization.plot_reconstruction`, which takes the
+        same arguments and returns the `~matplotlib.figure.Figure`.
+        """
+        from .visualization import plot_reconstruction
+
+        return plot_reconstruction(self, dirty, **kwargs)
+
     def _slice(self, item):
         kwargs = super()._slice(item)
         from astropy.wcs import WCS

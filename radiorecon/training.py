@@ -7,6 +7,10 @@ runs the epochs of `Backend.train_step`, and writes a checkpoint after each
 epoch holding the weights, the optimiser states and the random number
 generators of the CPU and of every CUDA device, so that an interrupted run
 resumes to exactly the weights of an uninterrupted one.
+
+With a ``torch.distributed`` process group, the same loop trains data-parallel:
+every process gets its shard of each batch and gradients are averaged across
+processes before the optimisers step (see `Trainer` and :doc:`/training`).
 """
 
 import logging
@@ -16,17 +20,23 @@ import os
 import numpy as np
 
 from . import modelfile
-from .exceptions import ModelFileError
+from ._validate import check_int
+from .exceptions import InputError, ModelFileError
 from .runtime import resolve_device
-from .seeding import seeded
+from .seeding import seeded, stream_seed
 
-__all__ = ["Trainer", "training_set", "training_domain", "is_dataset", "Scaled"]
+__all__ = ["Trainer", "training_set", "training_domain", "is_dataset", "Scaled", "process_group"]
 
 log = logging.getLogger("radiorecon")
 
-# Names of the generator states in a checkpoint's tensors.
-_CPU_RNG = "train/rng"
-_CUDA_RNG = "train/cuda_rng/"
+
+def _rng_prefix(rank):
+    """Where a process's generator states go among a checkpoint's tensors.
+
+    Process 0 (or the only one) keeps the names of single-process
+    checkpoints: ``train/rng`` and ``train/cuda_rng/<device>``.
+    """
+    return "train/" if rank == 0 else f"train/rank{rank}/"
 
 
 def is_dataset(obj):
@@ -256,6 +266,142 @@ class Scaled:
         return forward(x), (forward(y) if self.paired else y)
 
 
+def process_group(distributed):
+    """``(rank, world_size)`` of the data-parallel training ``distributed`` asks for, or None.
+
+    Parameters
+    ----------
+    distributed : bool or None
+        True: train data-parallel in the initialised ``torch.distributed``
+        process group; False: train in this process alone; None: the former
+        when a process group of more than one process is initialised.
+
+    Raises
+    ------
+    TypeError
+        If ``distributed`` is not a bool or None.
+    InputError
+        If ``distributed=True`` but no process group is initialised.
+    """
+    import torch.distributed as dist
+
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True, False or None, not {distributed!r}")
+    ready = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = ready and dist.get_world_size() > 1
+    if not distributed:
+        return None
+    if not ready:
+        raise InputError(
+            "distributed=True, but torch.distributed has no process group: call "
+            "torch.distributed.init_process_group() in every process first (see 'Training' in the docs)"
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+class _Batches:
+    """The indices this process trains on in each batch of an epoch (a torch batch sampler).
+
+    The order of an epoch is a permutation drawn from a generator seeded by
+    ``(seed, epoch)``, so a resumed run sees the batches of an uninterrupted
+    one, and every process draws the same. It is cut into batches of
+    ``batch_size`` and each batch into ``world_size`` contiguous shards
+    whose sizes differ by at most one; process ``rank`` gets its shard, so
+    the shards of a batch together are the batch one process would train
+    on. With several processes, a final batch smaller than the number of
+    processes is left out, as some would have no image to train on.
+    """
+
+    def __init__(self, n, batch_size, seed, rank=0, world_size=1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (rest >= self.world_size)
+
+    def sizes(self):
+        """The number of images in each batch of the epoch, over all processes."""
+        return [min(self.batch_size, self.n - i * self.batch_size) for i in range(len(self))]
+
+    def __iter__(self):
+        import torch
+
+        # (Reduced modulo 2**63 so that any valid seed fits torch's generator.)
+        gen = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) % 2**63)
+        # The order of a shuffling DataLoader with this generator, which
+        # draws its workers' base seed from it first: the trainer shuffled
+        # so before, and a seed keeps training the same model.
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        order = torch.randperm(self.n, generator=gen)
+        for batch in order.split(self.batch_size)[: len(self)]:
+            yield torch.tensor_split(batch, self.world_size)[self.rank].tolist()
+
+
+class _GradientAverager:
+    """Averages gradients across the processes at the end of every backward pass.
+
+    Each process weighs its gradients by its share of the batch
+    (`weight`, its images over the batch's), so that for a loss that is a
+    mean over images the sum over processes is the gradient of the whole
+    batch. Since the shares sum to 1, a backend that calls ``backward``
+    several times before stepping (two losses, two optimisers) gets the same
+    sums as in one process too. Averaging in the backward pass, rather than
+    before the optimiser steps, keeps what a backend does in between (such
+    as clipping the gradient norm) working on the batch's gradient.
+
+    Parameters
+    ----------
+    params : list of torch.Tensor
+        The trainable parameters, in the same order in every process.
+    """
+
+    def __init__(self, params):
+        self.params, self.weight = params, 1.0
+        self._queued = False
+        self._handles = [p.register_post_accumulate_grad_hook(self._accumulated) for p in params]
+
+    def _accumulated(self, param):
+        if not self._queued:
+            import torch
+
+            # Once per backward pass, after it has accumulated every gradient
+            # (as torch's DistributedDataParallel does): one reduction of all
+            # of them, in a fixed order, whatever order the graph of each
+            # process's batch gives its parameters.
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._reduce)
+
+    def _reduce(self):
+        import torch
+        import torch.distributed as dist
+
+        self._queued = False
+        params = self.params
+        got = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+        # A parameter whose gradient is None in one process but not in
+        # another (a loss term left out of a small shard) adds zero there.
+        flat = torch.cat([got] + [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).flatten() * self.weight for p in params
+        ])
+        dist.all_reduce(flat)
+        grads = flat[len(params):].split([p.numel() for p in params])
+        for p, anywhere, grad in zip(params, flat[: len(params)].tolist(), grads):
+            # None stays None where no process has a gradient: optimisers
+            # such as Adam would move a parameter with a zero one.
+            if anywhere:
+                p.grad = grad.view_as(p).to(p.dtype)
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
 class Trainer:
     """Runs the epochs of a backend's `train_step`, with checkpoints.
 
@@ -273,9 +419,40 @@ class Trainer:
         Show a progress bar per epoch.
     checkpoint : str or os.PathLike or None
         Model file written after every epoch; `read_checkpoint` resumes from it.
+    workers : int
+        Processes that load the training data (``torch.utils.data.DataLoader``'s
+        ``num_workers``; 0 loads in this process). They are kept for the
+        whole run. The order of batches comes from the seed alone, so for a
+        data set whose items depend only on their index (arrays, files,
+        `~radiorecon.simulate.SimulatedPairs`) the trained weights do not
+        depend on ``workers``.
+    distributed : bool or None
+        Train data-parallel across the processes of the initialised
+        ``torch.distributed`` process group (see `process_group`; None: when
+        there is one of several processes). Every process runs the trainer
+        on the same data; each trains on its shard of every batch (the
+        shards of a batch are the batch one process would see), gradients
+        are averaged across processes in every backward pass, weighted by
+        shard size, and the weights start from process 0's. Only process 0
+        shows progress and writes the checkpoint. For losses that are means
+        over the images of a batch and a ``train_step`` that draws no random
+        numbers, the weights equal those of one process training with the
+        same ``batch_size`` (to float rounding); terms computed on the batch
+        as a whole (STAR's distance correlation: the backend's
+        ``min_batch_size``) are computed on each shard instead, and random
+        draws differ by process.
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` (or, distributed, each process's shard of it) is
+        smaller than the backend's `min_batch_size`, or a distributed
+        backend has no trainable parameters (it learns from sums that
+        gradients do not carry).
     """
 
-    def __init__(self, backend, *, epochs, batch_size, seed=None, device="auto", progress=True, checkpoint=None):
+    def __init__(self, backend, *, epochs, batch_size, seed=None, device="auto", progress=True, checkpoint=None,
+                 workers=0, distributed=None):
         if batch_size < backend.min_batch_size:
             raise ValueError(
                 f"batch_size={batch_size} is too small for backend {type(backend).__name__}: its losses need "
@@ -284,8 +461,44 @@ class Trainer:
         self.backend = backend
         self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
         self.device = resolve_device(device)
-        self.progress = progress
+        self.workers = check_int(workers, "workers", minimum=0)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        group = process_group(distributed)
+        self.distributed = group is not None
+        self.rank, self.world_size = group or (0, 1)
+        self.progress = progress and self.rank == 0
+        if self.distributed:
+            self._check_distributed()
+
+    def _check_distributed(self):
+        backend, name, world = self.backend, type(self.backend).__name__, self.world_size
+        if not self._trainable():
+            raise ValueError(
+                f"Backend {name} has no trainable parameters, so distributed training, which averages "
+                "gradients, cannot combine what the processes learn: train it in one process (distributed=False)"
+            )
+        shard = self.batch_size // world
+        if shard < backend.min_batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} over {world} processes gives shards of {shard} images, too few "
+                f"for backend {name}: its losses need {backend.min_batch_size} (see its min_batch_size); "
+                f"use batch_size={world * backend.min_batch_size} or more"
+            )
+        if backend.min_batch_size > 1 and self.rank == 0:
+            log.warning(
+                "backend %s has loss terms computed on a batch as a whole (min_batch_size=%d); with %d "
+                "processes they are computed on each process's shard of %d images instead",
+                name, backend.min_batch_size, world, shard,
+            )
+
+    def _trainable(self):
+        """The backend's trainable parameters, each once, in the same order in every process."""
+        params = {}
+        for module in self.backend.modules().values():
+            for p in module.parameters():
+                if p.requires_grad:
+                    params.setdefault(id(p), p)
+        return list(params.values())
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -324,19 +537,38 @@ class Trainer:
         restore(doc, {k: v for k, v in tensors.items() if not k.startswith("train/")}, path)
         return doc, tensors
 
-    def _write_checkpoint(self, epoch, document):
+    def _rng_states(self):
+        """This process's generator states, by checkpoint tensor name."""
         import torch
 
-        tensors = dict(self.backend.state_dict())
-        state = modelfile.flatten_state(self.backend.training_state(), tensors)
-        tensors[_CPU_RNG] = torch.get_rng_state()
+        prefix = _rng_prefix(self.rank)
+        states = {f"{prefix}rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             for i, rng in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"{_CUDA_RNG}{i}"] = rng
-        doc = document()
-        doc["fitted"] = False
-        doc["training"] = {"epoch": epoch, "epochs": self.epochs, "seed": self.seed, "state": state}
-        modelfile.save(self.checkpoint, doc, tensors, overwrite=True)
+                states[f"{prefix}cuda_rng/{i}"] = rng
+        return states
+
+    def _write_checkpoint(self, epoch, document):
+        import torch.distributed as dist
+
+        states = [self._rng_states()]
+        if self.distributed:
+            # Every process's generators, so that a resumed run draws as the
+            # uninterrupted one would, process by process.
+            states = [None] * self.world_size if self.rank == 0 else None
+            dist.gather_object(self._rng_states(), states, dst=0)
+        if self.rank == 0:
+            tensors = dict(self.backend.state_dict())
+            state = modelfile.flatten_state(self.backend.training_state(), tensors)
+            for rng in states:
+                tensors.update(rng)
+            doc = document()
+            doc["fitted"] = False
+            doc["training"] = {"epoch": epoch, "epochs": self.epochs, "seed": self.seed, "state": state}
+            modelfile.save(self.checkpoint, doc, tensors, overwrite=True)
+        if self.distributed:
+            # No process goes on (or returns from fit) before the file is there.
+            dist.barrier()
 
     def _resume(self, doc, tensors):
         import torch
@@ -344,11 +576,16 @@ class Trainer:
         path = self.checkpoint
         try:
             self.backend.load_training_state(modelfile.unflatten_state(doc["training"]["state"], tensors))
-            if _CPU_RNG in tensors:
-                torch.set_rng_state(tensors[_CPU_RNG])
-            cuda = [tensors[k] for k in sorted(tensors) if k.startswith(_CUDA_RNG)]
+            prefix = _rng_prefix(self.rank)
+            if f"{prefix}rng" in tensors:
+                torch.set_rng_state(tensors[f"{prefix}rng"])
+            elif self.distributed:
+                log.warning("%s holds no generator state for process %d (written by fewer processes): "
+                            "its random draws differ from an uninterrupted run's", path, self.rank)
+            cuda = sorted((k for k in tensors if k.startswith(f"{prefix}cuda_rng/")),
+                          key=lambda k: int(k.rpartition("/")[2]))
             if cuda and self.device.type == "cuda":
-                torch.cuda.set_rng_state_all(cuda)
+                torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{path}: the checkpoint's training state is unreadable: {exc}") from None
         log.info("resuming from %s after epoch %d", path, doc["training"]["epoch"])
@@ -362,7 +599,8 @@ class Trainer:
         Parameters
         ----------
         train, validation : sequence of (torch.Tensor, torch.Tensor)
-            Normalised pairs (`training_set` seen through `Scaled`).
+            Normalised pairs (`training_set` seen through `Scaled`); with
+            several processes, the same in each.
         resume : tuple or None
             What `read_checkpoint` returned.
         warm_start : bool
@@ -374,18 +612,26 @@ class Trainer:
         """
         backend = self.backend
         history = []
+        averager = None
         with seeded(self.seed, self.device):
             if resume is None and not warm_start:
                 # Fresh weights drawn under the seed: the same seed gives the
                 # same initialisation and so the same trained model.
                 backend.reset_parameters()
             backend.to(self.device)
+            if self.distributed:
+                self._start_together(fresh=resume is None)
             backend.optimizers = backend.configure_optimizers()
             backend.begin_fit(resumed=resume is not None)
             initial_epoch = 0 if resume is None else self._resume(*resume)
+            batches = _Batches(len(train), self.batch_size, self._order_seed(), self.rank, self.world_size)
+            loader = self._loader(train, batches, persistent=True)
             try:
+                if self.distributed:
+                    averager = _GradientAverager(self._trainable())
                 for epoch in range(initial_epoch, self.epochs):
-                    logs = self._epoch(train, epoch)
+                    batches.set_epoch(epoch)
+                    logs = self._epoch(loader, batches, epoch, averager)
                     if validation is not None:
                         logs.update({f"val_{k}": v for k, v in self.evaluate(validation).items()})
                     logs["epoch"] = epoch + 1
@@ -395,28 +641,56 @@ class Trainer:
                     if self.checkpoint is not None:
                         self._write_checkpoint(epoch + 1, document)
             except KeyboardInterrupt:
-                if self.checkpoint is not None:
+                if self.checkpoint is not None and self.rank == 0:
                     log.warning(
                         "training interrupted; call fit() again with checkpoint=%r to resume", self.checkpoint
                     )
                 raise
+            finally:
+                if averager is not None:
+                    averager.remove()
             backend.end_fit()
         return history
 
-    def _loader(self, data, epoch=None):
+    def _start_together(self, fresh):
+        """Start every process from process 0's weights, each with random draws of its own."""
+        import torch
+        import torch.distributed as dist
+
+        # Unseeded (or warm-started from different files), processes would
+        # start apart; averaged gradients would then never bring them together.
+        for module in self.backend.modules().values():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+        if fresh and self.seed is not None:
+            # Under one seed every process would draw the same noise for
+            # different images; a resumed run restores each process's own.
+            torch.manual_seed(stream_seed(self.seed, self.rank))
+
+    def _order_seed(self):
+        """The seed of the order of batches; the same in every process."""
+        seed = stream_seed(None) if self.seed is None else self.seed
+        if self.distributed:
+            import torch.distributed as dist
+
+            shared = [seed]
+            dist.broadcast_object_list(shared, src=0)
+            seed = shared[0]
+        return seed
+
+    def _loader(self, data, batch_sampler, persistent=False):
         import torch
 
-        if epoch is None:
-            return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
-        # Seeding the order per epoch keeps a resumed run identical to an
-        # uninterrupted one.
-        # (Reduced modulo 2**63 so that any valid seed fits torch's generator.)
-        gen = torch.Generator().manual_seed(((0 if self.seed is None else self.seed) * 100003 + epoch) % 2**63)
-        if self.seed is None:
-            gen.seed()
-        return torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=gen)
+        return torch.utils.data.DataLoader(
+            data, batch_sampler=batch_sampler, num_workers=self.workers,
+            persistent_workers=persistent and self.workers > 0,
+            # The loader's own generator (it seeds the workers), so that the
+            # number of workers leaves torch's global generators, which the
+            # backend draws from, alone.
+            generator=torch.Generator().manual_seed(0) if persistent else None,
+        )
 
-    def _epoch(self, train, epoch):
+    def _epoch(self, loader, batches, epoch, averager):
         from tqdm.auto import tqdm
 
         backend = self.backend
@@ -424,39 +698,61 @@ class Trainer:
         backend.train()
         sums, counts = {}, {}
         bar = tqdm(
-            self._loader(train, epoch),
-            total=math.ceil(len(train) / self.batch_size),
+            zip(loader, batches.sizes()),
+            total=len(batches),
             desc=f"epoch {epoch + 1}/{self.epochs}",
             disable=not self.progress,
             leave=False,
             unit="batch",
         )
-        for inputs, targets in bar:
+        for (inputs, targets), size in bar:
             inputs = inputs.to(self.device)
             targets = targets.to(self.device) if paired else None
-            losses = backend.train_step(inputs, targets)
             n = inputs.shape[0]
+            if averager is not None:
+                averager.weight = n / size
+            losses = backend.train_step(inputs, targets)
             # Per loss: a term may be missing from some batches (too small for it).
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
                 counts[key] = counts.get(key, 0) + n
             bar.set_postfix({k: f"{v / counts[k]:.4g}" for k, v in sums.items()}, refresh=False)
         bar.close()
+        return self._means(sums, counts)
+
+    def _means(self, sums, counts):
+        """Mean of every loss over the images of all processes."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            parts = [None] * self.world_size
+            dist.all_gather_object(parts, (sums, counts))
+            sums, counts = {}, {}
+            for part_sums, part_counts in parts:
+                for key in part_sums:
+                    sums[key] = sums.get(key, 0.0) + part_sums[key]
+                    counts[key] = counts.get(key, 0) + part_counts[key]
         return {key: value / counts[key] for key, value in sums.items()}
 
     def evaluate(self, data):
-        """Mean of `Backend.evaluate_step` over a data set, without gradients."""
+        """Mean of `Backend.evaluate_step` over a data set, without gradients.
+
+        With several processes, each scores its share of the batches and
+        all get the means over the whole data set.
+        """
         import torch
 
         backend = self.backend
         paired = "paired" in backend.capabilities
         backend.eval()
         sums, counts = {}, {}
+        n, size, step = len(data), self.batch_size, self.batch_size * self.world_size
+        batches = [list(range(i, min(i + size, n))) for i in range(self.rank * size, n, step)]
         with torch.no_grad():
-            for inputs, targets in self._loader(data):
+            for inputs, targets in self._loader(data, batches):
                 inputs = inputs.to(self.device)
                 targets = targets.to(self.device) if paired else None
                 for key, value in backend.evaluate_step(inputs, targets).items():
                     sums[key] = sums.get(key, 0.0) + float(value) * inputs.shape[0]
                     counts[key] = counts.get(key, 0) + inputs.shape[0]
-        return {key: value / counts[key] for key, value in sums.items()}
+        return self._means(sums, counts)

@@ -113,6 +113,42 @@ def test_fit_accepts_a_dataset_of_pairs(pairs):
     assert sky_model.unit == u.Jy / u.pix
 
 
+def test_data_loading_workers_train_the_same_weights(tmp_path):
+    import os
+    import pickle
+
+    from radiorecon.simulate import SimulatedPairs
+
+    class Simulated:
+        """Simulated pairs that note which process made each."""
+
+        units = SimulatedPairs.units
+
+        def __init__(self, n, seed):
+            self.pairs = SimulatedPairs(n, seed=seed, npix=32, placement_radius=1.0 * u.arcsec)
+
+        def __len__(self):
+            return len(self.pairs)
+
+        def __getitem__(self, i):
+            (tmp_path / str(os.getpid())).touch()
+            return self.pairs[i]
+
+    pairs = Simulated(4, seed=1)
+    # Worker processes started by spawn (macOS, Windows) get the data set pickled.
+    assert np.array_equal(pickle.loads(pickle.dumps(pairs.pairs))[3][0], pairs.pairs[3][0])
+    fit = dict(epochs=1, batch_size=2, seed=0, progress=False, validation=Simulated(2, seed=2))
+    alone = Reconstructor("test-conv").fit(pairs, workers=0, **fit)
+    assert {p.name for p in tmp_path.iterdir()} == {str(os.getpid())}
+    helped = Reconstructor("test-conv").fit(pairs, workers=2, **fit)
+    assert len(list(tmp_path.iterdir())) > 1  # the workers simulated
+    for key, value in alone.backend.state_dict().items():
+        assert np.array_equal(helped.backend.state_dict()[key], value), key
+    assert helped.history == alone.history
+    with pytest.raises(ValueError, match="workers must be at least 0"):
+        Reconstructor("test-conv").fit(pairs, workers=-1)
+
+
 def test_predict_before_fit_and_capability_errors(pairs):
     dirty, _ = pairs
     with pytest.raises(NotFittedError, match="needs training: call fit"):

@@ -207,3 +207,32 @@ def test_batches_too_small_for_the_dcor_term_are_refused(pairs):
     with pytest.raises(ValueError, match="batch_size=2 is too small.*at least 4"):
         Reconstructor("star", **TINY).fit(pairs, epochs=1, batch_size=2, progress=False)
     assert Reconstructor("star", dcor_weight=0.0).backend.min_batch_size == 1
+
+
+def test_unshuffle_stem_is_lossless_and_nonnegative_output_is_exactly_empty(pairs, tmp_path):
+    config = dict(TINY, stem="unshuffle", downsample=4, nonnegative=True, content_loss="l1")
+    backend = StarBackend(**config)
+    # Every pixel becomes a channel of a grid cell and comes back: no loss,
+    # whatever the image size (padded to the grid, cropped back).
+    x = torch.randn(2, 37, 30, generator=torch.Generator().manual_seed(1))
+    grid, size = backend._to_grid(x, "mean")
+    assert grid.shape == (2, 16, 40 // 4, 32 // 4)
+    torch.testing.assert_close(backend._from_grid(grid, size, "mean"), x, rtol=0, atol=0)
+
+    rec = Reconstructor("star", **config).fit(pairs, epochs=3, batch_size=8, seed=3, progress=False)
+    assert rec.history[-1]["content"] < rec.history[0]["content"]
+    dirty, _ = pairs[0]
+    model = rec.predict(dirty * JY_BEAM, n_samples=3, seed=1).data
+    # Non-negative, and exactly 0 where the network sees nothing (not a
+    # faint floor): with a plain output no pixel would be exactly 0.
+    assert model.min() >= 0 and (model == 0).mean() > 0.1
+    rec.save(tmp_path / "u.rrm")
+    again = Reconstructor.load(tmp_path / "u.rrm")
+    assert again.backend.config["stem"] == "unshuffle"
+    np.testing.assert_array_equal(again.predict(dirty * JY_BEAM).data, rec.predict(dirty * JY_BEAM).data)
+
+
+@pytest.mark.parametrize("bad", [dict(stem="pixel"), dict(content_loss="huber")])
+def test_unknown_stem_or_content_loss(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        StarBackend(**TINY, **bad)

@@ -32,10 +32,15 @@ Training (each term switchable for ablations) combines
 Prediction draws ``n_samples`` styles around the encoder's estimate (its
 mean, spread by its standard deviation times ``style_temperature``) and
 predicts the content once per style; one sample is the direct prediction
-with the mean style. Networks work on a grid binned by ``downsample``
-(default 2: the synthesized beam spans about 9 native pixels, so 2x2 bins
-keep it Nyquist-sampled at a quarter of the cost); outputs are interpolated
-back, conserving flux.
+with the mean style. Networks work on a grid coarser than the image by
+``downsample``: the synthesized beam spans about 9 native pixels, so the
+field can be seen at a fraction of the cost. With ``stem="bin"`` the grid
+holds ``downsample x downsample`` bins (default 2, which keeps the beam
+Nyquist-sampled) and outputs are interpolated back, conserving flux; with
+``stem="unshuffle"`` each ``downsample x downsample`` block of pixels becomes
+channels of one grid cell (a pixel-unshuffle; Shi et al. 2016) and back, so
+nothing is lost: the network sees every pixel and predicts every pixel, at
+the cost of a network on the coarse grid.
 
 References: Taran et al. (2023), "Challenging interferometric imaging:
 machine learning-based source localization from uv-plane observations";
@@ -49,7 +54,8 @@ import torch.nn.functional as F
 from ..backend import Backend, Prediction
 from ..seeding import Draws
 from ..nn import (
-    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, sky_stretch, sky_unstretch, to_grid,
+    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, pad_to_multiple, sky_stretch,
+    sky_unstretch, to_grid,
 )
 
 __all__ = ["StarBackend"]
@@ -65,15 +71,27 @@ class StarBackend(Backend):
     ``"no-dcor"``, ``"dcor"``, ``"two-branches"``; the default is the full
     method):
 
-    - ``downsample`` (2): networks work on ``downsample x downsample`` bins.
+    - ``downsample`` (2): networks work on a grid this many times coarser.
+    - ``stem`` (``"bin"``): how the grid is made, ``"bin"`` (flux-conserving
+      bins, bilinear interpolation back) or ``"unshuffle"`` (pixel blocks as
+      channels, predicted back to every native pixel).
+    - ``nonnegative`` (False): clip the content at 0 (a ReLU on the
+      network's output), so that the sky model is exactly empty where the
+      network sees no source, instead of a faint positive floor.
+    - ``content_loss`` (``"mse"``): ``"mse"`` or ``"l1"``, on the
+      normalised intensity. MSE is minimised by the mean over the skies
+      compatible with an image, which is positive wherever a source is
+      possible: a faint floor across the field. L1 is minimised by their
+      median, which is 0 wherever a source is less likely than not.
     - ``base_channels`` (16), ``style_base_channels`` (8), ``channel_mult``
       ([1, 2, 4]), ``blocks_per_level`` (1), ``attention_levels`` ([]):
       sizes of the content net and decoder (``base_channels``) and of the
       style encoder and style net (``style_base_channels``).
     - ``style_channels`` (1): channels of the style map.
     - ``sky_softening`` (0.1): ``a`` of the sky normalisation
-      ``asinh(sky / a)``, in units of the input noise per binned pixel;
-      stored in the model file with the rest.
+      ``asinh(sky / a)``, in units of the input noise, per pixel of the
+      predicted sky (a bin with ``stem="bin"``, a native pixel with
+      ``"unshuffle"``); stored in the model file with the rest.
     - ``learning_rate`` (1e-3).
     - ``content_weight`` (1), ``composite_weight`` (1), ``dcor_weight``
       (0.1), ``kl_weight`` (0.01), ``two_branches`` (True), ``two_to_one``
@@ -99,6 +117,9 @@ class StarBackend(Backend):
     inference_keys = frozenset({"style_temperature"})
     default_config = {
         "downsample": 2,
+        "stem": "bin",
+        "nonnegative": False,
+        "content_loss": "mse",
         "base_channels": 16,
         "style_base_channels": 8,
         "channel_mult": [1, 2, 4],
@@ -138,18 +159,25 @@ class StarBackend(Backend):
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
         c = self.config
+        if c["stem"] not in ("bin", "unshuffle"):
+            raise ValueError(f"stem must be 'bin' or 'unshuffle', not {c['stem']!r}")
+        if c["content_loss"] not in ("mse", "l1"):
+            raise ValueError(f"content_loss must be 'mse' or 'l1', not {c['content_loss']!r}")
         k, mult = c["style_channels"], tuple(c["channel_mult"])
+        # Channels of one grid cell of an image: its pixels, once unshuffled.
+        g = c["downsample"] ** 2 if c["stem"] == "unshuffle" else 1
         common = dict(
             channel_mult=mult, blocks_per_level=c["blocks_per_level"], attention_levels=tuple(c["attention_levels"])
         )
-        self.style_encoder = UNet(1, 2 * k, c["style_base_channels"], **common)
-        self.content_net = UNet(1 + k, 1, c["base_channels"], **common)
-        self.decoder = UNet(1 + k, 1, c["base_channels"], **common)
-        self.style_net = UNet(2, k, c["style_base_channels"], **common)
+        self.style_encoder = UNet(g, 2 * k, c["style_base_channels"], **common)
+        self.content_net = UNet(g + k, g, c["base_channels"], **common)
+        self.decoder = UNet(g + k, g, c["base_channels"], **common)
+        self.style_net = UNet(2 * g, k, c["style_base_channels"], **common)
         self.discriminators = None
         if c["adversarial_weight"] > 0:
+            width = c["style_base_channels"] * 2
             self.discriminators = torch.nn.ModuleDict(
-                {"content": PatchDiscriminator(2, c["style_base_channels"] * 2), "composite": PatchDiscriminator(2, c["style_base_channels"] * 2)}
+                {"content": PatchDiscriminator(2 * g, width), "composite": PatchDiscriminator(2 * g, width)}
             )
         self.tile_multiple = self._multiple = c["downsample"] * self.content_net.multiple
 
@@ -176,10 +204,17 @@ class StarBackend(Backend):
     # -- normalisation -----------------------------------------------------
 
     def _to_grid(self, x, reduce):
-        return to_grid(x, self.config["downsample"], self._multiple, reduce=reduce)
+        f = self.config["downsample"]
+        if self.config["stem"] == "bin":
+            return to_grid(x, f, self._multiple, reduce=reduce)
+        x, size = pad_to_multiple(x, self._multiple)
+        return F.pixel_unshuffle(x[:, None], f), size
 
     def _from_grid(self, x, size, reduce):
-        return from_grid(x, self.config["downsample"], size, reduce=reduce)
+        f = self.config["downsample"]
+        if self.config["stem"] == "bin":
+            return from_grid(x, f, size, reduce=reduce)
+        return F.pixel_shuffle(x, f)[:, 0, : size[0], : size[1]]
 
     def sky_forward(self, sky):
         """Normalised intensity of a binned sky: ``asinh(sky / a)``."""
@@ -198,7 +233,9 @@ class StarBackend(Backend):
 
     def content(self, x, style):
         """Style + composite -> normalised content."""
-        return self.content_net(torch.cat([x, style], dim=1))
+        t = self.content_net(torch.cat([x, style], dim=1))
+        # The stretch is odd, so t >= 0 is exactly sky >= 0.
+        return F.relu(t) if self.config["nonnegative"] else t
 
     def composite(self, content, style):
         """Content + style -> composite (binned dirty image)."""
@@ -231,7 +268,8 @@ class StarBackend(Backend):
         mu, logvar = self.encode_style(x)
         s = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         t_c = self.content(x, s)
-        losses = {"content": F.mse_loss(t_c, t_sky)}
+        content_loss = F.l1_loss if c["content_loss"] == "l1" else F.mse_loss
+        losses = {"content": content_loss(t_c, t_sky)}
         total = c["content_weight"] * losses["content"]
         if c["composite_weight"] > 0:
             losses["composite"] = F.mse_loss(self.composite(t_c, s), x)
@@ -254,7 +292,7 @@ class StarBackend(Backend):
             # ... and with a style from the prior, a dirty image whose content is the sky.
             fake = self.composite(t_sky, torch.randn_like(mu))
             mu_f, _ = self.encode_style(fake)
-            losses["branch2"] = F.mse_loss(x_paired, x) + F.mse_loss(self.content(fake, mu_f), t_sky)
+            losses["branch2"] = F.mse_loss(x_paired, x) + content_loss(self.content(fake, mu_f), t_sky)
             total = total + c["composite_weight"] * losses["branch2"]
         if c["two_to_one"]:
             losses["style"] = F.mse_loss(self.style(x, t_sky), mu.detach())

@@ -4,12 +4,15 @@
 `load_dataset` (or `SimulatedDataset`) reads them back as ``(dirty, sky)``
 pairs that `radiorecon.Reconstructor.fit` trains on. The default preset,
 ``"alma-cycle5-c43-3"``, is the recipe of the reference data set (Taran et
-al. 2023, Table 1); any parameter can be overridden by keyword.
+al. 2023, Table 1); any parameter can be overridden by keyword. The
+``"extended"`` preset puts radio galaxies (`radiorecon.simulate.galaxies`)
+in that setting, and ``"lotss"`` makes LoTSS-DR2-like restored cut-outs.
 """
 
 from .arrays import available_arrays, load_array
 from .dataset import SimulatedDataset, load_dataset, make_dataset
-from .imaging import UVCoverage, imaging_weights, visibility_noise
+from . import galaxies
+from .imaging import RestoredImaging, UVCoverage, imaging_weights, visibility_noise
 from .observe import SimulatedObservation, observe
 from .presets import DEFAULT_PRESET, available_presets, preset_parameters, resolve_parameters
 from .primary_beam import primary_beam_fwhm, primary_beam_gain, primary_beam_image
@@ -34,6 +37,7 @@ __all__ = [
     "imaging_weights",
     "visibility_noise",
     "UVCoverage",
+    "RestoredImaging",
     "primary_beam_fwhm",
     "primary_beam_gain",
     "primary_beam_image",

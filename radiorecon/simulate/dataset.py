@@ -31,8 +31,10 @@ from .._files import atomic_path
 from .._validate import check_int, check_seed
 from ..exceptions import InputError
 from .engine import (
-    common_meta, draw_centre, image_meta, image_rng, image_wcs, setup_for, simulate_image, truth_table,
+    common_meta, draw_centre, draw_sky, image_meta, image_rng, image_wcs, setup_for, simulate_image,
+    source_images, truth_table,
 )
+from .galaxies import SOURCE_COLUMNS
 from .layout import (
     FORMAT, FORMAT_VERSION, TRUTH_DTYPE, check_array, foreign_files, manifest, open_array,
     own_temporaries, read_config, read_table, shard_length, shard_name,
@@ -349,9 +351,21 @@ def make_dataset(n, *, preset=DEFAULT_PRESET, seed=None, out, overwrite=False, w
              for k, _, _ in shards]
     rows = np.concatenate(truth) if truth else np.zeros(0, TRUTH_DTYPE)
     comps = {c: rows[c] for c in ("x", "y", "flux", "fwhm_major", "fwhm_minor", "pa")}
+    if params["sky_model"] == "radio-galaxies":
+        comps.update(_galaxy_columns(params, seed, n))
     table = truth_table(rows["image_id"], comps, rows["ra"], rows["dec"], rows["pb_gain"], rows["peak_snr"])
     _atomic_write_table(os.path.join(out, "truth.ecsv"), table)
     return SimulatedDataset(out)
+
+
+def _galaxy_columns(params, seed, n):
+    """The radio-galaxy truth columns of all ``n`` images, drawn again (no imaging: milliseconds each).
+
+    The shards' truth rows hold the columns every sky model has; the draws
+    are repeated here, in the same order, rather than widening them.
+    """
+    drawn = [draw_sky(params, seed, i)[0] for i in range(n)]
+    return {c: np.concatenate([d[c] for d in drawn]) for c in SOURCE_COLUMNS}
 
 
 @contextlib.contextmanager
@@ -525,6 +539,21 @@ class SimulatedDataset:
         if self._truth is None:
             self._truth = read_table(os.path.join(self.path, "truth.ecsv"), ("image_id", "x", "y", "flux"))
         return self._truth
+
+    def source_images(self, i):
+        """The true sky of each source of image ``i`` on its own (what a deblender learns).
+
+        The sources are drawn again from the data set's parameters and
+        seed (without imaging), so nothing more is stored.
+
+        Returns
+        -------
+        images : `~numpy.ndarray`
+            ``(n_sources, npix, npix)`` float32 in Jy/pixel, without primary
+            beam, in the order of the image's rows of `truth`; their sum is
+            `sky` (up to float32 rounding).
+        """
+        return source_images(self.parameters, self.config["seed"], self._index(i))
 
     @property
     def primary_beam(self):

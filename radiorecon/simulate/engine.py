@@ -15,8 +15,12 @@ releases; the names here are public only within the package:
 `image_rng`, `draw_centre`
     The random stream of one image and the first draw from it, its phase
     centre (a data set's plan draws all centres without simulating).
-`image_wcs`, `truth_table`, `common_meta`, `image_meta`
-    The WCS, truth catalog and FITS cards of an image.
+`image_wcs`, `truth_table`, `components_table`, `common_meta`, `image_meta`
+    The WCS, truth catalogs (of sources and of their components) and FITS
+    cards of an image.
+`draw_sky`, `render_sources`, `source_images`
+    The sources and components of image ``index`` without observing it, and
+    the true image of each source on its own (what a deblender learns).
 """
 
 import collections
@@ -29,16 +33,17 @@ from astropy.coordinates import SkyCoord
 from astropy.table import QTable, Table
 from astropy.wcs import WCS
 
+from . import galaxies
 from . import sky as skymod
 from .arrays import load_array
-from .imaging import UVCoverage, visibility_noise
+from .imaging import RestoredImaging, UVCoverage, visibility_noise
 from .presets import to_json
 from .primary_beam import primary_beam_fwhm, primary_beam_gain, primary_beam_image
 from .uv import earth_rotation_uvw, hour_angles
 
 __all__ = [
     "Setup", "setup_for", "image_rng", "draw_centre", "simulate_image", "image_wcs", "truth_table",
-    "common_meta", "image_meta",
+    "components_table", "draw_sky", "render_sources", "source_images", "common_meta", "image_meta",
 ]
 
 _C = c.to_value(u.m / u.s)
@@ -60,7 +65,10 @@ class Setup:
         self.channel_width = width
         self.freq = (p["frequency"] + (np.arange(n) - (n - 1) / 2) * width).to_value(u.Hz)
         diameter = p["dish_diameter"]
-        if p["uvw"] is None:
+        self.restored = p["imaging"] == "restored"
+        if self.restored or p["array"] is None:
+            self.positions, self.telescope = None, ""
+        elif p["uvw"] is None:
             table = load_array(p["array"])
             self.positions = np.column_stack([table[c].to_value(u.m) for c in ("x", "y", "z")]) * u.m
             self.telescope = table.meta.get("observatory", "")
@@ -91,13 +99,16 @@ class Setup:
         """Declination (deg) at which the uv coverage of a phase centre at ``dec`` is computed."""
         step = self.params["psf_dec_step"].to_value(u.deg)
         if self.positions is None:
-            return 0.0  # given uvw: one coverage for all
+            return 0.0  # given uvw or a restored image: one coverage for all
         return float(np.round(dec / step) * step) if step > 0 else float(dec)
 
     def coverage(self, dec_bin, **known):
         """The `~radiorecon.simulate.UVCoverage` at a declination bin; ``known`` passes on psf2 and beam."""
         cov = self._coverages.get(dec_bin)
-        if cov is None:
+        if cov is None and self.restored:
+            p = self.params
+            cov = self._coverages[dec_bin] = RestoredImaging(p["restoring_beam"], self.npix, p["pixel_scale"])
+        elif cov is None:
             cov = self._coverages[dec_bin] = UVCoverage(
                 self.uvw(dec_bin), self.freq, self.npix, self.params["pixel_scale"],
                 self.params["weighting"], self.params["robust"], **known,
@@ -195,11 +206,12 @@ def simulate_image(params, seed, index, *, sky=None, centre=None, method="image"
     -------
     result : dict
         ``dirty`` (Jy/beam) and ``sky`` (Jy/pixel, without primary beam)
-        float32 images; ``components``; ``ra``, ``dec`` (deg) of the phase
-        centre and ``dec_bin`` of its PSF; ``wcs``; ``setup`` and
-        ``coverage``; per component ``pb_gain``, ``peak_snr``, ``src_ra``
-        and ``src_dec`` (deg); ``noise_rms`` (Jy/beam); ``visibilities``
-        (None on the image path).
+        float32 images; ``components``, one entry per source (see
+        `draw_sky`); ``parts``, its Gaussian components; ``ra``, ``dec``
+        (deg) of the phase centre and ``dec_bin`` of its PSF; ``wcs``;
+        ``setup`` and ``coverage``; per source ``pb_gain``, ``peak_snr``,
+        ``src_ra`` and ``src_dec`` (deg); ``noise_rms`` (Jy/beam);
+        ``visibilities`` (None on the image path).
     """
     setup = setup_for(params)
     rng = image_rng(seed, index)
@@ -207,13 +219,14 @@ def simulate_image(params, seed, index, *, sky=None, centre=None, method="image"
     ra, dec = centre if centre is not None else drawn
     wcs = image_wcs(ra, dec, setup.npix, setup.pixel)
     if sky is None:
-        comps = skymod.draw_components(rng, params, setup.npix, setup.pixel)
-        image = skymod.render(comps, setup.npix, setup.pixel)
+        comps, parts = _draw(rng, params)
+        image = skymod.render(parts, setup.npix, setup.pixel)
     elif isinstance(sky, Table):
-        comps = _table_components(sky, wcs, setup.npix)
+        comps = parts = _with_sources(_table_components(sky, wcs, setup.npix))
         image = skymod.render(comps, setup.npix, setup.pixel)
     else:
-        comps, image = skymod.empty_components(), _sky_image(sky, setup.npix)
+        comps = parts = _with_sources(skymod.empty_components())
+        image = _sky_image(sky, setup.npix)
     dec_bin = setup.dec_bin(dec)
     cov = setup.coverage(dec_bin)
     sigma = setup.noise_sigma(cov)
@@ -227,14 +240,75 @@ def simulate_image(params, seed, index, *, sky=None, centre=None, method="image"
     offset = np.hypot(comps["x"] - setup.npix // 2, comps["y"] - setup.npix // 2) * setup.pixel * u.arcsec
     gain = primary_beam_gain(offset, setup.pb_fwhm)
     rms = setup.image_rms(cov)
-    snr = skymod.peak_snr(comps["flux"], gain, comps, cov.beam, rms)
+    if parts is comps:  # one Gaussian per source
+        snr = skymod.peak_snr(comps["flux"], gain, comps, cov.beam, rms)
+    else:
+        snr = galaxies.peak_snr(parts, len(comps["x"]), setup.pixel, gain, cov.beam, rms)
     world = wcs.wcs_pix2world(comps["x"], comps["y"], 0) if len(comps["x"]) else (np.zeros(0), np.zeros(0))
     return {
         "ra": ra, "dec": dec, "dec_bin": dec_bin, "wcs": wcs, "setup": setup, "coverage": cov,
-        "dirty": dirty, "sky": image, "components": comps, "pb_gain": gain, "peak_snr": snr,
+        "dirty": dirty, "sky": image, "components": comps, "parts": parts, "pb_gain": gain, "peak_snr": snr,
         "src_ra": np.asarray(world[0]), "src_dec": np.asarray(world[1]), "noise_rms": rms,
         "visibilities": vis,
     }
+
+
+def _with_sources(comps):
+    """Gaussian sources as their own components: ``source`` and ``kind`` added."""
+    n = len(comps["x"])
+    return {**comps, "source": np.arange(n), "kind": np.full(n, "gaussian", dtype="<U8")}
+
+
+def _draw(rng, params):
+    npix, pixel = params["npix"], params["pixel_scale"].to_value(u.arcsec)
+    if params["sky_model"] == "radio-galaxies":
+        return galaxies.draw_galaxies(rng, params, npix, pixel)
+    comps = _with_sources(skymod.draw_components(rng, params, npix, pixel))
+    return comps, comps
+
+
+def draw_sky(params, seed, index):
+    """The sources and components of image ``index`` of seed ``seed``, without observing it.
+
+    Returns
+    -------
+    sources : dict
+        Per source: ``x``, ``y`` (pixels), ``flux`` (Jy), ``fwhm_major``,
+        ``fwhm_minor`` (arcsec), ``pa`` (deg), and for
+        ``sky_model="radio-galaxies"`` the columns of
+        `radiorecon.simulate.galaxies.draw_galaxies`.
+    components : dict
+        Per Gaussian component: the same shape columns, ``source`` (row in
+        ``sources``) and ``kind``. For the Gaussian sky model, the sources
+        themselves.
+    """
+    rng = image_rng(seed, index)
+    draw_centre(rng, params)  # as in simulate_image: the same stream
+    return _draw(rng, params)
+
+
+def render_sources(components, n_sources, npix, pixel):
+    """``(n_sources, npix, npix)`` float32 images (Jy/pixel) of each source's components on its own."""
+    cube = np.zeros((n_sources, npix, npix), np.float32)
+    for i in range(n_sources):
+        k = components["source"] == i
+        cube[i] = skymod.render({c: components[c][k] for c in skymod.COLUMNS}, npix, pixel)
+    return cube
+
+
+def source_images(params, seed, index):
+    """The true sky of each source of image ``index``, without primary beam.
+
+    Returns
+    -------
+    images : `~numpy.ndarray`
+        ``(n_sources, npix, npix)`` float32 in Jy/pixel, in the order of the
+        truth table's rows; they sum to the image's ``sky`` (up to float32
+        rounding).
+    """
+    sources, components = draw_sky(params, seed, index)
+    pixel = params["pixel_scale"].to_value(u.arcsec)
+    return render_sources(components, len(sources["x"]), params["npix"], pixel)
 
 
 def _sky_image(sky, npix):
@@ -284,10 +358,18 @@ def _table_components(table, wcs, npix):
             "fwhm_major": major, "fwhm_minor": minor, "pa": pa}
 
 
+#: Units of the radio-galaxy truth columns (the others are plain numbers or strings).
+_SOURCE_UNITS = {"linear_size": u.kpc, "las": u.arcsec, "axis_pa": u.deg, "bend": u.deg}
+
+
 def truth_table(image_id, comps, src_ra, src_dec, pb_gain, peak_snr):
-    """The truth catalog of components (see `~radiorecon.simulate.observe`)."""
+    """The truth catalog of sources (see `~radiorecon.simulate.observe`).
+
+    Radio-galaxy columns (`radiorecon.simulate.galaxies.SOURCE_COLUMNS`)
+    present in ``comps`` are added after the others.
+    """
     image_id = np.broadcast_to(np.asarray(image_id, np.int64), (len(comps["x"]),))
-    return QTable(
+    table = QTable(
         {
             "image_id": image_id,
             "x": comps["x"], "y": comps["y"],
@@ -298,6 +380,23 @@ def truth_table(image_id, comps, src_ra, src_dec, pb_gain, peak_snr):
             "pb_gain": np.asarray(pb_gain, float), "peak_snr": np.asarray(peak_snr, float),
         }
     )
+    for name in galaxies.SOURCE_COLUMNS:
+        if name in comps:
+            value = np.asarray(comps[name])
+            table[name] = value * _SOURCE_UNITS[name] if name in _SOURCE_UNITS else value
+    return table
+
+
+def components_table(image_id, parts):
+    """The Gaussian components of the sources: ``image_id``, ``source``, ``kind`` and their shapes."""
+    n = len(parts["x"])
+    return QTable({
+        "image_id": np.broadcast_to(np.asarray(image_id, np.int64), (n,)).copy(),
+        "source": np.asarray(parts["source"], np.int64), "kind": np.asarray(parts["kind"], str),
+        "x": parts["x"], "y": parts["y"], "flux": parts["flux"] * u.Jy,
+        "fwhm_major": parts["fwhm_major"] * u.arcsec, "fwhm_minor": parts["fwhm_minor"] * u.arcsec,
+        "pa": parts["pa"] * u.deg,
+    })
 
 
 def common_meta(setup, *, seed, preset):

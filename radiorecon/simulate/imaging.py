@@ -25,6 +25,12 @@ Two ways give the same dirty image (`~radiorecon.simulate.UVCoverage.dirty`):
     same variance and, up to lags of a good fraction of the image, the same
     correlation (its uv positions move by at most half a cell of
     ``1 / (2 * field of view)``). The tests check both.
+
+Deconvolved surveys (LoTSS, say) publish restored images instead: the sky
+convolved with a Gaussian restoring beam, plus noise that the same beam
+correlates. `RestoredImaging` makes those, with the interface of
+`UVCoverage`, so that a preset with ``imaging="restored"`` flows through the
+same engine, data sets and benchmark (its "PSF" is the restoring beam).
 """
 
 import functools
@@ -34,7 +40,7 @@ import numpy as np
 import scipy.fft
 from astropy.constants import c
 
-__all__ = ["imaging_weights", "visibility_noise", "UVCoverage"]
+__all__ = ["imaging_weights", "visibility_noise", "UVCoverage", "RestoredImaging"]
 
 # Relative accuracy of the gridder; far below the noise of any simulated image.
 EPSILON = 1e-5
@@ -305,6 +311,94 @@ class UVCoverage:
         # Only the first n rows of the 2n x 2n result are the image.
         half = scipy.fft.ifft(spectrum, axis=0, overwrite_x=True)[:n]
         return scipy.fft.irfft(half, n=n2, axis=1)[:, :n].copy()
+
+
+class RestoredImaging:
+    """Restored images: the sky convolved with a circular Gaussian beam, plus beam-correlated noise.
+
+    The image of a sky in Jy/pixel is in Jy/beam: the convolution with the
+    beam of peak 1 (a point source of ``S`` Jy peaks at ``S`` Jy/beam). The
+    noise is white noise convolved with the same beam and scaled to the
+    requested rms, so its correlation is the beam's autocorrelation, as in a
+    deconvolved image whose residuals are noise-dominated.
+
+    Parameters
+    ----------
+    fwhm : `~astropy.units.Quantity`
+        FWHM of the restoring beam.
+    npix : int
+        Image size (even).
+    pixel_scale : `~astropy.units.Quantity`
+        Pixel size.
+
+    Raises
+    ------
+    ValueError
+        If the beam is narrower than two pixels (the image would not sample it).
+    """
+
+    #: Image rms per unit noise: the noise is given as the image rms.
+    noise_gain = 1.0
+    uvw = weights = None
+
+    def __init__(self, fwhm, npix, pixel_scale):
+        from radio_beam import Beam
+
+        self.npix, self.pixel_scale = int(npix), pixel_scale
+        width = float((fwhm / pixel_scale).decompose())
+        if width < 2:
+            raise ValueError(
+                f"restoring_beam {fwhm} is under two pixels of {pixel_scale}: the image would not sample it"
+            )
+        self.beam = Beam(major=fwhm, minor=fwhm, pa=0 * u.deg)
+        r = np.arange(-self.npix, self.npix)
+        sigma = width / np.sqrt(8 * np.log(2))
+        g = np.exp(-0.5 * (r / sigma) ** 2)
+        self.psf2 = np.outer(g, g).astype(np.float32)  # peak 1 at (npix, npix)
+        # The noise is convolved with the beam normalised to unit sum of squares.
+        self._noise_scale = float(1.0 / np.sqrt((self.psf2.astype(np.float64) ** 2).sum()))
+
+    def psf(self, size=None):
+        """The beam on ``size`` pixels (default ``npix``), peak 1 at ``size // 2``."""
+        return UVCoverage.psf(self, size)
+
+    def visibilities(self, sky, noise_sigma=0.0, rng=None):
+        raise ValueError("a restored image has no visibilities: use method='image' with imaging='restored'")
+
+    @functools.cached_property
+    def _transfer(self):
+        return scipy.fft.rfft2(np.fft.ifftshift(self.psf2)).astype(np.complex64)
+
+    def dirty(self, sky, noise_sigma=0.0, rng=None, method="image"):
+        """Restored image in Jy/beam of a sky in Jy/pixel, with noise of rms ``noise_sigma`` (Jy/beam).
+
+        Parameters
+        ----------
+        sky : `~numpy.ndarray`
+            ``(npix, npix)`` sky (primary beam applied), Jy/pixel.
+        noise_sigma : float
+            Rms of the image noise, Jy/beam.
+        rng : `numpy.random.Generator`
+            Needed when ``noise_sigma > 0``.
+        method : {"image"}
+            Restored images are made in the image plane only.
+
+        Returns
+        -------
+        image : `~numpy.ndarray`
+            ``(npix, npix)`` float32.
+        """
+        if method != "image":
+            self.visibilities(sky)
+        n, n2 = self.npix, 2 * self.npix
+        # On the 2N grid the circular convolution of the zero-padded sky is
+        # the linear one, and that of the white noise a stationary field.
+        field = np.zeros((n2, n2), np.float32)
+        field[:n, :n] = sky
+        if noise_sigma > 0:
+            field += (noise_sigma * self._noise_scale) * rng.standard_normal((n2, n2), dtype=np.float32)
+        spectrum = scipy.fft.rfft2(field) * self._transfer
+        return scipy.fft.irfft2(spectrum, s=(n2, n2))[:n, :n].astype(np.float32)
 
 
 def _ducc():

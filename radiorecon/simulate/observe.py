@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import QTable
 
 from .._validate import check_int, check_seed
-from .engine import common_meta, image_meta, simulate_image, truth_table
+from .engine import common_meta, components_table, image_meta, render_sources, simulate_image, truth_table
 from .presets import DEFAULT_PRESET, resolve_parameters
 
 __all__ = ["observe", "SimulatedObservation"]
@@ -37,10 +37,24 @@ class SimulatedObservation:
     psf : `~astropy.nddata.CCDData`
         PSF of ``npix`` pixels, peak 1 at pixel ``npix // 2``, same WCS.
     truth : `~astropy.table.QTable`
-        One row per component: ``image_id``, ``x``, ``y`` (0-based pixels),
+        One row per source: ``image_id``, ``x``, ``y`` (0-based pixels),
         ``sky_centroid``, ``flux`` (Jy), ``fwhm_major``, ``fwhm_minor``
         (arcsec, 0 for points), ``pa`` (deg, east of north), ``pb_gain``
-        and ``peak_snr`` (see `~radiorecon.simulate.observe`).
+        and ``peak_snr`` (see `~radiorecon.simulate.observe`). With
+        ``sky_model="radio-galaxies"``, ``x``, ``y`` are the core's, the
+        shape is the Gaussian of the source's second moments, and the
+        columns ``class`` (``"compact"``, ``"FRI"``, ``"FRII"``),
+        ``redshift``, ``linear_size``, ``las``, ``axis_pa``,
+        ``core_fraction``, ``flux_ratio``, ``arm_ratio``, ``bend``,
+        ``axis_ratio``, ``hotspot_fraction`` and ``n_components`` follow
+        (see `radiorecon.simulate.galaxies.draw_galaxies`).
+    components : `~astropy.table.QTable`
+        The Gaussian components of the sources, one row each:
+        ``image_id``, ``source`` (row of ``truth``), ``kind``
+        (``"gaussian"`` for the default sky's sources; ``"compact"``,
+        ``"core"``, ``"jet"``, ``"lobe"``, ``"hotspot"`` for radio
+        galaxies), ``x``, ``y``, ``flux``, ``fwhm_major``, ``fwhm_minor``,
+        ``pa``. `source_images` renders them source by source.
     primary_beam : `~numpy.ndarray`
         Gain of the primary beam on the image grid.
     beam : `radio_beam.Beam`
@@ -73,6 +87,24 @@ class SimulatedObservation:
     uvw: u.Quantity = None
     weights: np.ndarray = None
     visibilities: np.ndarray = None
+    components: QTable = None
+
+    def source_images(self):
+        """The true sky of each source on its own, as `sky` renders it.
+
+        Returns
+        -------
+        images : `~astropy.units.Quantity`
+            ``(n_sources, npix, npix)`` in Jy/pixel (without primary beam), in
+            the order of `truth`'s rows; their sum is `sky` (up to float32
+            rounding) unless the sky was given as an image.
+        """
+        c = self.components
+        parts = {name: u.Quantity(c[name]).value for name in ("x", "y", "flux", "fwhm_major", "fwhm_minor", "pa")}
+        parts["source"] = np.asarray(c["source"])
+        npix = self.parameters["npix"]
+        pixel = self.parameters["pixel_scale"].to_value(u.arcsec)
+        return render_sources(parts, len(self.truth), npix, pixel) * (u.Jy / u.pix)
 
     def __repr__(self):
         b = self.beam
@@ -180,6 +212,7 @@ def observe(sky=None, *, preset=DEFAULT_PRESET, seed=None, index=0, phase_center
         phase_center=SkyCoord(r["ra"] * u.deg, r["dec"] * u.deg, frame="icrs"),
         frequency=setup.freq * u.Hz,
         parameters=params,
+        components=components_table(0, r["parts"]),
     )
     if return_uv:
         result.uvw, result.weights, result.visibilities = cov.uvw * u.m, cov.weights, r["visibilities"]

@@ -14,7 +14,8 @@ The parameters, with their values in ``"alma-cycle5-c43-3"``, are as follows.
 Observation:
 
 ``array`` (``"alma_cycle5_3"``)
-    Configuration name, path or table (see `~radiorecon.simulate.load_array`).
+    Configuration name, path or table (see `~radiorecon.simulate.load_array`);
+    None with ``imaging="restored"``, which uses no array.
 ``latitude`` (-23.0229 deg)
     Latitude of the array.
 ``right_ascension``, ``declination`` (150.1192 deg, 2.2058 deg: COSMOS)
@@ -33,6 +34,13 @@ Observation:
     Earth rotation is applied to them.
 
 Imaging and noise:
+
+``imaging`` (``"dirty"``), ``restoring_beam`` (6 arcsec)
+    ``"dirty"``: the dirty image of the array (as below). ``"restored"``:
+    the image of a deconvolved survey, the sky convolved with a circular
+    Gaussian restoring beam of FWHM ``restoring_beam`` plus noise of rms
+    ``noise_rms`` correlated by that beam (see
+    `~radiorecon.simulate.RestoredImaging`); its PSF is the beam.
 
 ``npix`` (512), ``pixel_scale`` (0.1 arcsec)
     Square image; ``npix`` even and at least 32.
@@ -66,6 +74,29 @@ Sky:
     ``min_separation`` apart.
 ``point_fraction`` (0)
     Fraction of sources that are points.
+``sky_model`` (``"gaussian"``)
+    ``"gaussian"``: the sources above. ``"radio-galaxies"``: compact
+    sources (shaped by ``fwhm_range``, ``pa_range`` and ``point_fraction``),
+    FR I and FR II radio galaxies (see `radiorecon.simulate.galaxies`), with
+    ``n_sources``, ``empty_fraction``, the placement and the total fluxes as
+    above, and:
+``class_fractions`` ((0.2, 0.4, 0.4))
+    Probabilities of a source being compact, FR I or FR II.
+``linear_size_range`` ((5, 150) kpc), ``redshift_range`` ((0.5, 3))
+    Projected linear size (log-uniform) and redshift (uniform) of the
+    extended sources; with the Planck 2018 cosmology they give the angular
+    size, the length of the two arms together.
+``size_range`` ((1.5, 15) arcsec)
+    Angular sizes allowed; other draws of size and redshift are made again.
+
+The other presets: ``"extended"`` is the default preset with
+``sky_model="radio-galaxies"`` and fluxes of 0.2-5 mJy (log-uniform).
+``"lotss"`` is a LoTSS-DR2-like survey cut-out (Shimwell et al. 2022:
+144 MHz, 6" restoring beam, median rms 83 µJy/beam): 80 x 80 pixels of
+1.5", ``imaging="restored"``, no primary beam (survey mosaics are
+corrected for it), one radio galaxy within 6" of the centre, fluxes of
+5-100 mJy (log-uniform), angular sizes 12-90", linear sizes 30-1000 kpc at
+redshifts 0.1-1.5, and compact sources of FWHM up to 5" (half of them points).
 """
 
 import copy
@@ -122,7 +153,56 @@ PRESETS = {
         "placement_radius": 11.43 * u.arcsec,
         "min_separation": 0.0 * u.arcsec,
         "point_fraction": 0.0,
+        "sky_model": "gaussian",
+        # Radio galaxies (sky_model="radio-galaxies"); our choices, see the module docs.
+        "class_fractions": (0.2, 0.4, 0.4),
+        "linear_size_range": (5.0, 150.0) * u.kpc,
+        "redshift_range": (0.5, 3.0),
+        "size_range": (1.5, 15.0) * u.arcsec,
+        "imaging": "dirty",
+        "restoring_beam": 6.0 * u.arcsec,
     },
+}
+PRESETS["extended"] = {
+    **PRESETS[DEFAULT_PRESET],
+    "sky_model": "radio-galaxies",
+    # Extended sources spread their flux over many beams: brighter than the
+    # default's 0.05-0.5 mJy, to be seen above the 50 uJy/beam noise (our choice).
+    "flux_range": (0.2, 5.0) * u.mJy,
+    "flux_distribution": "log-uniform",
+}
+PRESETS["lotss"] = {
+    **PRESETS[DEFAULT_PRESET],
+    # LoTSS-DR2 (Shimwell et al. 2022, A&A 659, A1): 120-168 MHz centred on
+    # 144 MHz, 6" restored images, median rms 83 uJy/beam; the field centre is
+    # that of its larger region (12h45m +44d30m). The 1.5" pixels and 80 x 80
+    # cut-outs are those of the score-based generative models' data.
+    "array": None,
+    "latitude": 52.91 * u.deg,  # LOFAR core, unused by restored images
+    "right_ascension": 191.25 * u.deg,
+    "declination": 44.5 * u.deg,
+    "field_radius": 0.0 * u.deg,
+    "frequency": 144.0 * u.MHz,
+    "bandwidth": 48.0 * u.MHz,
+    "npix": 80,
+    "pixel_scale": 1.5 * u.arcsec,
+    "noise_rms": 83.0 * u.uJy / u.beam,
+    "primary_beam": False,
+    "psf_dec_step": 0.0 * u.deg,
+    "imaging": "restored",
+    "restoring_beam": 6.0 * u.arcsec,
+    "sky_model": "radio-galaxies",
+    # One source near the centre of each cut-out, as in catalogue-centred cut-outs (our choice).
+    "n_sources": (1, 1),
+    "empty_fraction": 0.0,
+    "placement_radius": 6.0 * u.arcsec,
+    "flux_range": (5.0, 100.0) * u.mJy,
+    "flux_distribution": "log-uniform",
+    "fwhm_range": (0.0, 5.0) * u.arcsec,
+    "point_fraction": 0.5,
+    "linear_size_range": (30.0, 1000.0) * u.kpc,
+    "redshift_range": (0.1, 1.5),
+    "size_range": (12.0, 90.0) * u.arcsec,
 }
 
 # name: (kind, canonical unit or choices or (min, max) bounds, meaning). The
@@ -162,6 +242,13 @@ _SPEC = {
     "placement_radius": ("nonnegative", u.arcsec, "radius within which sources lie"),
     "min_separation": ("nonnegative", u.arcsec, "minimum source separation"),
     "point_fraction": ("number", (0, 1), "fraction of point sources"),
+    "sky_model": ("choice", ("gaussian", "radio-galaxies"), "sky model"),
+    "class_fractions": ("fractions", 3, "(compact, FRI, FRII) probabilities"),
+    "linear_size_range": ("positive_range", u.kpc, "(min, max) projected linear size"),
+    "redshift_range": ("number_range", (1e-3, 10), "(min, max) redshift"),
+    "size_range": ("positive_range", u.arcsec, "(min, max) angular size of extended sources"),
+    "imaging": ("choice", ("dirty", "restored"), "imaging model"),
+    "restoring_beam": ("positive", u.arcsec, "restoring beam FWHM"),
 }
 
 
@@ -233,6 +320,10 @@ def resolve_parameters(preset=DEFAULT_PRESET, **overrides):
         raise ValueError("give noise_rms or sefd, not both: the SEFD sets the noise")
     params.update(overrides)
     out = {name: _check(name, params[name]) for name in _SPEC}
+    if out["imaging"] == "restored" and out["sefd"] is not None:
+        raise ValueError("imaging='restored' takes noise_rms, not sefd: a restored image has no visibilities")
+    if out["imaging"] == "dirty" and out["array"] is None and out["uvw"] is None:
+        raise ValueError("imaging='dirty' needs an array or uvw points (array=None only with imaging='restored')")
     if out["sefd"] is not None:
         out["noise_rms"] = None  # set by the radiometer equation instead
     elif out["noise_rms"] is None:
@@ -260,6 +351,8 @@ def _check(name, value):
     wrong = f"{name} ({what}) must be"
 
     if kind == "array":
+        if value is None:
+            return None
         if isinstance(value, Table):
             return value
         if isinstance(value, (str, os.PathLike)):
@@ -294,12 +387,20 @@ def _check(name, value):
         hi = check_int(hi, f"{name} ({what}) maximum", minimum=lo)
         return (lo, hi)
     if kind == "number":
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            raise TypeError(f"{wrong} a number, not {value!r}")
-        lo, hi = unit
-        if not (np.isfinite(value) and lo <= value <= hi):
-            raise ValueError(f"{wrong} within [{lo:g}, {hi:g}], not {value!r}")
-        return float(value)
+        return _check_number(name, value, unit, wrong)
+    if kind == "fractions":
+        try:
+            values = np.array(value, dtype=float)
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.shape != (unit,) or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0:
+            raise ValueError(f"{wrong} {unit} non-negative numbers, not all 0, not {value!r}")
+        return tuple(float(v) for v in values / values.sum())
+    if kind == "number_range":
+        lo, hi = (_check_number(name, v, unit, wrong) for v in _pair(name, value, what))
+        if lo > hi:
+            raise ValueError(f"{wrong} (min, max) with min <= max, not {value!r}")
+        return (lo, hi)
     if kind.endswith("range"):
         lo, hi = _pair(name, value, what)
         q = _quantity(name, u.Quantity([u.Quantity(lo), u.Quantity(hi)]), unit, what)
@@ -326,6 +427,15 @@ def _check(name, value):
     if kind == "latitude" and abs(q.value) > 90:
         raise ValueError(f"{wrong} within [-90, 90] deg, not {q}")
     return q
+
+
+def _check_number(name, value, bounds, wrong):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{wrong} a number, not {value!r}")
+    lo, hi = bounds
+    if not (np.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{wrong} within [{lo:g}, {hi:g}], not {value!r}")
+    return float(value)
 
 
 def _is_flux(value):

@@ -13,7 +13,10 @@ import numpy as np
 
 from .._validate import FWHM_PER_SIGMA
 
-__all__ = ["COLUMNS", "empty_components", "draw_components", "render", "peak_snr"]
+__all__ = [
+    "COLUMNS", "empty_components", "place_sources", "sky_fluxes", "draw_components", "render", "covariance",
+    "peak_snr",
+]
 
 COLUMNS = ("x", "y", "flux", "fwhm_major", "fwhm_minor", "pa")
 # Sub-pixel samples per axis. The 4 x 4 midpoint rule integrates a Gaussian
@@ -30,7 +33,8 @@ def empty_components():
     return {name: np.zeros(0) for name in COLUMNS}
 
 
-def _fluxes(rng, n, lo, hi, distribution, index):
+def sky_fluxes(rng, n, lo, hi, distribution, index):
+    """``n`` fluxes in ``[lo, hi]`` from the preset's ``flux_distribution`` and ``flux_index``."""
     x = rng.random(n)
     if distribution == "uniform":
         return lo + (hi - lo) * x
@@ -40,6 +44,32 @@ def _fluxes(rng, n, lo, hi, distribution, index):
     if distribution == "power-law":  # inverse CDF of dN/dS ~ S**index on [lo, hi]
         return (lo**a + x * (hi**a - lo**a)) ** (1 / a)
     raise ValueError(f"unknown flux distribution {distribution!r}")
+
+
+def place_sources(rng, n, p):
+    """Offsets (arcsec east, north of the centre) of ``n`` sources, uniform within ``placement_radius``.
+
+    Raises
+    ------
+    ValueError
+        When ``min_separation`` cannot be met within the placement radius.
+    """
+    radius = p["placement_radius"].to_value("arcsec")
+    min_sep = p["min_separation"].to_value("arcsec")
+    offsets = np.empty((n, 2))  # east, north in arcsec
+    for i in range(n):
+        for _ in range(_MAX_TRIES):
+            # sqrt: uniform per unit area within the circle.
+            r, phi = radius * np.sqrt(rng.random()), 2 * np.pi * rng.random()
+            offsets[i] = r * np.sin(phi), r * np.cos(phi)
+            if min_sep == 0 or i == 0 or np.hypot(*(offsets[:i] - offsets[i]).T).min() >= min_sep:
+                break
+        else:
+            raise ValueError(
+                f"could not place {n} sources {min_sep} arcsec apart within {radius} arcsec; "
+                "lower min_separation or n_sources"
+            )
+    return offsets
 
 
 def draw_components(rng, p, npix, pixel):
@@ -72,23 +102,9 @@ def draw_components(rng, p, npix, pixel):
     n = int(rng.integers(lo, hi + 1))
     if empty or n == 0:
         return empty_components()
-    radius = p["placement_radius"].to_value("arcsec")
-    min_sep = p["min_separation"].to_value("arcsec")
-    offsets = np.empty((n, 2))  # east, north in arcsec
-    for i in range(n):
-        for _ in range(_MAX_TRIES):
-            # sqrt: uniform per unit area within the circle.
-            r, phi = radius * np.sqrt(rng.random()), 2 * np.pi * rng.random()
-            offsets[i] = r * np.sin(phi), r * np.cos(phi)
-            if min_sep == 0 or i == 0 or np.hypot(*(offsets[:i] - offsets[i]).T).min() >= min_sep:
-                break
-        else:
-            raise ValueError(
-                f"could not place {n} sources {min_sep} arcsec apart within {radius} arcsec; "
-                "lower min_separation or n_sources"
-            )
+    offsets = place_sources(rng, n, p)
     f_lo, f_hi = p["flux_range"].to_value("Jy")
-    flux = _fluxes(rng, n, f_lo, f_hi, p["flux_distribution"], p["flux_index"])
+    flux = sky_fluxes(rng, n, f_lo, f_hi, p["flux_distribution"], p["flux_index"])
     point = rng.random(n) < p["point_fraction"]
     fwhm = np.sort(rng.uniform(*p["fwhm_range"].to_value("arcsec"), size=(n, 2)), axis=1)
     pa = rng.uniform(*p["pa_range"].to_value("deg"), size=n)
@@ -150,7 +166,7 @@ def render(components, npix, pixel):
     return image
 
 
-def _covariance(major, minor, pa):
+def covariance(major, minor, pa):
     """Covariances ``(..., 2, 2)`` (east, north) of Gaussians of FWHMs and PA (deg)."""
     s_maj, s_min = major / FWHM_PER_SIGMA, minor / FWHM_PER_SIGMA
     t = np.radians(pa)
@@ -183,9 +199,9 @@ def peak_snr(flux, gain, components, beam, noise_rms):
     -------
     snr : `~numpy.ndarray`
     """
-    b = _covariance(*(np.asarray(v, float) for v in (
+    b = covariance(*(np.asarray(v, float) for v in (
         beam.major.to_value("arcsec"), beam.minor.to_value("arcsec"), beam.pa.to_value("deg"))))
-    src = _covariance(components["fwhm_major"], components["fwhm_minor"], components["pa"])
+    src = covariance(components["fwhm_major"], components["fwhm_minor"], components["pa"])
     peak = flux * gain * np.sqrt(np.linalg.det(b) / np.linalg.det(b + src))
     with np.errstate(divide="ignore"):
         return peak / noise_rms if noise_rms > 0 else np.full(len(flux), np.inf)
