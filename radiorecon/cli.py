@@ -8,6 +8,7 @@ its traceback.
 
 import argparse
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import traceback
 from . import __version__
 from .exceptions import CapabilityError, InputError, RadioreconError
 from ._files import check_new
+from .parallel import DEFAULT_THRESHOLD
 
 __all__ = ["main"]
 
@@ -32,7 +34,7 @@ _LOG_HANDLER = "radiorecon.cli"
 
 # Detection threshold (S/N) of predict --catalog for models that record no
 # catalog_threshold of their own (demo's is radiorecon.demo.DEFAULT_THRESHOLD).
-_PREDICT_THRESHOLD = 5.0
+_PREDICT_THRESHOLD = DEFAULT_THRESHOLD
 
 _THREADS_HELP = ("torch CPU threads (default: OMP_NUM_THREADS, else one per core); "
                  "fewer than the cores is often faster on a busy machine")
@@ -151,19 +153,6 @@ def _check_output(path, overwrite, option):
         raise InputError(f"cannot write {path}: no permission to write in {directory}")
 
 
-def _check_catalog_input(image, path):
-    """Refuse ``--catalog`` before predicting when the input ``image`` (read from ``path``) cannot give a catalog."""
-    from .io import get_beam
-
-    if image.wcs is None or not image.wcs.has_celestial:
-        raise InputError(f"--catalog needs sky coordinates, but {path} has no celestial WCS")
-    if get_beam(image) is None:
-        raise InputError(
-            f"--catalog needs the clean beam, but {path} records none "
-            "(BMAJ, BMIN and BPA cards, or a CASA BEAMS table)"
-        )
-
-
 def cmd_backends(args):
     from . import available_backends
     from .registry import backend_status
@@ -272,9 +261,66 @@ def _tiles(path, backend):
     return "whole images, of any size"
 
 
+def _expand_inputs(patterns):
+    """The input files: each pattern's matches (sorted), or the name itself when it is a file."""
+    paths = []
+    for pattern in patterns:
+        if glob.has_magic(pattern) and not os.path.exists(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise InputError(f"no files match {pattern!r}")
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    return paths
+
+
 def cmd_predict(args):
+    many = (args.out is not None or args.workers is not None or args.scheduler is not None
+            or len(args.inputs) > 1 or any(glob.has_magic(p) and not os.path.exists(p) for p in args.inputs))
+    if many:
+        return _predict_many(args)
+    if args.output is None:
+        raise InputError("give the output file with -o OUT.fits (or --out DIR for many inputs)")
+    args.input = args.inputs[0]
+    return _predict_one(args)
+
+
+def _predict_many(args):
+    """predict on many inputs: one task per input on a Dask cluster, outputs in --out."""
+    from .parallel import predict_many
+
+    for option, given in (("-o", args.output), ("--catalog", args.catalog)):
+        if given is not None:
+            raise InputError(f"{option} names one output file; with many inputs, give --out DIR "
+                             "(each input writes NAME.model.fits and NAME.sources.ecsv there)")
+    if args.out is None:
+        raise InputError("give the output directory with --out DIR for many inputs")
+    if args.workers is not None and args.scheduler is not None:
+        raise InputError("--workers starts a local cluster, --scheduler uses a running one: give one of them")
+    inputs = _expand_inputs(args.inputs)
+    for name in inputs + ([args.psf] if args.psf else []):
+        if not os.path.exists(name):
+            raise FileNotFoundError(f"{name} does not exist")
+    survey = predict_many(
+        inputs, args.model, args.out, client=args.scheduler, workers=args.workers, n_samples=args.samples,
+        psf=args.psf, aggregate=args.aggregate, seed=args.seed, device=args.device, threads=args.threads or 1,
+        config=_config_pairs(args.set), catalog=not args.no_catalog, threshold=args.threshold,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    skipped = int((survey.fields["status"] == "skipped").sum())
+    note = f" ({skipped} already finished)" if skipped else ""
+    print(f"wrote the results of {_plural(len(survey.fields), 'input')} to {args.out}{note}")
+    if survey.catalog is not None:
+        print(f"wrote {os.path.join(args.out, 'catalog.ecsv')} ({_plural(len(survey.catalog), 'source')} "
+              f"in {_plural(len(survey.fields), 'field')})")
+    return 0
+
+
+def _predict_one(args):
     from ._files import atomic_path
     from .io import read_image, write_result
+    from .parallel import check_catalog_input, field_catalog
 
     # Everything that can be checked is checked before the (long) prediction.
     if args.catalog and os.path.realpath(args.catalog) == os.path.realpath(args.output):
@@ -288,7 +334,7 @@ def cmd_predict(args):
     # Read once: the checks, the prediction and the catalog all use it.
     image = read_image(args.input)
     if args.catalog:
-        _check_catalog_input(image, args.input)
+        check_catalog_input(image, args.input, "--catalog")
     rec = _open_model(args.model, _config_pairs(args.set))
     # The front door would say psf= and n_samples=; here they are options.
     if args.psf is None and "needs_psf" in rec.capabilities:
@@ -311,7 +357,7 @@ def cmd_predict(args):
     threshold = args.threshold
     if threshold is None:
         threshold = rec.catalog_threshold or _PREDICT_THRESHOLD
-    catalog = _catalog(sky, image, threshold) if args.catalog else None
+    catalog = field_catalog(sky, image, threshold) if args.catalog else None
     # Both files appear, or neither: each is written to a temporary and moved into place last.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(args.output, overwrite=args.overwrite))
@@ -323,17 +369,6 @@ def cmd_predict(args):
     if catalog is not None:
         print(f"wrote {args.catalog} ({_plural(len(catalog), 'source')})")
     return 0
-
-
-def _catalog(sky, dirty, threshold):
-    """The sources of a prediction: a sky model is detected through the input's clean beam."""
-    import astropy.units as u
-
-    from .catalog import find_sources, find_sources_in_model
-
-    if sky.unit is not None and sky.unit.is_equivalent(u.Jy / u.pix):
-        return find_sources_in_model(sky, dirty, threshold)
-    return find_sources(sky, threshold=threshold)
 
 
 def cmd_train(args):
@@ -497,11 +532,13 @@ def _parser():
              "e.g. --set sampler=ddim --set steps=50",
     )
 
-    p = sub.add_parser("predict", parents=[common], help="reconstruct the sky model of a FITS image")
+    p = sub.add_parser("predict", parents=[common], help="reconstruct the sky model of FITS images")
     p.add_argument("model", help="model file (.rrm), pretrained:NAME for a shipped model, "
                    "or the name of a backend that needs no training")
-    p.add_argument("input", help="dirty image (FITS; CASA cubes with degenerate axes are fine)")
-    p.add_argument("-o", "--output", required=True, help="output FITS (data, UNCERT, MASK)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="dirty image (FITS; CASA cubes with degenerate axes are fine); several, or a quoted "
+                        "glob ('fields/*.fits'), run on Dask with --out")
+    p.add_argument("-o", "--output", help="output FITS (data, UNCERT, MASK) of one input")
     p.add_argument("--samples", type=_positive_int, default=1, metavar="N",
                    help="draws for the uncertainty, for backends that sample (default 1)")
     p.add_argument("--aggregate", choices=["median", "mean"], default="median")
@@ -511,6 +548,14 @@ def _parser():
     p.add_argument("--threshold", type=_positive_float, default=None,
                    help="detection threshold in sigma (default: the model's catalog threshold, "
                         f"see radiorecon info; else {_PREDICT_THRESHOLD:g})")
+    many = p.add_argument_group("many inputs (on Dask)")
+    many.add_argument("--out", metavar="DIR", help="output directory: NAME.model.fits and NAME.sources.ecsv "
+                      "per input NAME.fits and the merged catalog.ecsv; a rerun skips finished inputs")
+    many.add_argument("--workers", type=_positive_int, metavar="N",
+                      help="worker processes of a local Dask cluster (default: one per core)")
+    many.add_argument("--scheduler", metavar="ADDR",
+                      help="address of a running Dask scheduler (tcp://host:8786) instead of a local cluster")
+    many.add_argument("--no-catalog", action="store_true", help="write no catalogs")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("simulate", help="simulate a data set of dirty images, skies and PSFs")

@@ -30,7 +30,10 @@ __all__ = [
     "pad_to_multiple",
     "to_grid",
     "from_grid",
+    "grid_channels",
     "count_parameters",
+    "ConvEncoder",
+    "ConvDecoder",
 ]
 
 
@@ -392,23 +395,114 @@ def pad_to_multiple(x, multiple):
     return x, (ny, nx)
 
 
-def to_grid(x, factor, multiple, *, reduce="mean"):
-    """``(B, ny, nx)`` images to the ``(B, 1, h, w)`` grid a network works on.
+def grid_channels(factor, stem="bin"):
+    """Channels of one image on the grid of `to_grid`: 1 for bins, ``factor ** 2`` unshuffled."""
+    _check_stem(stem)
+    return factor**2 if stem == "unshuffle" else 1
 
-    Zero-pads to a multiple of ``multiple`` (native pixels) and bins by
-    ``factor`` (`bin_image`). Returns the grid and the original size, for
-    `from_grid`.
+
+def _check_stem(stem):
+    if stem not in ("bin", "unshuffle"):
+        raise ValueError(f"stem must be 'bin' or 'unshuffle', not {stem!r}")
+
+
+def to_grid(x, factor, multiple, *, reduce="mean", stem="bin"):
+    """``(B, ny, nx)`` images to the ``(B, C, h, w)`` grid a network works on.
+
+    Zero-pads to a multiple of ``multiple`` (native pixels), then makes a
+    grid ``factor`` times coarser: ``stem="bin"`` bins (`bin_image`, one
+    channel), ``"unshuffle"`` moves each ``factor x factor`` block of pixels
+    into ``factor ** 2`` channels of one cell (a pixel-unshuffle, Shi et al.
+    2016), which loses nothing (``reduce`` does not apply). Returns the grid
+    and the original size, for `from_grid`.
     """
+    _check_stem(stem)
     x, size = pad_to_multiple(x, multiple)
+    if stem == "unshuffle":
+        return F.pixel_unshuffle(x[:, None], factor), size
     return bin_image(x[:, None], factor, reduce=reduce), size
 
 
-def from_grid(x, factor, size, *, reduce="mean"):
-    """Inverse of `to_grid`: ``(B, 1, h, w)`` back to ``(B, ny, nx)`` native pixels."""
-    out = unbin_image(x, factor, reduce=reduce)[:, 0]
-    return out[:, : size[0], : size[1]]
+def from_grid(x, factor, size, *, reduce="mean", stem="bin"):
+    """Inverse of `to_grid`: ``(B, C, h, w)`` back to ``(B, ny, nx)`` native pixels.
+
+    Bins are interpolated back (`unbin_image`); unshuffled blocks are put
+    back exactly (a pixel-shuffle).
+    """
+    _check_stem(stem)
+    out = F.pixel_shuffle(x, factor) if stem == "unshuffle" else unbin_image(x, factor, reduce=reduce)
+    return out[:, 0, : size[0], : size[1]]
 
 
 def count_parameters(module):
     """Number of trainable parameters of a module."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class ConvEncoder(nn.Module):
+    """Square images to a vector: residual blocks with stride-2 downsampling, then a linear map.
+
+    The encoder of a variational autoencoder (``out_features = 2 x latent``
+    for a mean and a log-variance) or any image-to-vector network.
+
+    Parameters
+    ----------
+    in_channels, out_features : int
+    size : int
+        Height and width of the input; divisible by ``2 ** (len(channel_mult) - 1)``.
+    base_channels : int
+    channel_mult : sequence of int
+        Channels per level as multiples of ``base_channels``; each level
+        after the first halves the resolution.
+    """
+
+    def __init__(self, in_channels, out_features, size, base_channels=16, channel_mult=(1, 2, 4)):
+        super().__init__()
+        levels = len(channel_mult)
+        if size % 2 ** (levels - 1):
+            raise ValueError(f"size {size} is not divisible by 2 ** {levels - 1}")
+        layers, ch = [nn.Conv2d(in_channels, base_channels, 3, padding=1)], base_channels
+        for level, mult in enumerate(channel_mult):
+            layers.append(ResBlock(ch, base_channels * mult))
+            ch = base_channels * mult
+            if level < levels - 1:
+                layers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        layers += [ChannelNorm(ch), nn.SiLU(), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(ch * (size // 2 ** (levels - 1)) ** 2, out_features)
+
+    def forward(self, x):
+        return self.head(self.net(x))
+
+
+class ConvDecoder(nn.Module):
+    """A vector to square images: the mirror of `ConvEncoder`.
+
+    A linear map to the coarsest feature map, then residual blocks with
+    nearest-neighbour upsampling and a 3x3 convolution to ``out_channels``.
+
+    Parameters
+    ----------
+    in_features, out_channels, size, base_channels, channel_mult
+        As for `ConvEncoder` (``channel_mult`` listed from full resolution).
+    """
+
+    def __init__(self, in_features, out_channels, size, base_channels=16, channel_mult=(1, 2, 4)):
+        super().__init__()
+        levels = len(channel_mult)
+        if size % 2 ** (levels - 1):
+            raise ValueError(f"size {size} is not divisible by 2 ** {levels - 1}")
+        ch, coarse = base_channels * channel_mult[-1], size // 2 ** (levels - 1)
+        self.shape = (ch, coarse, coarse)
+        self.stem = nn.Linear(in_features, ch * coarse * coarse)
+        layers = []
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            layers.append(ResBlock(ch, base_channels * mult))
+            ch = base_channels * mult
+            if level > 0:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+        layers += [ChannelNorm(ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(self.stem(z).reshape(-1, *self.shape))

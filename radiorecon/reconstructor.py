@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__, modelfile, pipeline, provenance, registry
 from ._validate import check_int, check_seed
 from .backend import Backend
-from .exceptions import CapabilityError, ModelFileError, NotFittedError
+from .exceptions import CapabilityError, InputError, ModelFileError, NotFittedError
 from .normalisation import Normalisation
 from .pretrained import resolve_model_path
 from .result import Reconstruction
@@ -689,8 +689,8 @@ class Reconstructor:
 
     # -- sampling ----------------------------------------------------------
 
-    def sample(self, n=1, *, shape=None, seed=None, batch_size=8, progress=True, device="auto",
-               threads=None):
+    def sample(self, n=1, *, shape=None, seed=None, wcs=None, batch_size=8, progress=True, device="auto",
+               threads=None, **settings):
         """Draw sky images from a generative backend's learned prior.
 
         Parameters
@@ -700,13 +700,28 @@ class Reconstructor:
         shape : tuple of int, optional
             ``(ny, nx)``; the backend's ``tile_shape`` by default.
         seed : int, optional
+        wcs : `~astropy.wcs.WCS`, optional
+            Celestial WCS of the images. By default, one centred on RA 0,
+            Dec 0 with the pixel size of the model's training `domain`
+            (generated skies have no place on the sky, but their pixels
+            have a size), or none if the domain does not know it.
         batch_size, progress, device, threads
             As for `predict`.
+        **settings
+            Prediction settings (``inference_keys``, e.g. ``steps`` and
+            ``sampler`` of ``score``) for this call only; `set_params`
+            changes them for good.
 
         Returns
         -------
         `~radiorecon.Reconstruction`
             ``data`` of shape ``(n, ny, nx)`` in the training targets' unit.
+
+        Examples
+        --------
+        With a trained ``score`` model ``rec``::
+
+            skies = rec.sample(16, shape=(80, 80), steps=25, sampler="heun", seed=1)
         """
         self._require("sample", "draw samples")
         self._require_fitted()
@@ -717,20 +732,40 @@ class Reconstructor:
         if len(shape) != 2:
             raise ValueError("Give shape=(ny, nx): the backend has no native size")
         shape = tuple(check_int(s, "shape") for s in shape)
+        if wcs is not None and not getattr(wcs, "has_celestial", False):
+            raise InputError("wcs must be a celestial astropy.wcs.WCS")
         check_memory(2 * 4 * n * shape[0] * shape[1], f"{n} samples of {shape}", "ask for fewer at a time")
         import torch
         from tqdm.auto import tqdm
 
         dev = self._to_device(device)
         draws = []
-        with torch_threads(threads), seeded(seed, dev), torch.no_grad():
-            for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", delay=pipeline.PROGRESS_DELAY):
-                k = min(batch_size, n - start)
-                gens = Draws([[stream_seed(seed, start + i) for i in range(k)]], dev)
-                draws.append(self.backend.sample(k, shape=shape, draws=gens).float().cpu().numpy())
+        before = {key: self.backend.config[key] for key in settings if key in self.backend.config}
+        self.backend.set_config(**settings)
+        try:
+            with torch_threads(threads), seeded(seed, dev), torch.no_grad():
+                for start in tqdm(range(0, n, batch_size), disable=not progress, desc="sample",
+                                  delay=pipeline.PROGRESS_DELAY):
+                    k = min(batch_size, n - start)
+                    gens = Draws([[stream_seed(seed, start + i) for i in range(k)]], dev)
+                    draws.append(self.backend.sample(k, shape=shape, draws=gens).float().cpu().numpy())
+            meta = self._draws_header("model the samples were drawn from", seed)
+        finally:
+            self.backend.set_config(**before)
         data = self.normalisation.inverse(np.concatenate(draws))
         unit = self.units.get("target") or self.units.get("input")
-        return Reconstruction(data, unit=unit, meta=self._draws_header("model the samples were drawn from", seed))
+        return Reconstruction(data, unit=unit, wcs=wcs or self._sample_wcs(shape), meta=meta)
+
+    def _sample_wcs(self, shape):
+        """A celestial WCS at RA 0, Dec 0 with the training domain's pixels, or None."""
+        pixel = (self.domain or {}).get("pixel_scale_arcsec")
+        if pixel is None:
+            return None
+        from .simulate.engine import image_wcs
+
+        w = image_wcs(0.0, 0.0, shape[1], pixel)
+        w.wcs.crpix[1] = shape[0] // 2 + 1
+        return w
 
     def _draws_header(self, comment, seed):
         return provenance.draws_header(version=__version__, backend_name=self.backend_name, origin=self.origin,

@@ -159,3 +159,21 @@ def test_pad_to_multiple():
     padded, size = pad_to_multiple(x, 4)
     assert padded.shape == (1, 8, 8) and size == (5, 7)
     assert padded.sum().item() == 35
+
+
+def test_grids_of_bins_and_of_unshuffled_blocks():
+    from radiorecon.nn import from_grid, grid_channels, to_grid
+
+    x = torch.randn(3, 21, 18, generator=torch.Generator().manual_seed(0))
+    grid, size = to_grid(x, 4, 8, stem="unshuffle")
+    assert grid.shape == (3, grid_channels(4, "unshuffle"), 24 // 4, 24 // 4) and size == (21, 18)
+    # Each 4x4 block is one cell's 16 channels, and comes back exactly.
+    torch.testing.assert_close(grid[1, :, 0, 0], x[1, :4, :4].flatten())
+    torch.testing.assert_close(from_grid(grid, 4, size, stem="unshuffle"), x, rtol=0, atol=0)
+    # Bins conserve the flux of a sky (reduce="sum") and are one channel.
+    binned, size = to_grid(x, 2, 4, reduce="sum")
+    assert binned.shape == (3, 1, 12, 10)
+    torch.testing.assert_close(binned.sum(), x.sum())
+    assert from_grid(binned, 2, size, reduce="sum").shape == x.shape
+    with pytest.raises(ValueError, match="stem must be"):
+        to_grid(x, 2, 4, stem="shuffle")

@@ -22,7 +22,9 @@ detection probability comes from the draws.
   draw. Change them on a trained model with
   `radiorecon.Reconstructor.set_params`.
 
-Networks work on ``downsample x downsample`` bins (default 2), as STAR's do.
+Networks work on a grid ``downsample`` times coarser than the image, made
+by binning (``stem="bin"``, default 2) or by a lossless pixel-unshuffle
+(``stem="unshuffle"``), as STAR's do (`radiorecon.nn.to_grid`).
 
 References: Ho, Jain & Abbeel (2020); Song, Meng & Ermon (2021, DDIM);
 Nichol & Dhariwal (2021, respacing); Lu et al. (2022, DPM-Solver++);
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
 from ..diffusion import SAMPLERS, linear_beta_schedule, sampling_schedule
-from ..nn import UNet, count_parameters, from_grid, sky_stretch, sky_unstretch, to_grid
+from ..nn import UNet, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, to_grid
 
 __all__ = ["DdpmBackend"]
 
@@ -49,7 +51,9 @@ class DdpmBackend(Backend):
     reference network's shape (128 base channels, attention at 16 and 8
     pixels): 37.9M parameters here, the reference's 35.7M:
 
-    - ``downsample`` (2): networks work on ``downsample x downsample`` bins.
+    - ``downsample`` (2), ``stem`` (``"bin"``): networks work on a grid this
+      many times coarser, of bins or of unshuffled pixel blocks
+      (`radiorecon.nn.to_grid`).
     - ``base_channels`` (16), ``channel_mult`` ([1, 2, 4]),
       ``blocks_per_level`` (1), ``attention_levels`` ([]), ``dropout`` (0):
       the U-Net.
@@ -78,6 +82,7 @@ class DdpmBackend(Backend):
     inference_keys = frozenset({"sampler", "steps", "eta", "clip_denoised"})
     default_config = {
         "downsample": 2,
+        "stem": "bin",
         "base_channels": 16,
         "channel_mult": [1, 2, 4],
         "blocks_per_level": 1,
@@ -119,9 +124,11 @@ class DdpmBackend(Backend):
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
         c = self.config
+        g = grid_channels(c["downsample"], c["stem"])
+        # The noisy sky and the dirty image in, the noise out, each g channels per cell.
         self.net = UNet(
-            2,
-            1,
+            2 * g,
+            g,
             c["base_channels"],
             channel_mult=tuple(c["channel_mult"]),
             blocks_per_level=c["blocks_per_level"],
@@ -196,23 +203,30 @@ class DdpmBackend(Backend):
 
     @staticmethod
     def _augment(x, sky):
-        """The same random flip or quarter turn of the square for each pair."""
+        """The same random flip or quarter turn of the square for each ``(B, ny, nx)`` pair.
+
+        On native pixels, before the grid: an unshuffled block's channels
+        would not turn with the image.
+        """
         # Horizontal flip, vertical flip and transpose, each on or off: the
         # eight symmetries of the square (non-square grids skip the transpose).
         ops = [lambda t: t.flip(-1), lambda t: t.flip(-2)]
         if x.shape[-1] == x.shape[-2]:
             ops.append(lambda t: t.transpose(-1, -2))
         for op in ops:
-            on = torch.randint(0, 2, (x.shape[0], 1, 1, 1), device=x.device).bool()
+            on = torch.randint(0, 2, (x.shape[0], 1, 1), device=x.device).bool()
             x, sky = torch.where(on, op(x), x), torch.where(on, op(sky), sky)
         return x, sky
 
+    def _grid(self, images, reduce):
+        c = self.config
+        return to_grid(images, c["downsample"], self._multiple, reduce=reduce, stem=c["stem"])
+
     def _loss(self, inputs, targets, augment):
-        d = self.config["downsample"]
-        x, _ = to_grid(inputs, d, self._multiple, reduce="mean")
-        sky, _ = to_grid(targets, d, self._multiple, reduce="sum")
         if augment:
-            x, sky = self._augment(x, sky)
+            inputs, targets = self._augment(inputs, targets)
+        x, _ = self._grid(inputs, "mean")
+        sky, _ = self._grid(targets, "sum")
         x0 = self.sky_forward(sky)
         t = torch.randint(0, self.config["timesteps"], (x.shape[0],), device=x.device)
         ab = self.alphas_cumprod.to(x.device)[t].float()[:, None, None, None]
@@ -269,8 +283,7 @@ class DdpmBackend(Backend):
         from ..seeding import Draws
 
         c = self.config
-        d = c["downsample"]
-        x, size = to_grid(inputs, d, self._multiple, reduce="mean")
+        x, size = self._grid(inputs, "mean")
         b = x.shape[0]
         cond = x.repeat(n_samples, 1, 1, 1)
         if draws is None:
@@ -286,5 +299,5 @@ class DdpmBackend(Backend):
         schedule = sampling_schedule(self.alphas_cumprod, c["steps"], spacing)
         clip = tuple(c["clip_denoised"]) if c["clip_denoised"] is not None else None
         x0 = sampler(eps_model, noise(), schedule, eta=c["eta"], clip=clip, noise=noise)
-        sky = from_grid(self.sky_inverse(x0), d, size, reduce="sum")
+        sky = from_grid(self.sky_inverse(x0), c["downsample"], size, reduce="sum", stem=c["stem"])
         return Prediction(samples=sky.reshape(n_samples, b, *sky.shape[1:]))

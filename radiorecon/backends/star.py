@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from ..backend import Backend, Prediction
 from ..seeding import Draws
 from ..nn import (
-    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, pad_to_multiple, sky_stretch,
+    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, grid_channels, sky_stretch,
     sky_unstretch, to_grid,
 )
 
@@ -159,13 +159,11 @@ class StarBackend(Backend):
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
         c = self.config
-        if c["stem"] not in ("bin", "unshuffle"):
-            raise ValueError(f"stem must be 'bin' or 'unshuffle', not {c['stem']!r}")
         if c["content_loss"] not in ("mse", "l1"):
             raise ValueError(f"content_loss must be 'mse' or 'l1', not {c['content_loss']!r}")
         k, mult = c["style_channels"], tuple(c["channel_mult"])
         # Channels of one grid cell of an image: its pixels, once unshuffled.
-        g = c["downsample"] ** 2 if c["stem"] == "unshuffle" else 1
+        g = grid_channels(c["downsample"], c["stem"])
         common = dict(
             channel_mult=mult, blocks_per_level=c["blocks_per_level"], attention_levels=tuple(c["attention_levels"])
         )
@@ -204,17 +202,10 @@ class StarBackend(Backend):
     # -- normalisation -----------------------------------------------------
 
     def _to_grid(self, x, reduce):
-        f = self.config["downsample"]
-        if self.config["stem"] == "bin":
-            return to_grid(x, f, self._multiple, reduce=reduce)
-        x, size = pad_to_multiple(x, self._multiple)
-        return F.pixel_unshuffle(x[:, None], f), size
+        return to_grid(x, self.config["downsample"], self._multiple, reduce=reduce, stem=self.config["stem"])
 
     def _from_grid(self, x, size, reduce):
-        f = self.config["downsample"]
-        if self.config["stem"] == "bin":
-            return from_grid(x, f, size, reduce=reduce)
-        return F.pixel_shuffle(x, f)[:, 0, : size[0], : size[1]]
+        return from_grid(x, self.config["downsample"], size, reduce=reduce, stem=self.config["stem"])
 
     def sky_forward(self, sky):
         """Normalised intensity of a binned sky: ``asinh(sky / a)``."""

@@ -1,0 +1,284 @@
+"""The score backend: EDM maths and samplers against exact Gaussian denoisers, training, files, sampling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from astropy.nddata import NDData
+
+from radiorecon import Reconstructor, registry
+from radiorecon.backends.score import ScoreBackend, SkyImages
+from radiorecon.exceptions import InputError
+from radiorecon.score_sampling import (
+    edm_loss_weight,
+    edm_preconditioning,
+    edm_sigmas,
+    gaussian_data_step,
+    sample_edm,
+    sample_posterior,
+    transfer_function,
+)
+from radiorecon.simulate import SimulatedPairs
+
+MEAN, STD = 0.3, 0.5
+TINY = {"base_channels": 8, "channel_mult": [1, 2], "steps": 4, "posterior_steps": 4}
+
+
+def exact_denoiser(mean, std):
+    """``E[x0 | x0 + sigma eps]`` for data ~ N(mean, std**2) per pixel."""
+
+    def denoise(x, sigma):
+        return (std**2 * x + sigma**2 * mean) / (std**2 + sigma**2)
+
+    return denoise
+
+
+def ode_draws(steps, heun, n=20000, **kwargs):
+    sigmas = edm_sigmas(steps)
+    z = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    return sample_edm(exact_denoiser(MEAN, STD), float(sigmas[0]) * z, sigmas, heun=heun,
+                      noise=lambda: torch.randn(n, generator=g), **kwargs)
+
+
+def test_edm_schedule():
+    s = edm_sigmas(25)
+    assert len(s) == 26 and s[-1] == 0
+    assert float(s[0]) == pytest.approx(80) and float(s[-2]) == pytest.approx(0.002)
+    assert torch.all(s[1:] < s[:-1])
+    # rho = 7: the levels crowd towards sigma_min (half of them below 1.6).
+    assert float(s[12]) == pytest.approx((80 ** (1 / 7) + 0.5 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7)
+    assert edm_sigmas(1).tolist() == [80.0, 0.0]
+    with pytest.raises(ValueError, match="steps must be an integer of at least 1"):
+        edm_sigmas(0)
+
+
+def test_edm_preconditioning_and_weight():
+    c_skip, c_out, c_in, c_noise = edm_preconditioning(torch.tensor([0.5, 2.0]), 0.5)
+    assert c_skip.tolist() == pytest.approx([0.5, 0.25 / 4.25])
+    assert c_out.tolist() == pytest.approx([0.25 / math.sqrt(0.5), 1.0 / math.sqrt(4.25)])
+    assert c_in.tolist() == pytest.approx([1 / math.sqrt(0.5), 1 / math.sqrt(4.25)])
+    assert c_noise.tolist() == pytest.approx([math.log(0.5) / 4, math.log(2.0) / 4])
+    w = edm_loss_weight(torch.tensor([0.5, 2.0]), 0.5)
+    assert (w * c_out**2).tolist() == pytest.approx([1.0, 1.0])  # every level weighs alike
+
+
+@pytest.mark.parametrize("steps", [18, 50])
+def test_ode_samplers_match_gaussian_data(steps):
+    heun, euler = ode_draws(steps, True), ode_draws(steps, False)
+    for x in (heun, euler):
+        assert float(x.mean()) == pytest.approx(MEAN, abs=0.02)
+    assert float(heun.std()) == pytest.approx(STD, rel=0.07 if steps == 18 else 0.02)
+    # Heun's second order beats Euler at equal steps.
+    assert abs(float(heun.std()) - STD) < 0.5 * abs(float(euler.std()) - STD)
+    assert abs(float(ode_draws(200, True).std()) - STD) < 0.01
+
+
+def test_stochastic_churn_matches_gaussian_data():
+    x = ode_draws(50, True, s_churn=40, s_tmin=0.05, s_tmax=50)
+    assert float(x.mean()) == pytest.approx(MEAN, abs=0.02)
+    assert float(x.std()) == pytest.approx(STD, rel=0.05)
+    # The churn draws noise: the result differs from the deterministic ODE's.
+    assert not torch.allclose(x, ode_draws(50, True))
+
+
+def sampled_psf(n=8):
+    """A dirty beam of a few sampled uv cells: real, sidelobes, non-negative transfer function."""
+    weights = np.zeros((n, n))
+    for u, v in [(0, 0), (1, 0), (0, 2), (1, 1), (3, 1)]:
+        weights[u, v] = weights[-u, -v] = 1.0
+    psf = np.fft.fftshift(np.fft.ifft2(weights).real)
+    return psf / psf.max()
+
+
+def test_transfer_function_of_a_sampled_psf():
+    psf = torch.from_numpy(sampled_psf())
+    t = transfer_function(psf, (8, 8))
+    assert float(t.min()) >= 0 and int((t > 1e-9).sum()) == 9  # the cells sampled, each once
+    with pytest.raises(ValueError, match="the PSF is"):
+        transfer_function(psf, (8, 10))
+
+
+def test_posterior_sampler_on_a_gaussian_prior():
+    """Gaussian prior and dirty-image likelihood: the posterior mean and covariance are closed-form."""
+    n, noise_std, k = 8, 0.3, 4000
+    psf = sampled_psf(n)
+    # The PSF as a matrix: circular convolution about its centre.
+    a = np.array([np.roll(np.roll(psf, i - n // 2, 0), j - n // 2, 1).ravel() for i in range(n) for j in range(n)])
+    rng = np.random.default_rng(0)
+    sky = MEAN + STD * rng.standard_normal(n * n)
+    noise = noise_std * np.real(np.linalg.cholesky(a + 1e-9 * np.eye(n * n)) @ rng.standard_normal(n * n))
+    dirty = a @ sky + noise
+    # Precision of the prior plus A^T C^-1 A, with C = noise_std^2 A.
+    cov = np.linalg.inv(np.eye(n * n) / STD**2 + a / noise_std**2)
+    mean = cov @ (MEAN / STD**2 + dirty / noise_std**2)
+
+    g = torch.Generator().manual_seed(0)
+    draws = sample_posterior(
+        exact_denoiser(MEAN, STD),
+        torch.from_numpy(dirty.reshape(1, n, n)).float().expand(k, n, n),
+        torch.from_numpy(psf).float().expand(k, n, n),
+        torch.full((k,), noise_std),
+        edm_sigmas(6),
+        sigma_data=STD,
+        noise=lambda: torch.randn(k, n, n, generator=g),
+    ).reshape(k, -1).double().numpy()
+    sd = np.sqrt(np.diag(cov))
+    assert np.abs(draws.mean(0) - mean).max() < 4 * sd.max() / np.sqrt(k)
+    assert np.allclose(draws.std(0), sd, rtol=0.06)
+    # The data are used: sampled modes are pulled from the prior towards the sky.
+    assert sd.max() < STD and np.mean((draws.mean(0) - sky) ** 2) < 0.9 * np.mean((MEAN - sky) ** 2)
+    assert np.abs(np.cov(draws.T) - cov).max() < 0.1 * STD**2
+
+
+def test_gaussian_data_step_keeps_unsampled_modes_at_the_prior():
+    prior = torch.full((1, 8, 8), 2.0)
+    zero_psf_transfer = torch.zeros(1, 8, 8)
+    out = gaussian_data_step(prior, 0.1, torch.randn(1, 8, 8), zero_psf_transfer, torch.ones(1, 1, 1), None)
+    assert torch.allclose(out, prior)
+
+
+@pytest.fixture(scope="module")
+def skies():
+    return SkyImages(SimulatedPairs(16, preset="lotss", crop=16, seed=0))
+
+
+@pytest.fixture(scope="module")
+def fitted(skies):
+    return Reconstructor(ScoreBackend(**TINY)).fit(skies, epochs=2, batch_size=8, seed=0, progress=False)
+
+
+def test_sky_images_view(skies):
+    assert len(skies) == 16 and skies[0].shape == (16, 16) and skies.units["target"] == "Jy / pix"
+    assert skies[3].min() >= 0 and skies[3].max() > 0  # noise-free skies, not dirty images
+
+
+def test_training_lowers_the_loss_and_is_seeded(skies):
+    backend = ScoreBackend(**TINY, learning_rate=3e-3)
+    rec = Reconstructor(backend).fit(skies, epochs=8, batch_size=16, seed=1, progress=False)
+    losses = [h["loss"] for h in rec.history]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    # The same seed draws the same noise levels and noise: a shorter run retraces the start.
+    again = Reconstructor(ScoreBackend(**TINY, learning_rate=3e-3)).fit(skies, epochs=2, batch_size=16, seed=1,
+                                                                         progress=False)
+    assert [h["loss"] for h in again.history] == losses[:2]
+    # The EMA is not the trained network itself.
+    assert not all(torch.equal(p, q) for p, q in zip(backend.ema.parameters(), backend.net.parameters()))
+
+
+@pytest.fixture
+def score_name():
+    """The name ``score``, registered for this test if the installed metadata lacks its entry point."""
+    if "score" in registry.available_backends():
+        yield "score"
+        return
+    registry.register_backend("score", ScoreBackend)
+    yield "score"
+    registry.unregister_backend("score")
+
+
+def test_model_file_round_trip(fitted, tmp_path, score_name):
+    path = tmp_path / "score.rrm"
+    fitted.backend_name = score_name  # as Reconstructor("score") names it
+    fitted.save(path)
+    back = Reconstructor.load(path, device="cpu")
+    assert back.backend_name == fitted.backend_name and back.config == fitted.config
+    for p, q in zip(fitted.backend.ema.parameters(), back.backend.ema.parameters()):
+        assert torch.equal(p, q)
+    a = fitted.sample(2, shape=(16, 16), seed=4, progress=False, device="cpu")
+    b = back.sample(2, shape=(16, 16), seed=4, progress=False, device="cpu")
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_sample_is_nddata_with_unit_and_reproducible(fitted):
+    a = fitted.sample(3, shape=(16, 24), seed=7, batch_size=2, progress=False, device="cpu")
+    assert isinstance(a, NDData) and a.data.shape == (3, 16, 24) and str(a.unit) == "Jy / pix"
+    assert np.isfinite(a.data).all()
+    np.testing.assert_array_equal(a.data, fitted.sample(3, shape=(16, 24), seed=7, batch_size=2, progress=False,
+                                                        device="cpu").data)
+    # Each image has its own random stream: the batch changes only rounding.
+    b = fitted.sample(3, shape=(16, 24), seed=7, batch_size=3, progress=False, device="cpu")
+    np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-6)
+    c = fitted.sample(3, shape=(16, 24), seed=8, progress=False, device="cpu")
+    assert not np.array_equal(a.data, c.data)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "stochastic"])
+def test_other_samplers(fitted, sampler):
+    backend = fitted.backend
+    out = backend.sample(2, shape=(8, 8), sampler=sampler, steps=3)
+    assert out.shape == (2, 8, 8) and torch.isfinite(out).all()
+    calls = []
+    real = backend.denoise
+    backend.denoise = lambda x, s: calls.append(s) or real(x, s)
+    try:
+        backend.sample(1, shape=(8, 8), sampler=sampler, steps=3)
+    finally:
+        del backend.denoise
+    assert len(calls) == {"euler": 3, "stochastic": 5}[sampler]
+
+
+def test_predict_posterior_draws(fitted):
+    rng = np.random.default_rng(0)
+    psf = np.fft.fftshift(np.fft.ifft2(np.pad(np.ones((5, 5)), ((0, 15), (0, 15)))).real)
+    psf = np.roll(psf, (2, 2), (0, 1)) / psf.max()
+    dirty = (np.roll(psf, (3, -2), (0, 1)) * 5e-3 + 1e-4 * rng.standard_normal((20, 20))).astype(np.float32)
+    out = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu", return_samples=True)
+    assert out.data.shape == (20, 20) and out.uncertainty is not None and np.isfinite(out.data).all()
+    again = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu")
+    np.testing.assert_array_equal(out.data, again.data)
+    assert fitted.backend.network_evaluations(3) == 3 * TINY["posterior_steps"]
+
+
+def test_bad_inputs(fitted):
+    with pytest.raises(InputError, match=r"shape \(16, 17\) must be divisible by 2"):
+        fitted.sample(1, shape=(16, 17), progress=False, device="cpu")
+    with pytest.raises(ValueError, match="Unknown sampler 'dpm'; choose among"):
+        fitted.set_params(sampler="dpm")
+    with pytest.raises(ValueError, match="Unknown sampler 'dpm'"):
+        fitted.backend.sample(1, shape=(8, 8), sampler="dpm")
+    with pytest.raises(ValueError, match="steps must be an integer of at least 1, not 0"):
+        fitted.set_params(steps=0)
+    with pytest.raises(ValueError, match="posterior_steps must be an integer"):
+        ScoreBackend(posterior_steps=1.5)
+    with pytest.raises(ValueError, match="sigma_min .* must be below sigma_max"):
+        ScoreBackend(sigma_min=100.0)
+    with pytest.raises(InputError, match="Cannot measure the noise"):
+        fitted.predict(np.zeros((16, 16), np.float32) + 1e-3 * np.eye(16, dtype=np.float32),
+                       psf=np.ones((16, 16)), progress=False, device="cpu")
+    assert fitted.config["sampler"] == "heun" and fitted.config["steps"] == TINY["steps"]
+
+
+def test_registered_as_score():
+    assert registry.backend_info("score")["origin"].startswith("distribution radiorecon")
+    rec = Reconstructor("score", **TINY)
+    assert isinstance(rec.backend, ScoreBackend) and rec.backend_name == "score"
+    assert {"sample", "reconstruct", "draws", "needs_psf"} <= rec.capabilities and "paired" not in rec.capabilities
+
+
+def test_sample_takes_settings_for_the_call_and_has_a_wcs(fitted):
+    steps, sampler = fitted.config["steps"], fitted.config["sampler"]
+    a = fitted.sample(2, shape=(16, 16), seed=4, progress=False, device="cpu", steps=3, sampler="euler")
+    assert fitted.config["steps"] == steps and fitted.config["sampler"] != "euler"  # for this call only
+    b = fitted.sample(2, shape=(16, 16), seed=4, progress=False, device="cpu")
+    assert not np.array_equal(a.data, b.data)
+    fitted.set_params(steps=3, sampler="euler")
+    try:
+        np.testing.assert_array_equal(fitted.sample(2, shape=(16, 16), seed=4, progress=False, device="cpu").data,
+                                      a.data)
+    finally:
+        fitted.set_params(steps=steps, sampler=sampler)
+    with pytest.raises(ValueError, match="cannot change"):
+        fitted.sample(1, shape=(16, 16), progress=False, base_channels=4)
+    # Pixels of the training domain's size, at RA 0, Dec 0.
+    domain = fitted.domain
+    fitted.domain = {"pixel_scale_arcsec": 1.5}
+    try:
+        w = fitted.sample(1, shape=(16, 24), seed=1, progress=False, device="cpu").wcs
+    finally:
+        fitted.domain = domain
+    assert w.has_celestial and np.allclose(np.abs(w.wcs.cdelt) * 3600, 1.5)
+    assert np.allclose(w.wcs.crpix, [13, 9])
+    with pytest.raises(InputError, match="celestial"):
+        fitted.sample(1, shape=(16, 16), progress=False, wcs="nope")
