@@ -51,6 +51,17 @@ def _positive_int(text):
     return value
 
 
+def _count(text):
+    """argparse type of counts that may be 0 (e.g. worker processes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _positive_float(text):
     """argparse type of thresholds: a usage error (status 2) unless a positive, finite number."""
     try:
@@ -395,6 +406,7 @@ def cmd_train(args):
         progress=not args.no_progress,
         threads=args.threads,
         checkpoint=args.checkpoint,
+        workers=args.workers,
     )
     rec.save(args.output, overwrite=args.overwrite)
     last = rec.history[-1] if rec.history else {}
@@ -468,6 +480,24 @@ def cmd_benchmark(args):
             note = "" if chosen["reached"] else f" (purity {TARGET_PURITY:g} not reached; the highest taken)"
             print(f"calibrated threshold of {label}: {chosen['threshold']:g} sigma, purity "
                   f"{chosen['purity']:.3g} on the calibration images{note}")
+    return 0
+
+
+def cmd_sample(args):
+    from .result import write_result
+
+    _check_output(args.output, args.overwrite, "-o")
+    config = _config_pairs(args.set)
+    rec = _open_model(args.model, {})
+    settings = {"steps": args.steps, "sampler": args.sampler, **config}
+    skies = rec.sample(
+        args.n, shape=args.shape, seed=args.seed, device=args.device, threads=args.threads,
+        progress=not args.no_progress, batch_size=args.batch_size,
+        **{key: value for key, value in settings.items() if value is not None},
+    )
+    write_result(skies, args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {_plural(args.n, 'image')} of {skies.data.shape[1]}x{skies.data.shape[2]} "
+          f"pixels ({skies.unit})")
     return 0
 
 
@@ -618,7 +648,21 @@ def _parser():
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if present")
+    p.add_argument("--workers", type=_count, default=0, metavar="N",
+                   help="processes that load the training data while training (default 0: this process)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", parents=[common], help="draw sky images from a generative model's prior")
+    p.add_argument("model", help="model file (.rrm) or pretrained:NAME of a backend that samples (score)")
+    p.add_argument("n", type=_positive_int, help="number of images")
+    p.add_argument("-o", "--output", required=True,
+                   help="output FITS: a cube of N images (third axis SAMPLE), in the model's sky unit")
+    p.add_argument("--shape", type=_positive_int, nargs=2, metavar=("NY", "NX"),
+                   help="image size (default: the model's native size, if it has one)")
+    p.add_argument("--steps", type=_positive_int, help="solver steps (default: the model's)")
+    p.add_argument("--sampler", help="solver, e.g. heun, euler or stochastic for score (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.set_defaults(func=cmd_sample)
     return parser
 
 

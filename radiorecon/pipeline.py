@@ -1,14 +1,16 @@
 """The prediction pipeline: from images to backend calls and back to sky models.
 
-`~radiorecon.Reconstructor.predict` reads every image into a `Job` (data in
-the model's units, blank mask, tiles in normalised units, the PSF cut to the
-tile), then `run` sends the tiles through the backend: tiles of one shape
-share batches of ``batch_size``, many samples are split into calls of about
-``batch_size`` draws, and each draw has its own random generator seeded from
-``(seed, image, tile, sample)``, so an image's result depends neither on its
-neighbours in the list nor on the batch size. `assemble` stitches the tiles,
-aggregates the samples, attaches units and provenance, and makes the
-`~radiorecon.Reconstruction`.
+`~radiorecon.Reconstructor.predict` reads every image into a `Job` (the image
+in normalised units, blank mask, tiling, the PSF cut to the tile), then `run`
+sends the tiles through the backend: tiles of one shape share batches of
+``batch_size``, many samples are split into calls of about ``batch_size``
+draws, and each draw has its own random generator seeded from ``(seed, image,
+tile, sample)``, so an image's result depends neither on its neighbours in the
+list nor on the batch size. `run` stitches the tiles as they come back, band
+by band (`~radiorecon.tiling.Stitcher`), and reduces each band's samples to the
+estimate and their spread at once, so memory grows with the image, not with
+the number of samples times the image. `assemble` attaches units and
+provenance and makes the `~radiorecon.Reconstruction`.
 """
 
 import collections
@@ -25,7 +27,7 @@ from .exceptions import InputError, RadioreconWarning
 from .result import Reconstruction
 from .runtime import check_memory
 from .seeding import Draws, seeded, stream_seed
-from .tiling import Tiler, center_psf
+from .tiling import Stitcher, Tiler, center_psf
 
 __all__ = [
     "Job", "read_input", "read_psf", "make_jobs", "check_sample_memory", "run", "assemble", "chunk_sizes",
@@ -57,7 +59,8 @@ class Job:
     mask: np.ndarray
     unit: object
     tiler: Tiler
-    tiles: np.ndarray  # (n_tiles, ty, tx), normalised
+    data: np.ndarray  # (ny, nx) float32, normalised; tiles are cut from it as they are sent
+    normalisation: object
     psf: np.ndarray = None  # (f * ty, f * tx), peak 1 at the centre
 
 
@@ -224,17 +227,21 @@ def make_jobs(images, psfs, backend, normalisation, input_unit):
                 except ValueError as exc:
                     raise InputError(f"The PSF of {what}: {exc}") from None
             psf = psf_cache[key]
-        tiles = tiler.split(normalisation.forward(data).astype(np.float32))
-        jobs.append(Job(index, image, mask, unit, tiler, tiles, psf))
+        data = normalisation.forward(data).astype(np.float32, copy=False)
+        jobs.append(Job(index, image, mask, unit, tiler, data, normalisation, psf))
     return jobs
 
 
-def check_sample_memory(jobs, n_samples, return_samples):
+def check_sample_memory(jobs, n_samples, return_samples, batch_size=8):
     """Refuse up front a request whose samples cannot fit in memory."""
-    # float32 copies per draw: the tiles as returned and stacked, then the
-    # stitched image, its rescaled copy and the median's working copy (and
-    # the kept samples).
-    per_sample = sum(2 * job.tiles.size + job.mask.size * (3 + return_samples) for job in jobs) * 4
+    # Bytes per draw: a batch's tiles as returned (torch and numpy float32),
+    # the stitching band of about one tile's height (float32 sums, a float64
+    # quotient, then float32 copies: stitched, rescaled, the median's
+    # working copy), and the kept samples.
+    tile = max((job.tiler.tile_shape[0] * job.tiler.tile_shape[1] for job in jobs), default=0)
+    per_sample = 8 * min(batch_size, sum(len(job.tiler) for job in jobs)) * tile
+    per_sample += sum(24 * job.tiler.tile_shape[0] * job.mask.shape[1] + 4 * return_samples * job.mask.size
+                      for job in jobs)
     check_memory(
         per_sample * n_samples,
         f"{n_samples} samples of {len(jobs)} image(s)",
@@ -272,19 +279,34 @@ def _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar):
     return dataclasses.replace(parts[0], samples=torch.cat([p.samples for p in parts]))
 
 
-def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
-    """Send every tile of every job through the backend.
+def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress, aggregate=None,
+        return_samples=True):
+    """Send every tile of every job through the backend, and stitch what comes back.
+
+    Parameters
+    ----------
+    aggregate : {"median", "mean"} or None
+        Reduce the samples to the estimate (their median or mean) and their
+        standard deviation band by band as they are stitched, so that they
+        are never held for the whole image unless ``return_samples``. None
+        keeps every sample for `assemble` to reduce.
+    return_samples : bool
+        Keep the stitched samples (always kept when ``aggregate`` is None).
 
     Returns
     -------
     outputs : list of dict
-        Per job: ``samples``/``mean``/``std``/``components`` lists of per-tile
-        arrays, ``extras`` (name to per-tile arrays), ``units`` and ``meta``.
+        Per job, stitched ``(ny, nx)`` maps in the model's units:
+        ``estimate`` (the backend's mean, or the samples' aggregate), ``std``
+        (the backend's, or the samples' when aggregated; None when none),
+        ``samples`` (``(n_samples, ny, nx)`` when kept, else None),
+        ``sampled`` (whether the backend drew samples), ``extras`` (name to
+        map), ``components`` (list of per-tile arrays), ``units`` and ``meta``.
     """
     import torch
     from tqdm.auto import tqdm
 
-    outputs = [dict(samples=[], mean=[], std=[], components=[], extras={}, units={}, meta={}) for _ in jobs]
+    outputs = [_Stitched(job, n_samples, aggregate, return_samples or aggregate is None) for job in jobs]
     # Tiles of one shape (and PSF shape) can share a batch.
     groups = collections.defaultdict(list)
     for j, job in enumerate(jobs):
@@ -302,41 +324,81 @@ def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress):
         for members in groups.values():
             for b in range(0, len(members), batch_size):
                 chunk = members[b : b + batch_size]
-                x = torch.from_numpy(np.stack([jobs[j].tiles[t] for j, t in chunk])).to(device)
+                x = torch.from_numpy(np.stack([jobs[j].tiler.tile(jobs[j].data, t) for j, t in chunk])).to(device)
                 psf = None
                 if jobs[chunk[0][0]].psf is not None:
                     psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(device)
                 keys = [(seed, jobs[j].index, t) for j, t in chunk]
                 pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar)
-                _collect(pred, chunk, outputs, name)
-    return outputs
+                _collect(pred, chunk, outputs)
+    return [out.maps for out in outputs]
 
 
-def _collect(pred, chunk, outputs, name):
+def _collect(pred, chunk, outputs):
     def cpu(tensor):
         return tensor.float().cpu().numpy()
 
     for i, (j, t) in enumerate(chunk):
         out = outputs[j]
-        out["units"] = pred.units
+        out.maps["units"] = pred.units
         if pred.samples is not None:
-            out["samples"].append((t, cpu(pred.samples[:, i])))
+            out.add("samples", cpu(pred.samples[:, i]))
         else:
-            out["mean"].append((t, cpu(pred.mean[i])))
+            out.add("estimate", cpu(pred.mean[i]))
             if pred.std is not None:
-                out["std"].append((t, cpu(pred.std[i])))
+                out.add("std", cpu(pred.std[i]))
         if pred.components is not None:
-            out["components"].append(cpu(pred.components[i]))
+            out.maps["components"].append(cpu(pred.components[i]))
         for key, value in pred.extras.items():
-            out["extras"].setdefault(key, []).append((t, cpu(value[i])))
+            out.add(("extra", key), cpu(value[i]))
         if pred.meta is not None:
-            out["meta"].update(pred.meta[i])
+            out.maps["meta"].update(pred.meta[i])
 
 
-def _merge(tiler, parts, axis=0):
-    """Stitch ``(tile index, array)`` parts, in tile order, into one image."""
-    arrays = [a for _, a in sorted(parts, key=lambda p: p[0])]
-    return tiler.merge(np.stack(arrays, axis=axis))
+class _Stitched:
+    """One job's backend outputs, stitched and rescaled band by band as its tiles come back in order."""
+
+    def __init__(self, job, n_samples, aggregate, keep_samples):
+        self.job, self.n_samples, self.aggregate, self.keep_samples = job, n_samples, aggregate, keep_samples
+        self.stitchers = {}
+        self.maps = dict(estimate=None, std=None, samples=None, sampled=False, extras={}, components=[],
+                         units={}, meta={})
+
+    def add(self, key, tile):
+        """Add the next tile of output ``key``: "samples", "estimate", "std" or ("extra", name)."""
+        if key not in self.stitchers:
+            self.stitchers[key] = Stitcher(self.job.tiler, tile.shape[:-2])
+        stitcher = self.stitchers[key]
+        band = stitcher.add(tile)
+        if stitcher.done:
+            del self.stitchers[key]  # its buffer is no longer needed
+        if band is not None:
+            row, values = band
+            self._store(key, slice(row, row + values.shape[-2]), self.job.normalisation.inverse(values))
+
+    def _store(self, key, rows, values):
+        maps, shape = self.maps, self.job.mask.shape
+
+        def put(name, value, lead=()):
+            if maps[name] is None:
+                maps[name] = np.empty(lead + shape, dtype=np.float32)
+            maps[name][..., rows, :] = value
+
+        if key == "samples":
+            maps["sampled"] = True
+            if self.keep_samples:
+                put("samples", values, (len(values),))
+            if self.aggregate is not None:
+                put("estimate", np.median(values, axis=0) if self.aggregate == "median" else values.mean(axis=0))
+                if self.n_samples > 1:
+                    put("std", values.std(axis=0, ddof=1))
+        elif isinstance(key, tuple):
+            extras = maps["extras"]
+            if key[1] not in extras:
+                extras[key[1]] = np.empty(shape, dtype=np.float32)
+            extras[key[1]][rows] = values
+        else:
+            put(key, values)
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,
@@ -347,20 +409,19 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
     multiplied by ``uncertainty_scale`` (the model's calibration, see
     `radiorecon.calibration`); the samples and the estimate are not changed.
     """
-    tiler, mask = job.tiler, job.mask
-    samples = std = None
-    if out["samples"]:
-        samples = normalisation.inverse(_merge(tiler, out["samples"], axis=1))
-        estimate = np.median(samples, axis=0) if aggregate == "median" else samples.mean(axis=0)
+    mask = job.mask
+    samples, estimate, std = out["samples"], out["estimate"], out["std"]
+    if out["sampled"]:
+        if estimate is None:  # not reduced by run: every sample was kept
+            estimate = np.median(samples, axis=0) if aggregate == "median" else samples.mean(axis=0)
+            if n_samples > 1:
+                std = samples.std(axis=0, ddof=1)
         if n_samples > 1:
-            std = samples.std(axis=0, ddof=1)
             how = f"std of {n_samples} samples"
         else:
             how = "none: one sample gives no spread; use n_samples > 1"
     else:
-        estimate = normalisation.inverse(_merge(tiler, out["mean"]))
-        if out["std"]:
-            std = normalisation.inverse(_merge(tiler, out["std"]))
+        if std is not None:
             how = f"from backend {name}"
         else:
             how = f"none: backend {name} gives no uncertainty"
@@ -369,10 +430,11 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
     elif uncertainty_scale != 1:
         std = std * uncertainty_scale
         how += f", times {uncertainty_scale:.4g} (calibrated)"
-    estimate = estimate.astype(np.float32)
+    # The maps are run's own, not shared: blank them in place.
+    estimate = estimate.astype(np.float32, copy=False)
     estimate[mask] = np.nan
     if std is not None:
-        std = std.astype(np.float32)
+        std = std.astype(np.float32, copy=False)
         std[mask] = np.nan
     kinds = out["units"]
     model = model_unit(job.unit, units.get("target"))
@@ -384,8 +446,7 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
     if out["components"]:
         components = normalisation.inverse(out["components"][0][:, : mask.shape[0], : mask.shape[1]])
     extras = {}
-    for key, parts in out["extras"].items():
-        value = normalisation.inverse(_merge(tiler, parts)).astype(np.float32)
+    for key, value in out["extras"].items():
         value[mask] = np.nan  # blank in the input, blank in every map, as in the estimate
         unit = unit_of(key)
         extras[key] = value if unit is None else u.Quantity(value, unit, copy=False)

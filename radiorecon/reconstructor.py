@@ -571,11 +571,12 @@ class Reconstructor:
                 f"Backend {self.backend_name!r} deblends whole images of at most "
                 f"{self.backend.tile_shape}; cut the image first"
             )
-        pipeline.check_sample_memory(jobs, n_samples, return_samples)
+        pipeline.check_sample_memory(jobs, n_samples, return_samples, batch_size)
         dev = self._to_device(device)
         with torch_threads(threads):
             outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
-                                   batch_size=batch_size, seed=seed, device=dev, progress=progress)
+                                   batch_size=batch_size, seed=seed, device=dev, progress=progress,
+                                   aggregate=aggregate, return_samples=return_samples)
         results = []
         for job, out in zip(jobs, outputs):  # a loop, not a comprehension: warnings point at the caller
             results.append(pipeline.assemble(
@@ -701,10 +702,14 @@ class Reconstructor:
             ``(ny, nx)``; the backend's ``tile_shape`` by default.
         seed : int, optional
         wcs : `~astropy.wcs.WCS`, optional
-            Celestial WCS of the images. By default, one centred on RA 0,
+            Celestial WCS of each image. By default, one centred on RA 0,
             Dec 0 with the pixel size of the model's training `domain`
             (generated skies have no place on the sky, but their pixels
-            have a size), or none if the domain does not know it.
+            have a size), or none if the domain does not know it. The
+            result's WCS adds a third axis, ``SAMPLE`` (0 for the first
+            image), so that the cube goes to FITS as it is
+            (`~radiorecon.io.write_result`); ``result.wcs.celestial`` is
+            that of one image.
         batch_size, progress, device, threads
             As for `predict`.
         **settings
@@ -754,18 +759,21 @@ class Reconstructor:
             self.backend.set_config(**before)
         data = self.normalisation.inverse(np.concatenate(draws))
         unit = self.units.get("target") or self.units.get("input")
-        return Reconstruction(data, unit=unit, wcs=wcs or self._sample_wcs(shape), meta=meta)
+        return Reconstruction(data, unit=unit, wcs=self._sample_wcs(shape, wcs), meta=meta)
 
-    def _sample_wcs(self, shape):
-        """A celestial WCS at RA 0, Dec 0 with the training domain's pixels, or None."""
-        pixel = (self.domain or {}).get("pixel_scale_arcsec")
-        if pixel is None:
-            return None
-        from .simulate.engine import image_wcs
+    def _sample_wcs(self, shape, wcs):
+        """The WCS of a cube of samples: ``wcs`` (or one at RA 0, Dec 0 with the domain's pixels) and a SAMPLE axis."""
+        if wcs is None:
+            pixel = (self.domain or {}).get("pixel_scale_arcsec")
+            if pixel is None:
+                return None
+            from .simulate.engine import image_wcs
 
-        w = image_wcs(0.0, 0.0, shape[1], pixel)
-        w.wcs.crpix[1] = shape[0] // 2 + 1
-        return w
+            wcs = image_wcs(0.0, 0.0, shape[1], pixel)
+            wcs.wcs.crpix[1] = shape[0] // 2 + 1
+        cube = wcs.celestial.sub([1, 2, 0])
+        cube.wcs.ctype[2], cube.wcs.crpix[2] = "SAMPLE", 1
+        return cube
 
     def _draws_header(self, comment, seed):
         return provenance.draws_header(version=__version__, backend_name=self.backend_name, origin=self.origin,

@@ -7,11 +7,16 @@ pixels sees zero padding there; the next ``ramp`` pixels rise smoothly to
 one. Stitching divides the weighted sum by the summed weights, so a local
 method gives the same result tiled as on the whole image, and a method with a
 wider reach blends without visible seams.
+
+`Tiler.merge` stitches tiles held all at once; a `Stitcher` takes them one by
+one, in tile order, and hands back the rows no later tile touches, so the
+stitching of many samples of a large image holds a band of about one tile's
+height, not the whole image per sample.
 """
 
 import numpy as np
 
-__all__ = ["Tiler", "center_psf", "tile_size"]
+__all__ = ["Tiler", "Stitcher", "center_psf", "tile_size"]
 
 
 def _starts(length, tile, overlap, multiple=1):
@@ -104,11 +109,14 @@ class Tiler:
 
     def split(self, image):
         """Tiles of ``image`` as an ``(n_tiles, ty, tx)`` array, zero-padded where short."""
-        ty, tx = self.tile_shape
-        out = np.zeros((len(self), ty, tx), dtype=image.dtype)
-        for i, (y, x) in enumerate(self.starts):
-            cut = image[y : y + ty, x : x + tx]
-            out[i, : cut.shape[0], : cut.shape[1]] = cut
+        return np.stack([self.tile(image, i) for i in range(len(self))])
+
+    def tile(self, image, index):
+        """Tile ``index`` of ``image`` as a ``(ty, tx)`` array, zero-padded where short."""
+        (y, x), (ty, tx) = self.starts[index], self.tile_shape
+        cut = image[y : y + ty, x : x + tx]
+        out = np.zeros((ty, tx), dtype=image.dtype)
+        out[: cut.shape[0], : cut.shape[1]] = cut
         return out
 
     def merge(self, tiles):
@@ -125,6 +133,78 @@ class Tiler:
             total[..., y : y + h, x : x + v] += tiles[..., i, :h, :v] * w[:h, :v]
             norm[y : y + h, x : x + v] += w[:h, :v]
         return (total / norm).astype(tiles.dtype)
+
+
+class Stitcher:
+    """Stitch tiles that arrive one at a time, in tile order, into finished bands of rows.
+
+    The bands hold the same numbers as `Tiler.merge` gives for all the tiles
+    at once (the same weighted sums, in the same order), but only the rows
+    the coming tiles can still touch are kept: ``(..., ty, nx)`` instead of
+    ``(..., ny, nx)``.
+
+    Parameters
+    ----------
+    tiler : `Tiler`
+    lead_shape : tuple of int
+        Shape of the tiles' leading axes, e.g. ``(n_samples,)``.
+    dtype : dtype
+        Of the tiles and the bands.
+    """
+
+    def __init__(self, tiler, lead_shape=(), dtype=np.float32):
+        self.tiler = tiler
+        self.dtype = np.dtype(dtype)
+        # One tile is the image itself (as in Tiler.merge): no sums to hold.
+        height = 0 if len(tiler) == 1 else min(tiler.tile_shape[0], tiler.shape[0])
+        self._total = np.zeros(tuple(lead_shape) + (height, tiler.shape[1]),
+                               dtype=np.result_type(self.dtype, np.float32))
+        self._norm = np.zeros((height, tiler.shape[1]))
+        self._top = 0  # image row of the buffer's first row
+        self._next = 0  # index of the tile expected next
+
+    @property
+    def done(self):
+        """Whether every tile has been added (and every row handed back)."""
+        return self._next == len(self.tiler)
+
+    def add(self, tile):
+        """Add the next tile, ``(..., ty, tx)``.
+
+        Returns
+        -------
+        band : tuple or None
+            ``(row, array)``: rows ``row`` to ``row + len`` of the stitched
+            image, ``(..., rows, nx)``, that no later tile touches; None
+            when this tile finished no row.
+        """
+        tiler, i = self.tiler, self._next
+        if i >= len(tiler):
+            raise ValueError(f"all {len(tiler)} tiles have been added already")
+        (y, x), w = tiler.starts[i], tiler.weights[i]
+        ny, nx = tiler.shape
+        if len(tiler) == 1:
+            self._next = 1
+            return 0, np.asarray(tile)[..., :ny, :nx].astype(self.dtype, copy=False)
+        h, v = min(ny - y, w.shape[0]), min(nx - x, w.shape[1])
+        top = y - self._top
+        self._total[..., top : top + h, x : x + v] += np.asarray(tile)[..., :h, :v] * w[:h, :v]
+        self._norm[top : top + h, x : x + v] += w[:h, :v]
+        self._next += 1
+        # Tiles come row by row with rising starts: the rows above the next
+        # tile's start are final.
+        end = ny if self._next == len(tiler) else tiler.starts[self._next][0]
+        done = end - self._top
+        if done <= 0:
+            return None
+        band = (self._total[..., :done, :] / self._norm[:done]).astype(self.dtype)
+        keep = self._norm.shape[0] - done
+        self._total[..., :keep, :] = self._total[..., done:, :]
+        self._total[..., keep:, :] = 0
+        self._norm[:keep] = self._norm[done:]
+        self._norm[keep:] = 0
+        row, self._top = self._top, end
+        return row, band
 
 
 def center_psf(psf, shape):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import astropy.units as u
 
-from radiorecon import Backend, Prediction, Reconstructor, registry
+from radiorecon import Backend, Prediction, Reconstructor, pipeline, registry
 from radiorecon.exceptions import RadioreconWarning
 from radiorecon.seeding import Draws, stream_seed
 
@@ -206,3 +206,32 @@ def test_blank_pixels_are_blank_in_every_map():
     result = Reconstructor("clean", niter=20).predict(image, psf=gaussian_psf((48, 48)), progress=False)
     for key in ("residual", "restored", "rms"):
         assert np.isnan(result.extras[key][:3, :3]).all() and np.isfinite(result.extras[key][5:, 5:]).all()
+
+
+@pytest.mark.parametrize("aggregate", ["median", "mean"])
+def test_samples_are_reduced_band_by_band_as_they_are_stitched(conv, aggregate):
+    image = _images([(100, 90)], seed=5)[0]
+    jobs = pipeline.make_jobs([image], [None], conv.backend, conv.normalisation, conv.units.get("input"))
+    assert len(jobs[0].tiler) > 4  # several rows of tiles, so several bands
+
+    def run(**kwargs):
+        return pipeline.run(jobs, conv.backend, "test-conv", n_samples=5, batch_size=3, seed=2, device="cpu",
+                            progress=False, **kwargs)[0]
+
+    kept = run()  # every sample kept, reduced afterwards
+    streamed = run(aggregate=aggregate, return_samples=False)
+    assert kept["estimate"] is None and kept["samples"].shape == (5, 100, 90)
+    assert streamed["samples"] is None  # never held for the whole image
+    reduce = np.median if aggregate == "median" else np.mean
+    np.testing.assert_array_equal(streamed["estimate"], reduce(kept["samples"], axis=0))
+    np.testing.assert_array_equal(streamed["std"], kept["samples"].std(axis=0, ddof=1))
+
+
+def test_the_memory_check_counts_a_band_per_sample_not_the_image(conv, monkeypatch):
+    image = _images([(320, 320)], seed=6)[0]
+    jobs = pipeline.make_jobs([image], [None], conv.backend, conv.normalisation, conv.units.get("input"))
+    # 50 samples of the whole image in float32 take 20 MB; their bands of one tile's height, a tenth of it.
+    monkeypatch.setattr("radiorecon.runtime.available_memory", lambda: 40 * 2**20)
+    pipeline.check_sample_memory(jobs, 50, return_samples=False)
+    with pytest.raises(MemoryError, match="50 samples of 1 image"):
+        pipeline.check_sample_memory(jobs, 50, return_samples=True)

@@ -278,7 +278,29 @@ def test_sample_takes_settings_for_the_call_and_has_a_wcs(fitted):
         w = fitted.sample(1, shape=(16, 24), seed=1, progress=False, device="cpu").wcs
     finally:
         fitted.domain = domain
-    assert w.has_celestial and np.allclose(np.abs(w.wcs.cdelt) * 3600, 1.5)
-    assert np.allclose(w.wcs.crpix, [13, 9])
+    assert w.naxis == 3 and w.wcs.ctype[2] == "SAMPLE"
+    assert np.allclose(np.abs(w.celestial.wcs.cdelt) * 3600, 1.5) and np.allclose(w.celestial.wcs.crpix, [13, 9])
     with pytest.raises(InputError, match="celestial"):
         fitted.sample(1, shape=(16, 16), progress=False, wcs="nope")
+
+
+def test_cli_sample_writes_a_cube(fitted, tmp_path, score_name, capsys, monkeypatch):
+    from astropy.io import fits
+
+    from radiorecon.cli import main
+
+    monkeypatch.setattr(fitted, "backend_name", score_name)
+    monkeypatch.setattr(fitted, "domain", {"preset": "lotss", "beam_major_arcsec": 6.0, "beam_minor_arcsec": 6.0,
+                                           "pixel_scale_arcsec": 1.5, "noise_jy_beam": 8.3e-5})
+    model = tmp_path / "prior.rrm"
+    fitted.save(model)
+    out = tmp_path / "skies.fits"
+    args = ["sample", str(model), "3", "-o", str(out), "--shape", "16", "16", "--steps", "2", "--sampler", "euler",
+            "--seed", "5", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0 and "3 images of 16x16" in capsys.readouterr().out
+    with fits.open(out) as hdul:
+        cube, header = hdul[0].data, hdul[0].header
+    assert cube.shape == (3, 16, 16) and header["CTYPE3"] == "SAMPLE" and header["CTYPE1"] == "RA---SIN"
+    expected = fitted.sample(3, shape=(16, 16), steps=2, sampler="euler", seed=5, progress=False, device="cpu")
+    np.testing.assert_allclose(cube, expected.data, rtol=1e-6)
+    assert main(args) == 1 and "exists" in capsys.readouterr().err
