@@ -96,10 +96,16 @@ def _checked_open(source, path):
                 raise
             raise InputError(f"{path} is not a readable FITS file ({exc})") from exc
     truncated = [w for w in caught if str(w.message).startswith("File may have been truncated")]
-    if truncated:
+    # A file cut inside an extension's header loses that extension (and
+    # those after it) with only this warning.
+    damaged = [w for w in caught if str(w.message).startswith("Error validating header for HDU")]
+    if truncated or damaged:
         if source is path:
             hdul.close()
-        raise InputError(f"{path} is truncated: {str(truncated[0].message).partition(': ')[2]}")
+        if truncated:
+            raise InputError(f"{path} is truncated: {str(truncated[0].message).partition(': ')[2]}")
+        reason = " ".join(str(damaged[0].message).split())
+        raise InputError(f"{path} is truncated or damaged: {reason}")
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     return hdul

@@ -198,6 +198,10 @@ FITS_CASES = {
     "header with truncated data": (".fits", lambda g: g[: 2880 + 1000], "is truncated"),
     "garbage": (".fits", lambda g: bytes(range(256)) * 20, "not a readable FITS file"),
     "extension with truncated data": (".fits", lambda g: _with_extension()[:-3000], "is truncated"),
+    # Cut inside the extension's header: astropy drops the extension with a warning.
+    "extension with a cut header": (
+        ".fits", lambda g: _with_extension()[: _with_extension().index(b"XTENSION") + 100], "is truncated or damaged"
+    ),
 }
 
 
