@@ -31,6 +31,8 @@ __all__ = [
     "to_grid",
     "from_grid",
     "grid_channels",
+    "square_symmetry",
+    "AveragedWeights",
     "count_parameters",
     "ConvEncoder",
     "ConvDecoder",
@@ -506,3 +508,86 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z):
         return self.net(self.stem(z).reshape(-1, *self.shape))
+
+
+def square_symmetry(*images):
+    """The same random flip or quarter turn of the square, per image, for each batch given.
+
+    The eight symmetries of the square (horizontal flip, vertical flip and
+    transpose, each on or off; non-square images skip the transpose), drawn
+    with torch's global generator. A turned dirty image is the turned sky
+    seen through the turned PSF, as valid an observation as the original,
+    so a pair stays a pair if both get the same one.
+
+    Parameters
+    ----------
+    *images : torch.Tensor
+        ``(B, ny, nx)`` batches of native pixels (not unshuffled grids,
+        whose channels would not turn with the image), all of one shape.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+    """
+    x = images[0]
+    ops = [lambda t: t.flip(-1), lambda t: t.flip(-2)]
+    if x.shape[-1] == x.shape[-2]:
+        ops.append(lambda t: t.transpose(-1, -2))
+    for op in ops:
+        on = torch.randint(0, 2, (x.shape[0], 1, 1), device=x.device).bool()
+        images = tuple(torch.where(on, op(t), t) for t in images)
+    return images
+
+
+class AveragedWeights:
+    """Mixin of backends whose ``net`` is trained and whose ``ema`` (its running average) predicts.
+
+    The exponential moving average of the weights (Polyak averaging, as in
+    diffusion models) is stored in model files as the module ``ema``, and
+    its step count in the training state, so that a resumed run averages as
+    an uninterrupted one. The decay is ``min(ema_decay, (1 + n) / (10 +
+    n))`` after ``n`` steps, so that short runs do not average mostly the
+    random initial weights. `optimise` takes one step of the ``optimizer``
+    with gradients clipped to norm 1, then updates the average.
+    """
+
+    ema_steps = 0
+
+    def reset_parameters(self):
+        """Fresh weights for the network; the average starts equal to them."""
+        for sub in self.net.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+        self.ema.load_state_dict(self.net.state_dict())
+
+    def begin_fit(self, *, resumed=False):
+        if not resumed:
+            self.ema_steps = 0
+
+    def optimise(self, loss):
+        """Backpropagate ``loss``, step the optimiser and the average; returns the loss as a float."""
+        opt = self.optimizers["optimizer"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        opt.step()
+        self.update_average()
+        return loss.item()
+
+    @torch.no_grad()
+    def update_average(self):
+        """One step of the moving average of ``net`` into ``ema``."""
+        self.ema_steps += 1
+        decay = min(self.config["ema_decay"], (1 + self.ema_steps) / (10 + self.ema_steps))
+        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
+            b_ema.copy_(b)
+
+    def training_state(self):
+        return {**super().training_state(), "ema_steps": self.ema_steps}
+
+    def load_training_state(self, state):
+        state = dict(state)
+        self.ema_steps = int(state.pop("ema_steps", 0))
+        super().load_training_state(state)

@@ -7,6 +7,7 @@ import torch
 
 from radiorecon import Reconstructor
 from radiorecon.backends.ddpm import DdpmBackend
+from radiorecon.nn import square_symmetry
 from radiorecon.simulate import SimulatedPairs
 
 TINY = dict(base_channels=8, channel_mult=[1, 2])
@@ -59,7 +60,7 @@ def test_augmentation_moves_pairs_together():
     # On native pixels (B, ny, nx), before the grid is made.
     x = torch.arange(2 * 16.0).reshape(2, 4, 4).repeat(64, 1, 1)
     torch.manual_seed(0)
-    a, b = DdpmBackend._augment(x, x.clone() * 2)
+    a, b = square_symmetry(x, x.clone() * 2)
     torch.testing.assert_close(b, 2 * a)
     seen = {tuple(img.flatten().tolist()) for img in a[::2]}
     assert len(seen) == 8  # all the symmetries of the square

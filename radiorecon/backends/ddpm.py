@@ -39,12 +39,15 @@ import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
 from ..diffusion import SAMPLERS, linear_beta_schedule, sampling_schedule
-from ..nn import UNet, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, to_grid
+from ..nn import (
+    AveragedWeights, UNet, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, square_symmetry,
+    to_grid,
+)
 
 __all__ = ["DdpmBackend"]
 
 
-class DdpmBackend(Backend):
+class DdpmBackend(AveragedWeights, Backend):
     """Conditional DDPM: sky draws given the dirty image, with fast samplers.
 
     Configuration keys (`default_config`); preset ``"paper"`` has the
@@ -201,30 +204,13 @@ class DdpmBackend(Backend):
 
     # -- training ----------------------------------------------------------
 
-    @staticmethod
-    def _augment(x, sky):
-        """The same random flip or quarter turn of the square for each ``(B, ny, nx)`` pair.
-
-        On native pixels, before the grid: an unshuffled block's channels
-        would not turn with the image.
-        """
-        # Horizontal flip, vertical flip and transpose, each on or off: the
-        # eight symmetries of the square (non-square grids skip the transpose).
-        ops = [lambda t: t.flip(-1), lambda t: t.flip(-2)]
-        if x.shape[-1] == x.shape[-2]:
-            ops.append(lambda t: t.transpose(-1, -2))
-        for op in ops:
-            on = torch.randint(0, 2, (x.shape[0], 1, 1), device=x.device).bool()
-            x, sky = torch.where(on, op(x), x), torch.where(on, op(sky), sky)
-        return x, sky
-
     def _grid(self, images, reduce):
         c = self.config
         return to_grid(images, c["downsample"], self._multiple, reduce=reduce, stem=c["stem"])
 
     def _loss(self, inputs, targets, augment):
         if augment:
-            inputs, targets = self._augment(inputs, targets)
+            inputs, targets = square_symmetry(inputs, targets)
         x, _ = self._grid(inputs, "mean")
         sky, _ = self._grid(targets, "sum")
         x0 = self.sky_forward(sky)
@@ -234,47 +220,11 @@ class DdpmBackend(Backend):
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return F.mse_loss(self.net(torch.cat([xt, x], dim=1), t), noise)
 
-    def reset_parameters(self):
-        """Fresh weights for the network; the EMA copy starts equal to them."""
-        for sub in self.net.modules():
-            if hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
-        self.ema.load_state_dict(self.net.state_dict())
-
-    def begin_fit(self, *, resumed=False):
-        if not resumed:
-            self.ema_steps = 0
-
     def train_step(self, inputs, targets):
-        loss = self._loss(inputs, targets, self.config["augment"])
-        opt = self.optimizers["optimizer"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-        opt.step()
-        self._update_ema()
-        return {"loss": loss.item()}
-
-    @torch.no_grad()
-    def _update_ema(self):
-        self.ema_steps += 1
-        # Short runs would otherwise average mostly the random initial weights.
-        decay = min(self.config["ema_decay"], (1 + self.ema_steps) / (10 + self.ema_steps))
-        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
-            b_ema.copy_(b)
+        return {"loss": self.optimise(self._loss(inputs, targets, self.config["augment"]))}
 
     def evaluate_step(self, inputs, targets):
         return {"loss": self._loss(inputs, targets, False).item()}
-
-    def training_state(self):
-        return {**super().training_state(), "ema_steps": self.ema_steps}
-
-    def load_training_state(self, state):
-        state = dict(state)
-        self.ema_steps = int(state.pop("ema_steps", 0))
-        super().load_training_state(state)
 
     # -- inference ---------------------------------------------------------
 

@@ -51,7 +51,7 @@ import torch
 from .._noise import robust_std
 from ..backend import Backend, Prediction
 from ..exceptions import InputError
-from ..nn import UNet, count_parameters, pad_to_multiple
+from ..nn import AveragedWeights, UNet, count_parameters, pad_to_multiple, square_symmetry
 from ..score_sampling import (
     SAMPLERS,
     edm_loss_weight,
@@ -97,7 +97,7 @@ class SkyImages:
         return np.asarray(self.pairs[i][1], dtype=np.float32)
 
 
-class ScoreBackend(Backend):
+class ScoreBackend(AveragedWeights, Backend):
     """Score-based (EDM) prior of sky images: generation and posterior reconstruction.
 
     Configuration keys (`default_config`):
@@ -223,68 +223,21 @@ class ScoreBackend(Backend):
 
     # -- training ----------------------------------------------------------
 
-    @staticmethod
-    def _augment(x):
-        """A random flip or quarter turn of the square per image."""
-        ops = [lambda t: t.flip(-1), lambda t: t.flip(-2)]
-        if x.shape[-1] == x.shape[-2]:
-            ops.append(lambda t: t.transpose(-1, -2))
-        for op in ops:
-            on = torch.randint(0, 2, (x.shape[0], 1, 1), device=x.device).bool()
-            x = torch.where(on, op(x), x)
-        return x
-
     def _loss(self, sky, augment, net):
         c = self.config
         if augment:
-            sky = self._augment(sky)
+            (sky,) = square_symmetry(sky)
         sigma = lognormal_sigmas(sky.shape[0], c["p_mean"], c["p_std"], device=sky.device)
         noisy = sky + sigma[:, None, None] * torch.randn_like(sky)
         weight = edm_loss_weight(sigma, c["sigma_data"])[:, None, None]
         return (weight * (self.denoise(noisy, sigma, net=net) - sky) ** 2).mean()
 
-    def reset_parameters(self):
-        """Fresh weights for the network; the EMA copy starts equal to them."""
-        for sub in self.net.modules():
-            if hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
-        self.ema.load_state_dict(self.net.state_dict())
-
-    def begin_fit(self, *, resumed=False):
-        if not resumed:
-            self.ema_steps = 0
-
     def train_step(self, inputs, targets):
-        loss = self._loss(inputs, self.config["augment"], self.net)
-        opt = self.optimizers["optimizer"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-        opt.step()
-        self._update_ema()
-        return {"loss": loss.item()}
-
-    @torch.no_grad()
-    def _update_ema(self):
-        self.ema_steps += 1
-        # Short runs would otherwise average mostly the random initial weights.
-        decay = min(self.config["ema_decay"], (1 + self.ema_steps) / (10 + self.ema_steps))
-        for p_ema, p in zip(self.ema.parameters(), self.net.parameters()):
-            p_ema.lerp_(p, 1 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
-            b_ema.copy_(b)
+        return {"loss": self.optimise(self._loss(inputs, self.config["augment"], self.net))}
 
     def evaluate_step(self, inputs, targets):
         with torch.no_grad():
             return {"loss": self._loss(inputs, False, self.ema).item()}
-
-    def training_state(self):
-        return {**super().training_state(), "ema_steps": self.ema_steps}
-
-    def load_training_state(self, state):
-        state = dict(state)
-        self.ema_steps = int(state.pop("ema_steps", 0))
-        super().load_training_state(state)
 
     # -- inference ---------------------------------------------------------
 
