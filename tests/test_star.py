@@ -236,3 +236,16 @@ def test_unshuffle_stem_is_lossless_and_nonnegative_output_is_exactly_empty(pair
 def test_unknown_stem_or_content_loss(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         StarBackend(**TINY, **bad)
+
+
+def test_nonnegative_content_passes_gradients_through_the_clip():
+    backend = StarBackend(**TINY, nonnegative=True)
+    net = backend.content_net
+    with torch.no_grad():
+        net.head[-1].bias.fill_(-10.0)  # every output below 0: clipped to exactly 0
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    content = backend.content(x, torch.zeros(2, 1, 16, 16))
+    assert torch.all(content == 0)
+    # A source where the output is clipped still pulls the output up (a plain ReLU would give no gradient).
+    torch.nn.functional.l1_loss(content, torch.ones_like(content)).backward()
+    assert net.head[-1].bias.grad.item() < 0

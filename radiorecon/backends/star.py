@@ -75,9 +75,10 @@ class StarBackend(Backend):
     - ``stem`` (``"bin"``): how the grid is made, ``"bin"`` (flux-conserving
       bins, bilinear interpolation back) or ``"unshuffle"`` (pixel blocks as
       channels, predicted back to every native pixel).
-    - ``nonnegative`` (False): clip the content at 0 (a ReLU on the
-      network's output), so that the sky model is exactly empty where the
-      network sees no source, instead of a faint positive floor.
+    - ``nonnegative`` (False): clip the content at 0, so that the sky
+      model is exactly empty where the network sees no source, instead of
+      a faint positive floor (in training, gradients pass the clip as if it
+      were not there, so that outputs pushed below 0 can come back).
     - ``content_loss`` (``"mse"``): ``"mse"`` or ``"l1"``, on the
       normalised intensity. MSE is minimised by the mean over the skies
       compatible with an image, which is positive wherever a source is
@@ -225,8 +226,13 @@ class StarBackend(Backend):
     def content(self, x, style):
         """Style + composite -> normalised content."""
         t = self.content_net(torch.cat([x, style], dim=1))
-        # The stretch is odd, so t >= 0 is exactly sky >= 0.
-        return F.relu(t) if self.config["nonnegative"] else t
+        if not self.config["nonnegative"]:
+            return t
+        # The stretch is odd, so t >= 0 is exactly sky >= 0. Clipped going
+        # forward, but with the gradient of no clip (straight through): a
+        # plain ReLU at the output dies, as the loss on the mostly empty sky
+        # pushes every output below 0, where no gradient brings it back.
+        return t + (F.relu(t) - t).detach()
 
     def composite(self, content, style):
         """Content + style -> composite (binned dirty image)."""
