@@ -41,7 +41,7 @@ _SUBMODULES = {
     "io", "catalog", "metrics", "simulate", "benchmark", "beam", "registry", "exceptions",
     "backends", "tiling", "modelfile", "cli", "nn", "pretrained", "diffusion", "resample", "calibration",
     "pipeline", "normalisation", "training", "provenance", "seeding", "visualization",
-    "score_sampling", "parallel", "mosaic",
+    "score_sampling", "parallel", "mosaic", "instrument",
 }
 
 

@@ -34,8 +34,9 @@ empty (a faint texture there becomes spurious sources).
 
 With a *calibration split* (``calibration=``) the significance threshold
 of each row is not the user's but chosen on images kept apart from the
-test images: the lowest of `CALIBRATION_GRID` at which the detections of
-all calibration images, pooled, reach a purity of `TARGET_PURITY`. The
+test images: the lowest of `~radiorecon.calibration.CALIBRATION_GRID` at
+which the detections of all calibration images, pooled, reach a purity of
+`~radiorecon.calibration.TARGET_PURITY`. The
 test images are then scored at that threshold (protocol ``"significance
 (calibrated)"``), and over the whole grid for a purity-completeness curve,
 from the same predictions.
@@ -58,15 +59,17 @@ from . import metrics
 from ._validate import check_int
 from .exceptions import InputError
 from .beam import beam_kernel
-from .calibration import apparent_sky, source_mask
+from .calibration import (
+    CALIBRATION_GRID, TARGET_PURITY, apparent_sky, apparent_sources, choose_threshold, detection_curve, source_mask,
+)
 from .catalog import find_sources_in_model, model_catalog
 from ._noise import robust_std
 from .pipeline import is_per_beam
 from .result import std_array
 from .tiling import center_psf
 
-__all__ = ["run_benchmark", "published_catalog", "to_markdown", "plot_report", "completeness_table", "COLUMNS", "CALIBRATION_GRID",
-           "TARGET_PURITY", "SNR_BINS"]
+__all__ = ["run_benchmark", "published_catalog", "to_markdown", "plot_report", "completeness_table", "COLUMNS",
+           "SNR_BINS"]
 
 _JY_PIX = u.Jy / u.pix
 
@@ -77,12 +80,6 @@ COLUMNS = ["method", "protocol", "n_samples", "threshold", "purity", "completene
 
 #: Matching radius of the published protocol, pix (the papers match within 3 pixels).
 PUBLISHED_RADIUS = 3.0
-
-#: Significance thresholds searched by the calibration, in units of the dirty image's robust noise.
-CALIBRATION_GRID = np.round(np.arange(2.5, 8.0 + 1e-9, 0.25), 2)
-
-#: Pooled purity the calibrated threshold must reach on the calibration images.
-TARGET_PURITY = 0.9
 
 #: Edges of the true peak-S/N bins of the completeness table at the calibrated threshold.
 SNR_BINS = np.array([0.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, np.inf])
@@ -175,7 +172,8 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         A calibration split, never scored as a test image: an int ``K`` for
         the last ``K`` images of the data set, or the indices of its images.
         Each row's significance threshold is chosen on it (the lowest of
-        `CALIBRATION_GRID` whose pooled purity reaches `TARGET_PURITY`;
+        `~radiorecon.calibration.CALIBRATION_GRID` whose pooled purity
+        reaches `~radiorecon.calibration.TARGET_PURITY`;
         the one of highest purity if none does) and the test images are
         scored at it, as one more row per method.
 
@@ -220,7 +218,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         ``calibration``, the keys ``(label, "calibrated")`` of ``counts``,
         ``calibration`` and ``recovered`` are those of the calibrated rows,
         ``curves`` holds per label the purity-completeness curve of the test
-        images over `CALIBRATION_GRID` (a `~astropy.table.QTable` of
+        images over `~radiorecon.calibration.CALIBRATION_GRID` (a `~astropy.table.QTable` of
         ``threshold``, ``tp``, ``fp``, ``fn``, ``purity``, ``completeness``,
         counts pooled over images; ``calibration_curves`` the same on the
         calibration images) and ``completeness_by_snr`` per label the
@@ -239,7 +237,6 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     # Row keys: the user's thresholds, then the calibrated one (per label).
     keys = thresholds + (["calibrated"] if calib else [])
     grid = CALIBRATION_GRID if calib else np.zeros(0)
-    truth_all = data.truth
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]
     rows = {(label, key): [] for label in labels for key in keys}
     # tp, fp, fn over the threshold grid, summed over each split's images.
@@ -254,7 +251,8 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     for i in tqdm(calib + test, desc="benchmark", disable=not progress, unit="image"):
         is_test = i in test
         if is_test and calib and not chosen:
-            chosen = {label: _choose_threshold(grid, c) for label, c in curve["calibration"].items()}
+            chosen = {label: choose_threshold(detection_curve(grid, c))
+                      for label, c in curve["calibration"].items()}
         dirty = data.image(i)
         psf = np.asarray(data.psf(i).data)
         sky = apparent_sky(data, i)
@@ -265,9 +263,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         kernel = beam_kernel(beam, pixel)
         fwhm_px = float((beam.major / pixel).decompose())
         noise = robust_std(dirty.data, mask=dirty.mask) * to_jy_beam
-        truth = truth_all[truth_all["image_id"] == i]
-        truth = QTable(truth)
-        truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
+        truth = apparent_sources(data, i)
         sources = source_mask(sky)
         reference = published_catalog(sky) if is_test else None
         # Jy/beam of the clean beam to Jy/pixel, so that the published
@@ -384,8 +380,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
                       match_radius={"significance": "1 clean-beam FWHM", "published": f"{PUBLISHED_RADIUS:g} pix"})
     if calib:
         table.meta["calibration"] = {"images": calib, "target_purity": TARGET_PURITY, "thresholds": chosen}
-        examples["curves"] = {label: _curve(grid, c) for label, c in curve["test"].items()}
-        examples["calibration_curves"] = {label: _curve(grid, c) for label, c in curve["calibration"].items()}
+        examples["curves"] = {label: detection_curve(grid, c) for label, c in curve["test"].items()}
+        examples["calibration_curves"] = {label: detection_curve(grid, c)
+                                          for label, c in curve["calibration"].items()}
         examples["completeness_by_snr"] = {
             label: metrics.completeness_by_snr(examples["recovered"][(label, "calibrated")][1],
                                                examples["recovered"][(label, "calibrated")][0], SNR_BINS)
@@ -416,27 +413,6 @@ def _split(n_total, n_images, calibration):
         raise InputError(f"{n} test images and a calibration split of {len(calib)} need {n + len(calib)} images; "
                          f"the data set holds {n_total}: pass fewer n_images or a smaller calibration split")
     return available[:n], calib
-
-
-def _curve(grid, counts):
-    """Purity-completeness curve: a QTable of the pooled counts (rows of tp, fp, fn) at each threshold."""
-    scores = [metrics.detection_scores(*c) for c in counts]
-    return QTable([grid, counts[:, 0], counts[:, 1], counts[:, 2], [s["purity"] for s in scores],
-                   [s["completeness"] for s in scores]],
-                  names=["threshold", "tp", "fp", "fn", "purity", "completeness"])
-
-
-def _choose_threshold(grid, counts):
-    """The lowest threshold whose pooled purity reaches `TARGET_PURITY`, else the one of highest purity.
-
-    Returns a dict: ``threshold`` (noise units), the ``purity`` reached and
-    ``reached`` (whether it meets the target).
-    """
-    purity = _curve(grid, counts)["purity"]
-    ok = np.flatnonzero(purity >= TARGET_PURITY)
-    # np.argmax takes the lowest threshold among equal purities: the most complete.
-    k = int(ok[0]) if ok.size else int(np.argmax(purity))
-    return {"threshold": float(grid[k]), "purity": float(purity[k]), "reached": bool(ok.size)}
 
 
 def _point_response(rec, data, i, dirty):
@@ -569,7 +545,7 @@ def plot_report(table, examples, out):
 
     With a calibration split (``examples["curves"]``) also ``curves.png``:
     each row's purity-completeness curve on the test images over
-    `CALIBRATION_GRID`, its calibrated threshold marked.
+    `~radiorecon.calibration.CALIBRATION_GRID`, its calibrated threshold marked.
 
     The figures are drawn with `matplotlib.figure.Figure` alone, so this
     works without a display and leaves the user's backend and pyplot state

@@ -17,6 +17,14 @@ held-out images.
 `~radiorecon.Reconstructor.calibrate_uncertainty` keeps the scale in the
 model (`~radiorecon.Reconstructor.uncertainty_scale`), which `predict`
 applies and records (``RRUSCALE``).
+
+The detection threshold of a model's catalogs is calibrated the same way:
+`calibrate_threshold` detects sources in the predictions of a calibration
+split at every threshold of `CALIBRATION_GRID` and takes the lowest whose
+pooled purity reaches `TARGET_PURITY`;
+`~radiorecon.Reconstructor.calibrate_threshold` keeps it as the model's
+`~radiorecon.Reconstructor.catalog_threshold`, the default of ``predict
+--catalog``, the demo and the benchmark.
 """
 
 import dataclasses
@@ -24,24 +32,44 @@ import math
 
 import numpy as np
 import astropy.units as u
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from . import metrics
 from ._validate import check_int, check_seed
 from .exceptions import CapabilityError
+from ._noise import robust_std
 from .result import std_array
 
 __all__ = ["CalibrationReport", "calibrate_uncertainty", "uncertainty_coverage", "gaussian_coverage",
-           "apparent_sky", "source_mask", "SOURCE_FRACTION"]
+           "apparent_sky", "apparent_sources", "source_mask", "SOURCE_FRACTION", "ThresholdReport",
+           "calibrate_threshold", "detection_curve", "choose_threshold", "CALIBRATION_GRID", "TARGET_PURITY"]
 
 #: Pixels whose apparent sky exceeds this fraction of its image's maximum
 #: are source pixels (here and in `radiorecon.benchmark`'s coverage).
 SOURCE_FRACTION = 0.1
+
+#: Detection thresholds searched by `calibrate_threshold` and the benchmark's
+#: calibration, in units of the dirty image's robust noise.
+CALIBRATION_GRID = np.round(np.arange(2.5, 8.0 + 1e-9, 0.25), 2)
+
+#: Pooled purity a calibrated threshold must reach on the calibration images.
+TARGET_PURITY = 0.9
 
 
 def apparent_sky(data, i):
     """The sky a model of image ``i`` of a simulated data set should give: true sky x primary beam, Jy/pixel."""
     true_sky = data.sky(i)
     return u.Quantity(true_sky.data, true_sky.unit).to_value(_JY_PIX) * np.asarray(data.primary_beam, float)
+
+
+def apparent_sources(data, i):
+    """The true sources of image ``i`` of a simulated data set, with apparent fluxes (``flux * pb_gain``, Jy)."""
+    from astropy.table import QTable
+
+    truth = data.truth
+    truth = QTable(truth[truth["image_id"] == i])
+    truth["flux"] = (truth["flux"] * truth["pb_gain"]).to(u.Jy)
+    return truth
 
 
 def source_mask(sky):
@@ -248,3 +276,143 @@ def _best_factor(ratios, match):
             "with an error"
         )
     return float(candidates[np.argmin(miss)])
+
+
+@dataclasses.dataclass
+class ThresholdReport:
+    """What `calibrate_threshold` found.
+
+    Attributes
+    ----------
+    threshold : float
+        The detection threshold, in units of the dirty image's robust noise
+        (`~radiorecon.Reconstructor.catalog_threshold`).
+    purity : float
+        Pooled purity of the calibration images' detections at it.
+    reached : bool
+        Whether it reaches the target purity (if no threshold of the grid
+        does, the one of highest purity is taken).
+    target_purity : float
+    curve : `~astropy.table.QTable`
+        The purity-completeness curve of the calibration images
+        (`detection_curve`).
+    n_images : int
+    n_samples : int
+    """
+
+    threshold: float
+    purity: float
+    reached: bool
+    target_purity: float
+    curve: object
+    n_images: int
+    n_samples: int
+
+
+def detection_curve(grid, counts):
+    """A purity-completeness curve: thresholds and the pooled counts (rows of tp, fp, fn) at each.
+
+    Returns
+    -------
+    `~astropy.table.QTable`
+        ``threshold``, ``tp``, ``fp``, ``fn``, ``purity``, ``completeness``.
+    """
+    from astropy.table import QTable
+
+    counts = np.asarray(counts)
+    scores = [metrics.detection_scores(*c) for c in counts]
+    return QTable([np.asarray(grid, float), counts[:, 0], counts[:, 1], counts[:, 2],
+                   [s["purity"] for s in scores], [s["completeness"] for s in scores]],
+                  names=["threshold", "tp", "fp", "fn", "purity", "completeness"])
+
+
+def choose_threshold(curve, target_purity=TARGET_PURITY):
+    """The lowest threshold of a `detection_curve` whose purity reaches the target, else the purest.
+
+    Returns
+    -------
+    dict
+        ``threshold``, the ``purity`` reached there and ``reached``
+        (whether it meets the target).
+    """
+    purity = np.asarray(curve["purity"], float)
+    ok = np.flatnonzero(purity >= target_purity)
+    # np.argmax takes the lowest threshold among equal purities: the most complete.
+    k = int(ok[0]) if ok.size else int(np.argmax(purity))
+    return {"threshold": float(curve["threshold"][k]), "purity": float(purity[k]), "reached": bool(ok.size)}
+
+
+def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, seed=0,
+                        target_purity=TARGET_PURITY, grid=CALIBRATION_GRID, progress=True):
+    """Find the detection threshold at which a model's catalogs reach a purity, on a calibration split.
+
+    Each image is predicted (seed ``seed + i``) and its sources detected in
+    the sky model seen through the clean beam, against the dirty image's
+    robust noise (`radiorecon.catalog.find_sources_in_model`, as the
+    benchmark's significance protocol does) at every threshold of
+    ``grid``; detections are matched to the apparent true sources within
+    one clean-beam FWHM and counted over all images.
+
+    Parameters
+    ----------
+    rec : `~radiorecon.Reconstructor`
+        A model whose output is a sky model (Jy/pixel).
+    data : `~radiorecon.simulate.SimulatedDataset` or str
+    n_samples : int
+        Samples per prediction (the threshold holds for this number).
+    n_images, images
+        The first ``n_images`` images, or these indices. Use images the
+        model was not trained on.
+    seed : int
+    target_purity : float
+        Purity to reach, in (0, 1].
+    grid : sequence of float
+        Thresholds to try (noise units), increasing.
+    progress : bool
+
+    Returns
+    -------
+    `ThresholdReport`
+
+    Raises
+    ------
+    ValueError
+        If ``target_purity`` is outside (0, 1], the grid is empty, or the
+        backend predicts no sky model.
+    """
+    from tqdm.auto import tqdm
+
+    from .catalog import find_sources_in_model
+
+    if not 0 < target_purity <= 1:
+        raise ValueError(f"target_purity must be in (0, 1], not {target_purity!r}")
+    grid = np.asarray(grid, float)
+    if grid.ndim != 1 or not grid.size or not np.all(grid > 0):
+        raise ValueError("grid must be a non-empty sequence of positive thresholds")
+    if isinstance(data, str):
+        from .simulate import load_dataset
+
+        data = load_dataset(data)
+    n_samples = check_int(n_samples, "n_samples")
+    seed = check_seed(seed)
+    indices = _indices(data, n_images, images)
+    counts = np.zeros((len(grid), 3), np.int64)
+    for i in tqdm(indices, desc="calibrate threshold", disable=not progress, unit="image"):
+        dirty = data.image(i)
+        psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
+        result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
+                             progress=False)
+        if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
+            raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in Jy/pixel")
+        beam = data.beam(i)
+        noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
+        fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+        truth = apparent_sources(data, i)
+        for k, t in enumerate(grid):
+            found = find_sources_in_model(result, threshold=t, beam=beam, noise=noise)
+            score = metrics.score_catalog(found, truth, fwhm_px, flux=None)
+            counts[k] += [score["tp"], score["fp"], score["fn"]]
+    curve = detection_curve(grid, counts)
+    chosen = choose_threshold(curve, target_purity)
+    return ThresholdReport(target_purity=float(target_purity), curve=curve, n_images=len(indices),
+                           n_samples=n_samples, **chosen)

@@ -450,7 +450,8 @@ def _methods(specs, samples):
 
 
 def cmd_benchmark(args):
-    from .benchmark import TARGET_PURITY, completeness_table, plot_report, run_benchmark, to_markdown
+    from .benchmark import completeness_table, plot_report, run_benchmark, to_markdown
+    from .calibration import TARGET_PURITY
     from .runtime import threads
 
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
@@ -480,6 +481,25 @@ def cmd_benchmark(args):
             note = "" if chosen["reached"] else f" (purity {TARGET_PURITY:g} not reached; the highest taken)"
             print(f"calibrated threshold of {label}: {chosen['threshold']:g} sigma, purity "
                   f"{chosen['purity']:.3g} on the calibration images{note}")
+    return 0
+
+
+def cmd_calibrate(args):
+    _check_output(args.output, args.overwrite, "-o")
+    rec = _open_model(args.model, _config_pairs(args.set))
+    common = dict(n_images=args.n_images, seed=0 if args.seed is None else args.seed,
+                  progress=not args.no_progress)
+    found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity, **common)
+    note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
+    print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
+          f"{_plural(found.n_images, 'image')}{note}")
+    if not args.no_uncertainty and ("std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)):
+        scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), **common)
+        print(f"uncertainty scale: {scaled.scale:.4g}; coverage of source pixels 1 sigma "
+              f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
+              f"{scaled.after[2.0]:.3f}")
+    rec.save(args.output, overwrite=args.overwrite)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -651,6 +671,21 @@ def _parser():
     p.add_argument("--workers", type=_count, default=0, metavar="N",
                    help="processes that load the training data while training (default 0: this process)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate", parents=[common],
+                       help="choose a model's catalog threshold and uncertainty scale on simulated images")
+    p.add_argument("model", help="model file (.rrm) or pretrained:NAME")
+    p.add_argument("--data", required=True,
+                   help="simulated data set (radiorecon simulate) of images the model was not trained on")
+    p.add_argument("--n-images", type=_positive_int, metavar="N", help="use its first N images (default: all)")
+    p.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+                   help="draws per prediction, as the model will be used (default 1; the uncertainty of a "
+                        "sampling model needs more)")
+    p.add_argument("--target-purity", type=_positive_float, default=0.9,
+                   help="purity of the catalogs at the chosen threshold (default 0.9)")
+    p.add_argument("--no-uncertainty", action="store_true", help="leave the uncertainty scale as it is")
+    p.add_argument("-o", "--output", required=True, help="model file to write, with the calibration")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("sample", parents=[common], help="draw sky images from a generative model's prior")
     p.add_argument("model", help="model file (.rrm) or pretrained:NAME of a backend that samples (score)")

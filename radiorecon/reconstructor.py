@@ -609,6 +609,30 @@ class Reconstructor:
         self.uncertainty_scale = report.scale
         return report
 
+    def calibrate_threshold(self, data, *, n_samples=1, n_images=None, images=None, seed=0, target_purity=None,
+                            progress=True):
+        """Choose the catalog threshold on a simulated calibration split and keep it.
+
+        Sets `catalog_threshold` to the lowest threshold at which the
+        sources found in this model's predictions of ``data`` reach the
+        target purity (default `~radiorecon.calibration.TARGET_PURITY`,
+        0.9); see `radiorecon.calibration.calibrate_threshold`. It is then
+        the default of ``predict --catalog``, the demo and the benchmark
+        for this model; `save` to keep it in the model file. Calibrate on
+        images the model was not trained on.
+
+        Returns
+        -------
+        `~radiorecon.calibration.ThresholdReport`
+        """
+        from .calibration import TARGET_PURITY, calibrate_threshold
+
+        report = calibrate_threshold(self, data, n_samples=n_samples, n_images=n_images, images=images, seed=seed,
+                                     target_purity=TARGET_PURITY if target_purity is None else target_purity,
+                                     progress=progress)
+        self.catalog_threshold = report.threshold
+        return report
+
     def _to_device(self, device):
         dev = resolve_device(device)
         self.backend.to(dev)

@@ -250,7 +250,8 @@ def coarse_grid(monkeypatch):
 
 
 def test_calibration_split_chooses_thresholds_on_its_own_images(dataset, tmp_path, coarse_grid):
-    from radiorecon.benchmark import TARGET_PURITY, completeness_table
+    from radiorecon.benchmark import completeness_table
+    from radiorecon.calibration import TARGET_PURITY
     from radiorecon.exceptions import InputError
 
     methods = [("clean", Reconstructor("clean", niter=200), 1)]
@@ -294,16 +295,6 @@ def test_calibration_split_chooses_thresholds_on_its_own_images(dataset, tmp_pat
         run_benchmark(dataset, methods, calibration=[1, 1], progress=False)
     with pytest.raises(ValueError, match="at most 3"):
         run_benchmark(dataset, methods, calibration=4, progress=False)
-
-
-def test_calibrated_threshold_falls_back_to_the_highest_purity():
-    from radiorecon.benchmark import _choose_threshold
-
-    grid = np.array([3.0, 4.0, 5.0])
-    reached = _choose_threshold(grid, np.array([[5, 5, 0], [5, 0, 0], [4, 0, 1]]))
-    assert reached == {"threshold": 4.0, "purity": 1.0, "reached": True}
-    missed = _choose_threshold(grid, np.array([[5, 10, 0], [5, 5, 0], [4, 4, 1]]))
-    assert missed == {"threshold": 4.0, "purity": 0.5, "reached": False}
 
 
 def test_cli_benchmark_with_calibration(dataset, tmp_path, capsys, coarse_grid):

@@ -154,3 +154,49 @@ def test_calibration_needs_a_spread_and_sources(overconfident, dataset, tmp_path
     zero = Reconstructor("test-conv", noise=0.0).fit(dataset, epochs=1, batch_size=4, seed=0, progress=False)
     with pytest.raises(ValueError, match="spread is zero on every source pixel"):
         calibrate_uncertainty(zero, dataset, n_samples=2, progress=False)
+
+
+def test_threshold_is_the_lowest_of_the_grid_reaching_the_purity():
+    from radiorecon.calibration import choose_threshold, detection_curve
+
+    grid = np.array([3.0, 4.0, 5.0])
+    reached = choose_threshold(detection_curve(grid, [[5, 5, 0], [5, 0, 0], [4, 0, 1]]))
+    assert reached == {"threshold": 4.0, "purity": 1.0, "reached": True}
+    missed = choose_threshold(detection_curve(grid, [[5, 10, 0], [5, 5, 0], [4, 4, 1]]))
+    assert missed == {"threshold": 4.0, "purity": 0.5, "reached": False}
+
+
+def test_calibrated_threshold_is_kept_by_the_model_and_its_file(overconfident, dataset, tmp_path):
+    from radiorecon.calibration import calibrate_threshold
+
+    grid = [2.5, 4.0, 6.0, 9.0]
+    report = calibrate_threshold(overconfident, dataset, grid=grid, target_purity=0.8, progress=False)
+    curve = report.curve
+    assert list(curve["threshold"]) == grid and report.n_images == 4 and report.n_samples == 1
+    assert curve["tp"][0] > 0 and curve["fp"][0] > curve["fp"][-1]
+    above = np.flatnonzero(curve["purity"] >= 0.8)
+    assert report.reached == bool(above.size)
+    assert report.threshold == (grid[above[0]] if above.size else grid[int(np.argmax(curve["purity"]))])
+    # The front door keeps it as the catalog threshold, and the model file too.
+    rec = overconfident
+    assert rec.calibrate_threshold(dataset, images=[0, 1, 2, 3], progress=False).threshold == rec.catalog_threshold
+    rec.save(tmp_path / "m.rrm")
+    assert Reconstructor.load(tmp_path / "m.rrm").catalog_threshold == rec.catalog_threshold
+    with pytest.raises(ValueError, match="target_purity"):
+        calibrate_threshold(rec, dataset, target_purity=1.5, progress=False)
+    with pytest.raises(ValueError, match="grid"):
+        calibrate_threshold(rec, dataset, grid=[], progress=False)
+
+
+def test_cli_calibrate_writes_the_threshold_and_scale(overconfident, dataset, tmp_path, capsys):
+    model = tmp_path / "in.rrm"
+    overconfident.save(model)
+    out = tmp_path / "calibrated.rrm"
+    args = ["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "catalog threshold:" in printed and "uncertainty scale:" in printed
+    rec = Reconstructor.load(out)
+    assert rec.catalog_threshold is not None and rec.uncertainty_scale > 1
+    assert main(args) == 1 and "exists" in capsys.readouterr().err

@@ -1,0 +1,278 @@
+import math
+
+import astropy.units as u
+import numpy as np
+import pytest
+import torch
+
+from radiorecon import Reconstructor, registry
+from radiorecon.backends.vae_deblend import (
+    VaeDeblendBackend, deblended_catalog, laplace_errors, map_deblend, place,
+)
+from radiorecon.exceptions import CapabilityError, InputError
+from radiorecon.instrument import Instrument
+from radiorecon.simulate.blends import blended_scenes, blendedness, isolated_stamps
+
+from conftest import gaussian_psf
+
+TINY = dict(stamp_size=16, latent_dim=4, base_channels=4, channel_mult=[1, 2], flow_transforms=2,
+            flow_hidden=[16], vae_steps=12, learning_rate=3e-3, flow_learning_rate=3e-3, max_iterations=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    registry.register_backend("vae-deblend", VaeDeblendBackend, force=True)
+    yield
+    registry.unregister_backend("vae-deblend")
+
+
+@pytest.fixture(scope="module")
+def stamps():
+    return isolated_stamps(32, preset="extended", stamp_size=16, seed=3, pixel_scale=0.3 * u.arcsec)
+
+
+@pytest.fixture(scope="module")
+def trained(stamps):
+    return Reconstructor(VaeDeblendBackend(**TINY)).fit(stamps, epochs=6, batch_size=8, seed=1, progress=False)
+
+
+# -- the instrument ---------------------------------------------------------
+
+
+def test_instrument_adjoint():
+    gen = torch.Generator().manual_seed(0)
+    psf = torch.rand(2, 24, 20, generator=gen, dtype=torch.float64)  # not symmetric: a real test of the flip
+    pb = torch.rand(12, 10, generator=gen, dtype=torch.float64)
+    op = Instrument(psf, (12, 10), primary_beam=pb)
+    x, y = (torch.randn(2, 12, 10, generator=gen, dtype=torch.float64) for _ in range(2))
+    lhs = (op.forward(x) * y).sum()
+    rhs = (x * op.adjoint(y)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-12)
+
+
+def test_instrument_convolves_without_wrapping():
+    psf = torch.arange(1.0, 1 + 16 * 16, dtype=torch.float64).reshape(16, 16)
+    op = Instrument(psf, (8, 8))
+    x = torch.zeros(8, 8, dtype=torch.float64)
+    x[0, 7] = 1.0  # a corner: any wrap-around would show on the opposite side
+    # The PSF's peak pixel (8, 8) lands on the source, the rest around it, cut at the edges.
+    assert torch.allclose(op.forward(x), psf[8:16, 1:9])
+
+
+def test_whitening_gives_unit_white_noise():
+    psf = torch.from_numpy(gaussian_psf((128, 128), sigma=2.0))
+    op = Instrument(psf, (64, 64), noise="restored")
+    white = torch.randn(20, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = 3.0 * torch.fft.irfft2(torch.fft.rfft2(white) * op.noise_power.sqrt(), s=(64, 64))
+    assert abs(noise.std().item() / 3.0 - 1.0) < 0.05  # noise_power is normalised to the pixel variance
+    assert (noise[:, :, 1:] * noise[:, :, :-1]).mean() / noise.var() > 0.8  # beam-correlated
+    # Whitened: the same power at every frequency the likelihood keeps, about 1 on average.
+    power = torch.fft.rfft2(op.whiten(noise, 3.0)).abs().pow(2).mean(0) / 64**2
+    kept = op.inverse_amplitude > 0
+    low, high = power[:4, :4], power[kept & (op.noise_power < 0.05 * op.noise_power.max())]
+    assert abs(power[kept].mean().item() - 1.0) < 0.1
+    assert abs(low.mean().item() - 1.0) < 0.3 and abs(high.mean().item() - 1.0) < 0.1
+    assert torch.all(power[~kept] < 1e-20)
+
+
+# -- the flow ---------------------------------------------------------------
+
+
+def test_flow_density_is_the_change_of_variables():
+    backend = VaeDeblendBackend(**TINY)
+    torch.manual_seed(0)
+    backend.reset_parameters()
+    z = torch.randn(3, 4, dtype=torch.float64)
+    backend.flow.double()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    for zi in z:
+        jac = torch.autograd.functional.jacobian(lambda v: backend.flow.transform(v), zi)
+        expected = normal.log_prob(backend.flow.transform(zi)).sum() + torch.linalg.slogdet(jac)[1]
+        assert torch.allclose(backend.log_prior(zi[None])[0], expected, atol=1e-10)
+
+
+def test_flow_learns_a_known_gaussian():
+    torch.manual_seed(0)
+    backend = VaeDeblendBackend(**{**TINY, "latent_dim": 2})
+    mean, cov = torch.tensor([1.0, -2.0]), torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    target = torch.distributions.MultivariateNormal(mean, cov)
+    opt = torch.optim.Adam(backend.flow.parameters(), lr=2e-2)
+    for _ in range(80):
+        z = target.sample((128,))
+        loss = -backend.log_prior(z).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z = target.sample((1000,))
+    with torch.no_grad():
+        gap = (target.log_prob(z) - backend.log_prior(z)).mean().item()  # KL(target || flow) >= 0
+    assert 0 <= gap < 0.05
+
+
+# -- the MAP and its errors, with an analytic source model -------------------
+
+
+def _gaussian_decoder(size=15):
+    """Latents (log flux, dx, dy, log width) to Gaussian stamps: a known source model."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64) - size // 2,
+                            torch.arange(size, dtype=torch.float64) - size // 2, indexing="ij")
+
+    def decode(z):
+        f, dx, dy, s = (z[:, i, None, None] for i in range(4))
+        g = torch.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * torch.exp(2 * s)))
+        return torch.exp(f) * g / g.sum(dim=(-2, -1), keepdim=True)
+
+    return decode
+
+
+def _wide_prior(z):
+    return -0.5 * (z / 10.0).pow(2).sum(1)
+
+
+def test_map_recovers_two_overlapping_sources_within_their_errors():
+    decode = _gaussian_decoder()
+    truth = torch.tensor([[math.log(6.0), 0.3, -0.2, math.log(1.5)], [math.log(3.0), -0.4, 0.1, math.log(2.0)]],
+                         dtype=torch.float64)
+    xy = [(13, 16), (18, 15)]  # 5 pixels apart: their light overlaps
+    shape, n, sigma = (32, 32), 12, 0.02
+    psf = torch.from_numpy(gaussian_psf((64, 64), sigma=1.2))
+    op = Instrument(psf, shape, noise="restored")
+    clean = op.forward(place(decode(truth), xy, shape).sum(0))
+    gen = torch.Generator().manual_seed(2)
+    white = torch.randn(n, *shape, generator=gen, dtype=torch.float64)
+    noise = op.forward(white)  # beam-convolved noise ...
+    noise = sigma * noise / noise.std()  # ... of pixel rms sigma
+    images = clean + noise
+    z0 = truth.repeat(n, 1) + 0.3 * torch.randn(2 * n, 4, generator=gen, dtype=torch.float64)
+    ops = [op] * n
+    result = map_deblend(images, [xy] * n, decode, _wide_prior, z0, ops, torch.full((n,), sigma, dtype=torch.float64),
+                         max_iterations=100, tolerance=1e-9)
+    assert result.converged
+    flux = torch.stack([c.sum(dim=(-2, -1)) for c in result.components])  # (n, 2)
+    errors = torch.stack([
+        laplace_errors(result.latents[2 * i : 2 * i + 2], decode, _wide_prior, images[i], op, sigma, xy,
+                       pixel_std=False)[0][:, 0] for i in range(n)
+    ])
+    true_flux = torch.tensor([6.0, 3.0], dtype=torch.float64)
+    pulls = (flux - true_flux) / errors
+    assert (pulls.abs() < 3.5).all()
+    # The Laplace errors describe the scatter of the estimates over noise realisations.
+    assert 0.7 < pulls.std().item() < 1.3
+    assert (errors.std(0) / errors.mean(0) < 0.1).all()  # about the same error for every realisation
+    assert (flux.mean(0) - true_flux).abs().max() < 3 * errors.mean(0).max() / math.sqrt(n) + 1e-3
+
+
+# -- data -------------------------------------------------------------------
+
+
+def test_blendedness_of_known_configurations():
+    g = gaussian_psf((16, 16), sigma=1.0)
+    apart = np.zeros((2, 16, 40))
+    apart[0, :, :16], apart[1, :, 24:] = g, g
+    assert np.allclose(blendedness(apart), 0.0, atol=1e-12)
+    # A source and a copy at half its brightness on top of it: the copy owns a third of the light.
+    assert np.allclose(blendedness(np.stack([g, 0.5 * g])), [1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match=r"\(n_sources, ny, nx\)"):
+        blendedness(g)
+
+
+def test_stamps_and_scenes():
+    stamps = isolated_stamps(3, preset="extended", stamp_size=16, seed=3, pixel_scale=0.3 * u.arcsec)
+    assert stamps.shape == (3, 16, 16) and (stamps >= 0).all() and (stamps.sum(axis=(1, 2)) > 0).all()
+    assert np.array_equal(stamps, isolated_stamps(3, preset="extended", stamp_size=16, seed=3,
+                                                  pixel_scale=0.3 * u.arcsec))
+    scenes = blended_scenes(2, preset="lotss", npix=32, n_sources=(2, 2), separation=(3, 5), seed=0)
+    assert scenes.images.shape == (2, 32, 32) and scenes.psf.shape == (2, 64, 64)
+    for sources, xy, b in zip(scenes.sources, scenes.positions, scenes.blendedness):
+        assert sources.shape == (2, 32, 32) and xy.shape == (2, 2)
+        assert 3 <= np.hypot(*(xy[0] - xy[1])) <= 5 + 1  # rounded to pixel centres
+        assert ((b > 0) & (b < 1)).all()
+    with pytest.raises(ValueError, match="do not fit stamps"):
+        isolated_stamps(1, preset="extended", stamp_size=16)  # 0.1" pixels: 1.5" sources fill 15 of them
+
+
+# -- training, model files and the front door --------------------------------
+
+
+def test_two_stage_fit_lowers_both_losses(trained):
+    history = trained.history
+    vae, flow = history[:3], history[3:]  # 4 steps per epoch, 12 VAE steps
+    assert all("reconstruction" in h and "flow_nll" not in h for h in vae)
+    assert all("flow_nll" in h and "reconstruction" not in h for h in flow)
+    assert vae[-1]["reconstruction"] < vae[0]["reconstruction"]
+    assert flow[-1]["flow_nll"] < flow[0]["flow_nll"]
+
+
+def test_two_stage_fit_resumes_exactly(stamps, trained, tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.ckpt"
+    first = Reconstructor(VaeDeblendBackend(**TINY))
+    original = VaeDeblendBackend.train_step
+
+    def train_step(self, inputs, targets):
+        if len(first.history) == 4:  # interrupted in the flow stage
+            raise KeyboardInterrupt
+        return original(self, inputs, targets)
+
+    monkeypatch.setattr(VaeDeblendBackend, "train_step", train_step)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(stamps, epochs=6, batch_size=8, seed=1, progress=False, checkpoint=ckpt)
+    monkeypatch.undo()
+    resumed = Reconstructor(VaeDeblendBackend(**TINY)).fit(stamps, epochs=6, batch_size=8, seed=1, progress=False,
+                                                          checkpoint=ckpt)
+    assert resumed.history == trained.history
+    for name, value in trained.backend.state_dict().items():
+        assert torch.equal(value, resumed.backend.state_dict()[name]), name
+
+
+def test_model_file_round_trip_keeps_the_flow(trained, tmp_path):
+    trained.save(tmp_path / "m.rrmodel")
+    loaded = Reconstructor.load(tmp_path / "m.rrmodel", device="cpu")
+    assert loaded.backend.config == trained.backend.config
+    z = torch.randn(5, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded.backend.log_prior(z), trained.backend.log_prior(z))
+        assert torch.equal(loaded.backend.decode(z), trained.backend.decode(z))
+
+
+def test_predict_deblends_through_the_front_door(trained):
+    scenes = blended_scenes(1, preset="extended", npix=32, n_sources=(2, 2), separation=(4, 6), seed=1,
+                            pixel_scale=0.3 * u.arcsec, flux_range=(2, 5) * u.mJy)
+    xy = scenes.positions[0].tolist()
+    trained.backend.set_config(positions=xy)
+    try:
+        image = scenes.images[0] * u.Jy / u.beam
+        result = trained.predict(image, psf=scenes.psf[0], progress=False, device="cpu")
+    finally:
+        trained.backend.set_config(positions=None)
+    assert result.unit == u.Jy / u.pix
+    assert result.components.shape == (2, 32, 32)
+    assert np.allclose(result.components.sum(0), result.data, atol=1e-6 * np.abs(result.data).max())
+    assert np.isfinite(result.uncertainty.array).all() and (result.uncertainty.array > 0).any()
+    assert result.extras["residual"].unit == u.Jy / u.beam
+    assert result.meta["DBNSRC"] == 2 and result.meta["DBNITER"] >= 1
+    table = deblended_catalog(result)
+    assert len(table) == 2 and table["flux"].unit == u.Jy
+    assert np.all(table["flux_err"] > 0) and np.isfinite(table["blendedness"]).all()
+    assert np.allclose(table["flux"].value, result.components.sum(axis=(1, 2)))
+
+
+def test_bad_inputs_give_clear_errors(trained, stamps):
+    backend = trained.backend
+    image = torch.zeros(1, 32, 32)
+    image[0, 16, 16] = 1.0
+    psf = torch.from_numpy(gaussian_psf((64, 64))).float()[None]
+    with pytest.raises(InputError, match=r"positions \[\[40, 3\]\] of image 0 lie outside its 32 x 32 pixels"):
+        backend.predict(image, psf=psf, positions=[[(40, 3)]])
+    with pytest.raises(InputError, match="non-empty list of finite pixel"):
+        backend.predict(image, psf=psf, positions=[[]])
+    noise = torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="no sources found in image 0 above 5.0 times its noise"):
+        backend.predict(noise, psf=psf)
+    with pytest.raises(CapabilityError, match="pass psf="):
+        backend.predict(image, positions=[[(16, 16)]])
+    with pytest.raises(InputError, match="stamps of 16 x 16 pixels"):
+        Reconstructor(VaeDeblendBackend(**TINY)).fit(np.zeros((4, 20, 20), np.float32), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        VaeDeblendBackend(likelihood="optical")
+    with pytest.raises(InputError, match="positions must be a non-empty list"):
+        VaeDeblendBackend(positions=[1, 2, 3])
