@@ -23,10 +23,10 @@ CAPABILITIES = frozenset(
         "std",  # predict() returns one estimate with its standard deviation (Prediction.std)
         "sample",  # sample(): unconditional draws from the learned sky prior
         "generate",  # generate(): sky model -> synthetic dirty images
-        "deblend",  # predict() also returns one model per source
+        "deblend",  # predict() also returns one model per source, and takes positions= (one list per image)
         "needs_training",  # predict()/sample() only after fit() or a model file
         "needs_psf",  # predict() needs the point-spread function
-        "paired",  # fit() needs (input, target) pairs; else inputs alone
+        "paired",  # fit() needs (input, target) pairs; else skies alone, whose unit is the target's
     }
 )
 
@@ -74,7 +74,9 @@ class Prediction:
         ``(B, ny, nx)`` one-sigma uncertainty of ``mean``, in the estimate's unit.
     components : list of torch.Tensor or None
         For ``deblend`` backends: one ``(n_sources, ny, nx)`` tensor per image,
-        each plane the model of one source; their sum is the sky model.
+        each plane the model of one source; their sum is the sky model. Their
+        ``predict`` also takes ``positions=``, one list of pixel ``(x, y)``
+        per image, when the user gives them (see :doc:`/writing_a_backend`).
     extras : dict of str to torch.Tensor
         Further ``(B, ny, nx)`` maps a method produces (a residual, a restored
         image); they come back in the result's ``extras``, each with its unit.

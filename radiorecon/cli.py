@@ -305,6 +305,9 @@ def _predict_many(args):
         if given is not None:
             raise InputError(f"{option} names one output file; with many inputs, give --out DIR "
                              "(each input writes NAME.model.fits and NAME.sources.ecsv there)")
+    if args.components:
+        raise InputError("--components is for one input with -o; with many inputs on Dask, components "
+                         "are not written yet")
     if args.out is None:
         raise InputError("give the output directory with --out DIR for many inputs")
     if args.workers is not None and args.scheduler is not None:
@@ -330,6 +333,7 @@ def _predict_many(args):
 
 def _predict_one(args):
     from ._files import atomic_path
+    from .catalog import deblended_catalog
     from .io import read_image, write_result
     from .parallel import check_catalog_input, field_catalog
 
@@ -344,9 +348,16 @@ def _predict_one(args):
             raise FileNotFoundError(f"{name} does not exist")
     # Read once: the checks, the prediction and the catalog all use it.
     image = read_image(args.input)
-    if args.catalog:
-        check_catalog_input(image, args.input, "--catalog")
     rec = _open_model(args.model, _config_pairs(args.set))
+    deblend = "deblend" in rec.capabilities
+    if args.components and not deblend:
+        raise CapabilityError(
+            f"backend {rec.backend_name!r} gives no per-source components (no 'deblend' capability): "
+            "drop --components"
+        )
+    # A deblending model's catalog measures its components; any other's is detected in the sky model.
+    if args.catalog and not deblend:
+        check_catalog_input(image, args.input, "--catalog")
     # The front door would say psf= and n_samples=; here they are options.
     if args.psf is None and "needs_psf" in rec.capabilities:
         raise CapabilityError(f"backend {rec.backend_name!r} needs the PSF: give it with --psf PSF.fits")
@@ -368,14 +379,16 @@ def _predict_one(args):
     threshold = args.threshold
     if threshold is None:
         threshold = rec.catalog_threshold or _PREDICT_THRESHOLD
-    catalog = field_catalog(sky, image, threshold) if args.catalog else None
+    catalog = None
+    if args.catalog:
+        catalog = deblended_catalog(sky) if deblend else field_catalog(sky, image, threshold)
     # Both files appear, or neither: each is written to a temporary and moved into place last.
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(args.output, overwrite=args.overwrite))
         if catalog is not None:
             tmp_catalog = stack.enter_context(atomic_path(args.catalog, overwrite=args.overwrite))
             catalog.write(tmp_catalog, format="ascii.ecsv")
-        write_result(sky, tmp, overwrite=True, extras=True)
+        write_result(sky, tmp, overwrite=True, extras=True, components=args.components)
     print(f"wrote {args.output}")
     if catalog is not None:
         print(f"wrote {args.catalog} ({_plural(len(catalog), 'source')})")
@@ -594,7 +607,11 @@ def _parser():
     p.add_argument("--aggregate", choices=["median", "mean"], default="median")
     p.add_argument("--psf", help="PSF FITS image, for backends that need it")
     p.add_argument("--catalog", help="also write a source catalog (ECSV); a sky model is detected through "
-                   "the input's clean beam against the input's noise")
+                   "the input's clean beam against the input's noise; a deblending model's (vae-deblend) "
+                   "catalog measures each source's component: flux +- error, centroid, shape, blendedness")
+    p.add_argument("--components", action="store_true",
+                   help="also write the per-source models of a deblending backend (vae-deblend) to -o, as a "
+                        "COMPONENTS cube (one plane per source)")
     p.add_argument("--threshold", type=_positive_float, default=None,
                    help="detection threshold in sigma (default: the model's catalog threshold, "
                         f"see radiorecon info; else {_PREDICT_THRESHOLD:g})")

@@ -31,7 +31,7 @@ from .tiling import Stitcher, Tiler, center_psf
 
 __all__ = [
     "Job", "read_input", "read_psf", "make_jobs", "check_sample_memory", "run", "assemble", "chunk_sizes",
-    "model_unit", "is_per_beam", "PROGRESS_DELAY", "pixel_scale_arcsec", "warn_outside_domain",
+    "model_unit", "input_units", "is_per_beam", "PROGRESS_DELAY", "pixel_scale_arcsec", "warn_outside_domain",
     "DOMAIN_TOLERANCE",
 ]
 
@@ -84,6 +84,36 @@ def model_unit(in_unit, target_unit=None):
     if is_per_beam(in_unit):
         return in_unit * u.beam / u.pix
     return in_unit
+
+
+def input_units(units):
+    """The units a model takes images in, best first, from its training ``units``.
+
+    Parameters
+    ----------
+    units : dict
+        ``{"input": str or None, "target": str or None}``, as
+        `~radiorecon.Reconstructor.units`.
+
+    Returns
+    -------
+    `~astropy.units.UnitBase` or tuple of them
+        The recorded input unit when there is one (paired training; an
+        image without a unit is assumed to be in it). A model trained on
+        skies alone (unpaired backends, such as ``score``
+        and ``vae-deblend``) records only their unit, the target's: it takes
+        dirty images in its per-beam counterpart (Jy/beam for skies in
+        Jy/pixel, the PSF having a peak of 1), then images in the sky's
+        unit itself (an image without a unit is taken as it is). Empty
+        when nothing is known.
+    """
+    if units.get("input") is not None:
+        return u.Unit(units["input"])
+    if units.get("target") is None:
+        return ()
+    target = u.Unit(units["target"])
+    per_pixel = dict(zip(target.bases, target.powers)).get(u.pix) == -1
+    return (target * u.pix / u.beam, target) if per_pixel else (target,)
 
 
 def chunk_sizes(n, batch_size):
@@ -161,6 +191,12 @@ def warn_outside_domain(jobs, domain, *, stacklevel):
 def read_input(obj, what, want_unit, *, stacklevel):
     """Read an image and express it in ``want_unit``.
 
+    ``want_unit`` is a unit (an image without a unit is assumed to be in
+    it, with a warning), None (no conversion) or a sequence of units (see
+    `input_units`): the image is converted to the first one its unit
+    converts to, and an image without a unit is taken as it is (a model
+    trained on skies alone never saw a dirty image's unit to assume).
+
     Returns
     -------
     image : NDData
@@ -181,23 +217,25 @@ def read_input(obj, what, want_unit, *, stacklevel):
     if mask.all():
         raise InputError(f"Every pixel of the {what} is blank (NaN or masked)")
     unit = image.unit
-    if want_unit is not None:
-        want = u.Unit(want_unit)
+    single = isinstance(want_unit, (str, u.UnitBase))
+    wants = [] if want_unit is None else [want_unit] if single else want_unit
+    wants = [u.Unit(want) for want in wants]
+    if wants and (unit is not None or single):
         if unit is None:
             warnings.warn(
-                f"The {what} has no unit; assuming the model's training unit {want}.",
+                f"The {what} has no unit; assuming the model's training unit {wants[0]}.",
                 RadioreconWarning,
                 stacklevel=stacklevel,
             )
-            unit = want
-        elif unit != want:
-            try:
-                data = data * np.float32(unit.to(want))
-            except u.UnitConversionError:
+            unit = wants[0]
+        elif unit not in wants:
+            want = next((want for want in wants if unit.is_equivalent(want)), None)
+            if want is None:
                 raise u.UnitConversionError(
-                    f"The {what} is in {unit}, which cannot be converted to {want}, the unit the model "
-                    "was trained on."
-                ) from None
+                    f"The {what} is in {unit}, which cannot be converted to {' or '.join(map(str, wants))}, "
+                    f"the unit{'s' if len(wants) > 1 else ''} the model takes (from its training data)."
+                )
+            data = data * np.float32(unit.to(want))
             unit = want
     data[mask] = 0.0
     return image, data, mask, unit
@@ -249,16 +287,21 @@ def check_sample_memory(jobs, n_samples, return_samples, batch_size=8):
     )
 
 
-def _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar):
-    """The backend's Prediction for a batch, its samples gathered over calls of about ``batch_size``."""
+def _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar, positions=None):
+    """The backend's Prediction for a batch, its samples gathered over calls of about ``batch_size``.
+
+    ``positions`` (one list of pixel ``(x, y)`` per image of the batch) is
+    passed on only when given: backends without ``deblend`` need not take it.
+    """
     import torch
 
     from .backend import Prediction
 
+    given = {} if positions is None else {"positions": positions}
     parts, start = [], 0
     for k in chunk_sizes(n_samples, batch_size):
         seeds = [[stream_seed(*key, start + s) for key in keys] for s in range(k)]
-        pred = backend.predict(x, n_samples=k, psf=psf, draws=Draws(seeds, device))
+        pred = backend.predict(x, n_samples=k, psf=psf, draws=Draws(seeds, device), **given)
         if not isinstance(pred, Prediction):
             raise TypeError(f"Backend {name!r} returned {type(pred).__name__} from predict(), not a Prediction")
         if pred.samples is None:
@@ -280,11 +323,15 @@ def _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar):
 
 
 def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress, aggregate=None,
-        return_samples=True):
+        return_samples=True, positions=None):
     """Send every tile of every job through the backend, and stitch what comes back.
 
     Parameters
     ----------
+    positions : list or None
+        Per job, a list of pixel ``(x, y)`` of its sources, passed to the
+        backend's ``predict`` (``deblend`` backends, whose images go whole,
+        in one tile each) when given.
     aggregate : {"median", "mean"} or None
         Reduce the samples to the estimate (their median or mean) and their
         standard deviation band by band as they are stitched, so that they
@@ -329,7 +376,8 @@ def run(jobs, backend, name, *, n_samples, batch_size, seed, device, progress, a
                 if jobs[chunk[0][0]].psf is not None:
                     psf = torch.from_numpy(np.stack([jobs[j].psf for j, _ in chunk])).to(device)
                 keys = [(seed, jobs[j].index, t) for j, t in chunk]
-                pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar)
+                where = None if positions is None else [positions[j] for j, _ in chunk]
+                pred = _call(backend, name, x, psf, n_samples, batch_size, keys, device, bar, where)
                 _collect(pred, chunk, outputs)
     return [out.maps for out in outputs]
 
@@ -443,8 +491,11 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
         return model if kinds.get(key, "model") == "model" else job.unit
 
     components = None
-    if out["components"]:
+    if out["components"]:  # deblending backends predict whole images: one tile
         components = normalisation.inverse(out["components"][0][:, : mask.shape[0], : mask.shape[1]])
+        components[:, mask] = np.nan
+        if unit_of("estimate") is not None:
+            components = u.Quantity(components, unit_of("estimate"), copy=False)
     extras = {}
     for key, value in out["extras"].items():
         value[mask] = np.nan  # blank in the input, blank in every map, as in the estimate

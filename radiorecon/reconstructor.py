@@ -61,7 +61,12 @@ class Reconstructor:
         ``normalisation.scale``.
     units : dict
         ``{"input": str or None, "target": str or None}`` units of the
-        training data, used to convert inputs at prediction.
+        training data, used to convert inputs at prediction. A backend
+        trained on skies alone (not ``paired``: ``score``, ``vae-deblend``)
+        records their unit as the target's and no input unit; it takes
+        dirty images in the per-beam counterpart (Jy/beam for skies in
+        Jy/pixel) and predicts in the skies' unit
+        (`radiorecon.pipeline.input_units`).
     history : list of dict
         Losses per epoch of the last `fit`.
     domain : dict or None
@@ -474,6 +479,7 @@ class Reconstructor:
         device="auto",
         return_samples=False,
         threads=None,
+        positions=None,
     ):
         """Reconstruct the sky model of one image or a list of images.
 
@@ -508,6 +514,12 @@ class Reconstructor:
             Keep the individual samples in the result's ``samples``.
         threads : int, optional
             CPU threads for torch during the call (see `fit`).
+        positions : list, optional
+            Where the sources to separate are, for backends with the
+            ``deblend`` capability (``vae-deblend``): a list of pixel
+            ``(x, y)`` (0-based, of the whole image) for one image, or one
+            such list per image for a list of images. By default the backend
+            finds the sources itself.
 
         Returns
         -------
@@ -518,7 +530,9 @@ class Reconstructor:
             ``mask`` (True where the input was blank; those pixels are NaN),
             the input's celestial ``wcs`` and provenance in ``meta``.
             Maps in ``extras`` are `~astropy.units.Quantity` in the unit the
-            backend declares (e.g. Jy/beam for CLEAN's residual).
+            backend declares (e.g. Jy/beam for CLEAN's residual). A
+            ``deblend`` backend's per-source models are in ``components``
+            (see `~radiorecon.Reconstruction`).
 
         Warns
         -----
@@ -532,7 +546,13 @@ class Reconstructor:
         ------
         CapabilityError
             For ``n_samples > 1`` with a backend that does not draw samples,
-            or no PSF for a backend that needs one.
+            no PSF for a backend that needs one, or ``positions`` for a
+            backend without ``deblend``.
+        InputError
+            For positions that are not finite pixel ``(x, y)`` pairs inside
+            their image (the message names the position), or not one list
+            per image; or an image a ``deblend`` backend would have to cut
+            into tiles.
         MemoryError
             Before any work, when the samples asked for cannot fit in memory.
         """
@@ -551,6 +571,8 @@ class Reconstructor:
             raise ValueError(f"aggregate must be one of {_AGGREGATES}, not {aggregate!r}")
         if psf is None and "needs_psf" in self.capabilities:
             raise CapabilityError(f"Backend {self.backend_name!r} needs the PSF: pass psf=")
+        if positions is not None:
+            self._require("deblend", "take source positions")
 
         # A stack of 2-D arrays is a list of images, as in fit.
         many = isinstance(data, (list, tuple)) or (type(data) is np.ndarray and data.ndim == 3 and len(data) > 1)
@@ -564,19 +586,26 @@ class Reconstructor:
         else:
             psfs = [psf] * len(images)
 
-        jobs = pipeline.make_jobs(images, psfs, self.backend, self.normalisation, self.units.get("input"))
+        if positions is not None:
+            positions = _source_positions(positions if many else [positions], len(images))
+
+        jobs = pipeline.make_jobs(images, psfs, self.backend, self.normalisation, pipeline.input_units(self.units))
         pipeline.warn_outside_domain(jobs, self.domain, stacklevel=3)
         if "deblend" in self.capabilities and any(len(job.tiler) > 1 for job in jobs):
-            raise ValueError(
+            # Positions, components and the catalog are of the whole image, in one piece.
+            raise InputError(
                 f"Backend {self.backend_name!r} deblends whole images of at most "
-                f"{self.backend.tile_shape}; cut the image first"
+                f"{self.backend.tile_shape or self.backend.max_tile_shape} pixels, not in tiles; cut the image first"
             )
+        if positions is not None:
+            for job, xy in zip(jobs, positions):
+                _check_inside(xy, job.mask.shape, "" if not many else f" of image {job.index}")
         pipeline.check_sample_memory(jobs, n_samples, return_samples, batch_size)
         dev = self._to_device(device)
         with torch_threads(threads):
             outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
                                    batch_size=batch_size, seed=seed, device=dev, progress=progress,
-                                   aggregate=aggregate, return_samples=return_samples)
+                                   aggregate=aggregate, return_samples=return_samples, positions=positions)
         results = []
         for job, out in zip(jobs, outputs):  # a loop, not a comprehension: warnings point at the caller
             results.append(pipeline.assemble(
@@ -802,3 +831,37 @@ class Reconstructor:
     def _draws_header(self, comment, seed):
         return provenance.draws_header(version=__version__, backend_name=self.backend_name, origin=self.origin,
                                        seed=seed, comment=comment)
+
+
+def _source_positions(per_image, n_images):
+    """``predict``'s positions as one list of float ``(x, y)`` per image, checked to be finite pairs."""
+    if not isinstance(per_image, (list, tuple, np.ndarray)) or len(per_image) != n_images:
+        raise InputError(
+            f"positions must be a list of pixel (x, y) for one image, or one such list per image "
+            f"({n_images} here), not {per_image!r}"
+        )
+    out = []
+    for i, xy in enumerate(per_image):
+        where = "" if n_images == 1 else f" of image {i}"
+        try:
+            array = np.asarray(xy, dtype=float)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.ndim != 2 or array.shape[1] != 2 or len(array) == 0:
+            raise InputError(f"positions{where} must be a non-empty list of pixel (x, y) pairs, not {xy!r}")
+        bad = ~np.isfinite(array).all(axis=1)
+        if bad.any():
+            raise InputError(f"position {tuple(array[bad][0].tolist())}{where} is not finite")
+        out.append([tuple(p) for p in array.tolist()])
+    return out
+
+
+def _check_inside(xy, shape, where):
+    """Refuse a position outside an image of ``shape`` ``(ny, nx)``, naming it."""
+    ny, nx = shape
+    for x, y in xy:
+        if not (0 <= x <= nx - 1 and 0 <= y <= ny - 1):
+            raise InputError(
+                f"position ({x:g}, {y:g}){where} lies outside the image's {nx} x {ny} pixels "
+                "(x, y are 0-based pixel indices)"
+            )

@@ -142,7 +142,14 @@ def reproject_model(model, target_wcs, shape_out, **kwargs):
     meta = model.meta.copy() if hasattr(model.meta, "copy") else dict(model.meta)
     return Reconstruction(result[0], uncertainty=uncertainty, mask=mask, wcs=wcs_out, meta=meta, unit=unit,
                           samples=new_samples if samples is not None else None,
-                          components=new_components if components is not None else None)
+                          components=_like(new_components, components))
+
+
+def _like(values, original):
+    """Resampled ``values`` in the unit of ``original`` (None if there was none)."""
+    if original is None:
+        return None
+    return values * original.unit if isinstance(original, u.Quantity) else values
 
 
 def _celestial(wcs, what):

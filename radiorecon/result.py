@@ -23,7 +23,7 @@ __all__ = ["Reconstruction", "write_result", "read_result", "std_array"]
 _FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts", ".fts.gz")
 _FITS_SIGNATURE = b"SIMPLE  =                    T"
 # Extensions with a fixed meaning; any other image extension is an extra map.
-_LAYOUT = ("UNCERT", "MASK", "SAMPLES")
+_LAYOUT = ("UNCERT", "MASK", "SAMPLES", "COMPONENTS")
 
 
 class Reconstruction(NDDataRef):
@@ -44,8 +44,14 @@ class Reconstruction(NDDataRef):
         As for `~astropy.nddata.NDData`.
     samples : `~numpy.ndarray` or None
         ``(n_samples, ny, nx)`` individual draws, in ``unit``, when asked for.
-    components : `~numpy.ndarray` or None
-        ``(n_sources, ny, nx)`` per-source models from a deblending backend.
+    components : `~astropy.units.Quantity`, `~numpy.ndarray` or None
+        ``(n_sources, ny, nx)`` per-source models from a deblending backend
+        (``components[k]`` is source ``k``'s model, their sum the sky
+        model), on the pixels of ``wcs``: a `~astropy.units.Quantity` in
+        the model's unit as `~radiorecon.Reconstructor.predict` and
+        `read_result` make them (a plain array when there is no unit, and
+        then taken to be in ``unit``).
+        `~radiorecon.catalog.deblended_catalog` measures them.
     extras : dict of str to `~astropy.units.Quantity` or `~numpy.ndarray`
         Further ``(ny, nx)`` maps from the method (e.g. ``residual``), each
         in its own unit (a plain array when the input had none).
@@ -119,15 +125,18 @@ def std_array(nddata, unit=None):
     return array
 
 
-def write_result(result, path, *, overwrite=False, samples=False, extras=False):
+def write_result(result, path, *, overwrite=False, samples=False, extras=False, components=False):
     """Write an image or reconstruction to a FITS file in CCDData's layout.
 
     The primary HDU holds ``result.data`` with ``result.meta``, the WCS
     cards and ``BUNIT``; then come an ``UNCERT`` extension (standard
     deviations, ``UTYPE='StdDevUncertainty'``), a ``MASK`` extension (uint8,
-    1 = masked) and, with ``samples=True``, a ``SAMPLES`` extension
-    ``(n_samples, ny, nx)``, each only when present, and each image
-    extension with the WCS cards too. ``BUNIT`` is written as radio viewers
+    1 = masked), with ``samples=True`` a ``SAMPLES`` extension
+    ``(n_samples, ny, nx)`` and with ``components=True`` a ``COMPONENTS``
+    extension ``(n_sources, ny, nx)``, each only when present, and each image
+    extension with the WCS cards too (the cube of components with a third,
+    ``SOURCE`` axis whose value is the source's ``id`` in
+    `~radiorecon.catalog.deblended_catalog`: 1 for the first plane). ``BUNIT`` is written as radio viewers
     expect it (``Jy/pixel``, ``Jy/beam``); a dimensionless unit is written as
     no ``BUNIT``, as CCDData does. The file is written to a
     temporary name in the same directory and then renamed, so a failure
@@ -145,6 +154,9 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False):
         Replace an existing file.
     samples : bool, optional
         Also write ``result.samples`` when it is not None.
+    components : bool, optional
+        Also write ``result.components`` (a deblending backend's per-source
+        models) when it is not None, with their own ``BUNIT``.
     extras : bool, optional
         Also write each map of ``result.extras`` (e.g. CLEAN's ``residual``
         and ``restored``) as an extension named after its key in capitals,
@@ -198,6 +210,14 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False):
         hdus.append(extension(mask.astype(np.uint8), "MASK"))
     if samples and getattr(result, "samples", None) is not None:
         hdus.append(extension(np.asarray(result.samples), "SAMPLES", unit=result.unit))
+    cube = getattr(result, "components", None) if components else None
+    if cube is not None:
+        cards = unit_cards(getattr(cube, "unit", result.unit))
+        if wcs is not None and data.ndim == 2:
+            source = wcs.sub([1, 2, 0])
+            source.wcs.ctype[2], source.wcs.crpix[2], source.wcs.crval[2] = "SOURCE", 1, 1
+            cards.extend(source.to_header(relax=True), update=True, useblanks=False)
+        hdus.append(fits.ImageHDU(np.asarray(getattr(cube, "value", cube)), cards, name="COMPONENTS"))
     for key, value in (getattr(result, "extras", None) or {}).items() if extras else ():
         if key.upper() in _LAYOUT or key.upper() == "PRIMARY":
             raise ValueError(f"extra map {key!r} would take the name of the {key.upper()} extension")
@@ -219,7 +239,8 @@ def read_result(path):
     Returns
     -------
     result : `~radiorecon.result.Reconstruction`
-        Data, ``UNCERT``, ``MASK`` and ``SAMPLES`` when present, any other
+        Data, ``UNCERT``, ``MASK``, ``SAMPLES`` and ``COMPONENTS`` (with
+        its ``BUNIT``) when present, any other
         image extension of the data's shape as an ``extras`` map (with its
         ``BUNIT``), the celestial WCS, the unit from ``BUNIT`` (None when
         absent) and as ``meta`` the primary header without its structural
@@ -246,6 +267,10 @@ def read_result(path):
     if utype not in (None, "StdDevUncertainty"):
         raise ValueError(f"{name}: cannot read an UNCERT extension of type {utype!r}")
     wcs = header_wcs(header, name)
+    components = arrays.get("COMPONENTS")
+    if components is not None:
+        unit = parse_bunit(extensions["COMPONENTS"][1].get("BUNIT"), name)
+        components = components if unit is None else u.Quantity(components, unit, copy=False)
     return Reconstruction(
         data,
         uncertainty=StdDevUncertainty(arrays["UNCERT"]) if "UNCERT" in arrays else None,
@@ -254,6 +279,7 @@ def read_result(path):
         meta=clean_header(header),
         unit=parse_bunit(header.get("BUNIT"), name),
         samples=arrays.get("SAMPLES"),
+        components=components,
         extras=extras,
     )
 

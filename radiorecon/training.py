@@ -197,7 +197,12 @@ def training_set(inputs, targets, paired):
     -------
     dataset : sequence of (torch.Tensor, torch.Tensor)
     units : dict
-        ``{"input": str or None, "target": str or None}``.
+        ``{"input": str or None, "target": str or None}``. Unpaired
+        backends train on skies alone: the unit of their images is the
+        target (sky) unit, and the input unit is left None (a data set's
+        ``units["target"]``, else its ``units["input"]``, is that of its
+        items), so that the model takes dirty images in the per-beam
+        counterpart (see `radiorecon.pipeline.input_units`).
     domain : dict or None
         The inputs' training domain (see `training_domain`): from a data
         set, or from the images' headers (beam cards, WCS) and pixels
@@ -212,14 +217,19 @@ def training_set(inputs, targets, paired):
         first = inputs[0]
         if paired and not (isinstance(first, tuple) and len(first) == 2):
             raise ValueError("A paired backend needs a dataset whose items are (input, target) pairs")
-        units = {"input": units.get("input"), "target": units.get("target")}
+        if paired:
+            units = {"input": units.get("input"), "target": units.get("target")}
+        else:
+            units = {"input": None, "target": units.get("target") or units.get("input")}
         return _Pairs(inputs, paired), units, training_domain(inputs)
     x, x_unit, domain = _stack(inputs, "inputs")
     if len(x) == 0:
         raise ValueError("No training inputs given")
-    units = {"input": None if x_unit is None else x_unit.to_string(), "target": None}
+    x_unit = None if x_unit is None else x_unit.to_string()
     if not paired:
+        units = {"input": None, "target": x_unit}
         return torch.utils.data.TensorDataset(torch.from_numpy(x), torch.zeros(len(x), 0)), units, domain
+    units = {"input": x_unit, "target": None}
     y, y_unit, _ = _stack(targets, "targets")
     if len(y) != len(x):
         raise ValueError(f"{len(x)} training inputs but {len(y)} targets")

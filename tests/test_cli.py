@@ -463,3 +463,12 @@ def test_predict_with_a_catalog_reads_the_input_once(observation, tmp_path, monk
     assert main(["predict", "clean", str(image), "--psf", str(psf), "-o", str(tmp_path / "o.fits"),
                  "--catalog", str(tmp_path / "o.ecsv"), "--set", "niter=50", "--no-progress"]) == 0
     assert opened.count(image.name) == 1  # checks, prediction and catalog share one read
+
+
+def test_predict_components_need_a_deblending_backend(observation, tmp_path, capsys):
+    dirty, psf = observation
+    out = tmp_path / "m.fits"
+    assert main(["predict", "clean", str(dirty), "--psf", str(psf), "-o", str(out), "--components",
+                 "--no-progress"]) == 1
+    assert "gives no per-source components (no 'deblend' capability)" in capsys.readouterr().err
+    assert not out.exists()

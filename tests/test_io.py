@@ -474,3 +474,25 @@ def test_only_stddev_uncertainty_can_be_written(tmp_path):
     with pytest.raises(ValueError, match="StdDevUncertainty"):
         write_result(result, tmp_path / "var.fits")
     assert not os.listdir(tmp_path)
+
+
+def test_components_round_trip_with_wcs_and_unit(tmp_path):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.cdelt, wcs.wcs.crpix, wcs.wcs.crval = (
+        ["RA---SIN", "DEC--SIN"], [-1e-4, 1e-4], [5, 4], [150.0, 2.0])
+    cube = np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8)
+    result = Reconstruction(cube.sum(0), unit=u.Jy / u.pix, wcs=wcs, components=cube * u.Jy / u.pix)
+    write_result(result, tmp_path / "plain.fits")
+    assert read_result(tmp_path / "plain.fits").components is None  # only when asked for
+    write_result(result, tmp_path / "m.fits", components=True)
+    with fits.open(tmp_path / "m.fits") as hdul:
+        header = hdul["COMPONENTS"].header
+        assert header["BUNIT"] == "Jy/pixel" and header["CTYPE3"] == "SOURCE"
+        cube_wcs = WCS(header)
+    # The SOURCE axis counts sources from 1, as deblended_catalog's id; the sky axes are the image's.
+    ra_dec, source = cube_wcs.pixel_to_world(3, 2, 1)[0], cube_wcs.pixel_to_world(3, 2, 1)[1]
+    assert ra_dec.separation(wcs.pixel_to_world(3, 2)).arcsec < 1e-6 and source.value == 2
+    back = read_result(tmp_path / "m.fits")
+    assert back.components.unit == u.Jy / u.pix
+    np.testing.assert_array_equal(back.components.value, cube)
+    assert back.wcs.wcs.compare(wcs.wcs) and back.extras == {}

@@ -174,6 +174,7 @@ def test_cli_predicts_a_glob_on_a_running_scheduler(model, fields, tmp_path, cli
     (["-o", "x.fits"], "-o names one output file; with many inputs, give --out DIR"),
     (["--workers", "2", "--scheduler", "tcp://h:1"], "give one of them"),
     ([], "give the output directory with --out DIR"),
+    (["--out", "o", "--components"], "--components is for one input"),
 ])
 def test_cli_many_inputs_refuses_conflicting_options(extra, message, fields, tmp_path, capsys):
     argv = ["predict", "pretrained:star", *fields, *extra]

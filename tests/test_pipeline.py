@@ -235,3 +235,17 @@ def test_the_memory_check_counts_a_band_per_sample_not_the_image(conv, monkeypat
     pipeline.check_sample_memory(jobs, 50, return_samples=False)
     with pytest.raises(MemoryError, match="50 samples of 1 image"):
         pipeline.check_sample_memory(jobs, 50, return_samples=True)
+
+
+def test_input_units_of_a_model_trained_on_skies():
+    assert pipeline.input_units({"input": "Jy / beam", "target": "Jy / pix"}) == u.Jy / u.beam
+    # Skies alone (unpaired): their per-beam counterpart for dirty images, then the skies' own unit.
+    assert pipeline.input_units({"input": None, "target": "mJy / pix"}) == (u.mJy / u.beam, u.mJy / u.pix)
+    assert pipeline.input_units({"input": None, "target": "K"}) == (u.K,)
+    assert pipeline.input_units({"input": None, "target": None}) == ()
+    image = np.ones((4, 4), np.float32) * u.mJy / u.pix
+    _, data, _, unit = pipeline.read_input(image, "image", (u.Jy / u.beam, u.Jy / u.pix), stacklevel=1)
+    assert unit == u.Jy / u.pix and data[0, 0] == pytest.approx(1e-3)
+    # Without a unit, as it is: no dirty image's unit was ever seen to assume.
+    _, data, _, unit = pipeline.read_input(np.ones((4, 4)), "image", (u.Jy / u.beam, u.Jy / u.pix), stacklevel=1)
+    assert unit is None and data[0, 0] == 1

@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 
 import radiorecon
 from radiorecon import Reconstruction, Reconstructor
-from radiorecon.exceptions import CapabilityError, NotFittedError, RadioreconWarning
+from radiorecon.exceptions import CapabilityError, InputError, NotFittedError, RadioreconWarning
 
 import _backends
 from conftest import celestial_header, gaussian_psf
@@ -321,6 +321,24 @@ def test_per_source_components():
     assert result.components[0][5, 3] == 1.0 and result.components[1][12, 25] == 2.0
     with pytest.raises(ValueError, match="deblends whole images"):
         Reconstructor("test-split").predict(np.zeros((70, 70)), progress=False)
+
+
+def test_components_carry_the_model_unit_and_the_mask():
+    image = np.zeros((20, 30), np.float32)
+    image[5, 3], image[12, 25], image[0, 0] = 1.0, 2.0, np.nan
+    result = Reconstructor("test-split").predict(image * u.Jy / u.beam, progress=False)
+    assert result.components.unit == u.Jy / u.pix and result.components.shape == (2, 20, 30)
+    assert np.isnan(result.components[:, 0, 0]).all()  # blank in the input, blank in every component
+    assert result.components[1, 12, 25] == 2.0 * u.Jy / u.pix
+    assert result[2:8, 1:5].components.shape == (2, 6, 4)  # slices keep their components
+
+
+def test_positions_only_for_deblending_backends():
+    with pytest.raises(CapabilityError, match="cannot take source positions: it does not declare the 'deblend'"):
+        Reconstructor("test-smooth").predict(np.zeros((16, 16)), positions=[(3, 4)], progress=False)
+    # Positions are pixels of the whole image: a deblending backend's image is not cut into tiles.
+    with pytest.raises(InputError, match=r"deblends whole images of at most \(32, 32\) pixels, not in tiles"):
+        Reconstructor("test-split").predict(np.zeros((70, 70)), positions=[(3, 4)], progress=False)
 
 
 def test_device_choice():

@@ -304,3 +304,24 @@ def test_cli_sample_writes_a_cube(fitted, tmp_path, score_name, capsys, monkeypa
     expected = fitted.sample(3, shape=(16, 16), steps=2, sampler="euler", seed=5, progress=False, device="cpu")
     np.testing.assert_allclose(cube, expected.data, rtol=1e-6)
     assert main(args) == 1 and "exists" in capsys.readouterr().err
+
+
+def test_prior_trained_on_jy_per_pixel_skies_takes_jy_per_beam_dirty_images(skies):
+    import astropy.units as u
+
+    # Sky images as a user has them: NDData in Jy/pixel, not a data set that declares its units.
+    images = [NDData(skies[i], unit="Jy/pixel") for i in range(8)]
+    rec = Reconstructor(ScoreBackend(**TINY)).fit(images, epochs=1, batch_size=8, seed=0, progress=False)
+    assert rec.units == {"input": None, "target": "Jy / pix"}  # skies are targets: no dirty images were seen
+    rng = np.random.default_rng(1)
+    psf = np.zeros((16, 16))
+    psf[8, 8] = 1.0
+    dirty = skies[9] + 1e-4 * rng.standard_normal((16, 16)).astype(np.float32)
+    out = rec.predict(dirty * u.Jy / u.beam, psf=psf, n_samples=2, seed=3, progress=False, device="cpu")
+    assert out.unit == u.Jy / u.pix and np.isfinite(out.data).all()
+    # mJy/beam is converted to the Jy/beam of the skies' scale, not taken as it is.
+    milli = rec.predict(dirty * 1e3 * u.mJy / u.beam, psf=psf, n_samples=2, seed=3, progress=False, device="cpu")
+    assert milli.unit == u.Jy / u.pix
+    np.testing.assert_allclose(milli.data, out.data, rtol=1e-4, atol=1e-6 * np.abs(out.data).max())
+    with pytest.raises(u.UnitConversionError, match="cannot be converted to Jy / beam or Jy / pix"):
+        rec.predict(dirty * u.K, psf=psf, progress=False, device="cpu")

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from radiorecon import Reconstructor, registry
+from radiorecon.catalog import deblended_catalog
 from radiorecon.backends.vae_deblend import (
-    VaeDeblendBackend, deblended_catalog, laplace_errors, map_deblend, place,
+    VaeDeblendBackend, laplace_errors, map_deblend, place,
 )
 from radiorecon.exceptions import CapabilityError, InputError
 from radiorecon.instrument import Instrument
@@ -234,26 +235,85 @@ def test_model_file_round_trip_keeps_the_flow(trained, tmp_path):
         assert torch.equal(loaded.backend.decode(z), trained.backend.decode(z))
 
 
-def test_predict_deblends_through_the_front_door(trained):
-    scenes = blended_scenes(1, preset="extended", npix=32, n_sources=(2, 2), separation=(4, 6), seed=1,
-                            pixel_scale=0.3 * u.arcsec, flux_range=(2, 5) * u.mJy)
-    xy = scenes.positions[0].tolist()
-    trained.backend.set_config(positions=xy)
-    try:
-        image = scenes.images[0] * u.Jy / u.beam
-        result = trained.predict(image, psf=scenes.psf[0], progress=False, device="cpu")
-    finally:
-        trained.backend.set_config(positions=None)
+@pytest.fixture(scope="module")
+def scene():
+    return blended_scenes(1, preset="extended", npix=32, n_sources=(2, 2), separation=(4, 6), seed=1,
+                          pixel_scale=0.3 * u.arcsec, flux_range=(2, 5) * u.mJy)
+
+
+def test_predict_deblends_through_the_front_door(trained, scene):
+    xy = scene.positions[0].tolist()
+    image = scene.images[0] * u.Jy / u.beam
+    result = trained.predict(image, psf=scene.psf[0], positions=xy, progress=False, device="cpu")
+    # The positions given reached the backend: they are the stamp centres it used.
+    assert [(result.meta["DBX1"], result.meta["DBY1"]), (result.meta["DBX2"], result.meta["DBY2"])] == [
+        tuple(int(round(v)) for v in p) for p in xy]
     assert result.unit == u.Jy / u.pix
-    assert result.components.shape == (2, 32, 32)
-    assert np.allclose(result.components.sum(0), result.data, atol=1e-6 * np.abs(result.data).max())
+    assert result.components.shape == (2, 32, 32) and result.components.unit == u.Jy / u.pix
+    np.testing.assert_allclose(result.components.sum(0).value, result.data,
+                               atol=1e-6 * np.abs(result.data).max())
     assert np.isfinite(result.uncertainty.array).all() and (result.uncertainty.array > 0).any()
     assert result.extras["residual"].unit == u.Jy / u.beam
     assert result.meta["DBNSRC"] == 2 and result.meta["DBNITER"] >= 1
     table = deblended_catalog(result)
     assert len(table) == 2 and table["flux"].unit == u.Jy
     assert np.all(table["flux_err"] > 0) and np.isfinite(table["blendedness"]).all()
-    assert np.allclose(table["flux"].value, result.components.sum(axis=(1, 2)))
+    np.testing.assert_allclose(table["flux"].value, result.components.sum(axis=(1, 2)).value, rtol=1e-5)
+    # One list per image for a list of images; the second image gets its own positions.
+    both = trained.predict([image, image], psf=scene.psf[0], positions=[xy, xy[:1]], batch_size=1,
+                           progress=False, device="cpu")
+    assert [len(r.components) for r in both] == [2, 1]
+    assert (both[1].meta["DBX1"], both[1].meta["DBY1"]) == (result.meta["DBX1"], result.meta["DBY1"])
+    np.testing.assert_array_equal(both[0].data, result.data)
+
+
+def test_front_door_names_bad_positions(trained, scene):
+    image, psf = scene.images[0] * u.Jy / u.beam, scene.psf[0]
+
+    def predict(data, positions):
+        return trained.predict(data, psf=psf, positions=positions, progress=False, device="cpu")
+
+    with pytest.raises(InputError, match=r"position \(40, 3\) lies outside the image's 32 x 32 pixels"):
+        predict(image, [(10, 12), (40, 3)])
+    with pytest.raises(InputError, match=r"position \(nan, 3.0\) is not finite"):
+        predict(image, [(10, 12), (np.nan, 3)])
+    with pytest.raises(InputError, match=r"position \(-1, 5\) of image 1 lies outside"):
+        predict([image, image], [[(10, 12)], [(-1, 5)]])
+    with pytest.raises(InputError, match=r"one such list per image \(2 here\)"):
+        predict([image, image], [[(10, 12)]])
+    with pytest.raises(InputError, match="positions must be a non-empty list of pixel"):
+        predict(image, [])
+
+
+def test_deblended_catalog_measures_known_components():
+    from astropy.wcs import WCS
+
+    from radiorecon import Reconstruction
+
+    yy, xx = np.mgrid[:40, :50]
+    # An elongated source along +x (sigma 3 by 1.5 pixels) and a round one (sigma 2).
+    one = 2.0 * np.exp(-((xx - 15) ** 2 / (2 * 3.0**2) + (yy - 20) ** 2 / (2 * 1.5**2)))
+    two = 1.0 * np.exp(-((xx - 35) ** 2 + (yy - 22) ** 2) / (2 * 2.0**2))
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---SIN", "DEC--SIN"], [-1e-4, 1e-4], [25, 20]
+    meta = {"RRSCALE": 2.0, "DBFE1": 0.5, "DBFE2": 0.25, "DBXE1": 0.1, "DBXE2": 0.2, "DBYE1": 0.3, "DBYE2": 0.4}
+    result = Reconstruction(one + two, unit=u.mJy / u.pix, wcs=wcs, meta=meta, components=np.stack([one, two]))
+    table = deblended_catalog(result)
+    assert table.colnames == ["id", "x", "y", "x_err", "y_err", "sky_centroid", "flux", "flux_err", "a", "b",
+                              "theta", "blendedness"]
+    assert table["id"].tolist() == [1, 2]
+    np.testing.assert_allclose(table["x"], [15, 35], atol=1e-6)
+    np.testing.assert_allclose(table["y"], [20, 22], atol=1e-6)
+    np.testing.assert_allclose(table["flux"].to_value(u.mJy), [one.sum(), two.sum()])
+    np.testing.assert_allclose(table["flux_err"].to_value(u.mJy), [1.0, 0.5])  # normalised units times RRSCALE
+    assert table["x_err"].tolist() == [0.1, 0.2] and table["y_err"].tolist() == [0.3, 0.4]
+    np.testing.assert_allclose(table["a"], [3.0, 2.0], rtol=1e-4)
+    np.testing.assert_allclose(table["b"], [1.5, 2.0], rtol=1e-4)
+    assert table["theta"][0].to_value(u.deg) == pytest.approx(0.0, abs=1e-6)  # the major axis along +x
+    assert table["sky_centroid"].separation(wcs.pixel_to_world([15, 35], [20, 22])).max() < 1e-6 * u.arcsec
+    assert (table["blendedness"] < 1e-3).all()  # apart: almost nothing of either under the other
+    with pytest.raises(InputError, match="no per-source components"):
+        deblended_catalog(Reconstruction(one, unit=u.Jy / u.pix))
 
 
 def test_bad_inputs_give_clear_errors(trained, stamps):
@@ -276,3 +336,31 @@ def test_bad_inputs_give_clear_errors(trained, stamps):
         VaeDeblendBackend(likelihood="optical")
     with pytest.raises(InputError, match="positions must be a non-empty list"):
         VaeDeblendBackend(positions=[1, 2, 3])
+
+
+def test_cli_predict_writes_components_and_the_deblended_catalog(trained, scene, tmp_path, capsys, monkeypatch):
+    from astropy.io import fits
+    from astropy.table import QTable
+
+    from radiorecon.cli import main
+
+    from conftest import celestial_header
+
+    monkeypatch.setattr(trained, "backend_name", "vae-deblend")
+    model, image, psf = tmp_path / "deblend.rrm", tmp_path / "blend.fits", tmp_path / "psf.fits"
+    trained.save(model)
+    fits.PrimaryHDU(scene.images[0], celestial_header(32, 32)).writeto(image)
+    fits.PrimaryHDU(scene.psf[0]).writeto(psf)
+    out, catalog = tmp_path / "out.fits", tmp_path / "sources.ecsv"
+    args = ["predict", str(model), str(image), "-o", str(out), "--psf", str(psf), "--components", "--catalog",
+            str(catalog), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    with fits.open(out) as hdul:
+        cube, header = hdul["COMPONENTS"].data, hdul["COMPONENTS"].header
+        k = hdul[0].header["DBNSRC"]
+    assert cube.shape == (k, 32, 32) and header["CTYPE3"] == "SOURCE" and header["BUNIT"] == "Jy/pixel"
+    table = QTable.read(catalog)
+    assert len(table) == k and {"flux", "flux_err", "x", "y", "a", "b", "theta", "blendedness",
+                                "sky_centroid"} <= set(table.colnames)
+    np.testing.assert_allclose(table["flux"].to_value(u.Jy), np.nansum(cube, axis=(1, 2)), rtol=1e-5)

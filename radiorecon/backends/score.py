@@ -79,16 +79,18 @@ class SkyImages:
 
     Notes
     -----
-    The view declares no input unit, so the trained model takes dirty
-    images in Jy/beam for skies in Jy/pixel (the PSF has a peak of 1), and
-    no training domain: a prior over skies holds for every array.
+    The view's ``units`` are the skies' (``{"target": ...}``), which `fit`
+    records for an unpaired backend as for any list of sky images: the
+    trained model takes dirty images in Jy/beam for skies in Jy/pixel (the
+    PSF has a peak of 1). It declares no training domain: a prior over
+    skies holds for every array.
     """
 
     domain = None
 
     def __init__(self, pairs):
         self.pairs = pairs
-        self.units = {"input": None, "target": (getattr(pairs, "units", None) or {}).get("target")}
+        self.units = {"target": (getattr(pairs, "units", None) or {}).get("target")}
 
     def __len__(self):
         return len(self.pairs)

@@ -39,7 +39,11 @@ each scene's latents is the inverse Hessian of ``L`` (by
 centroid by their Jacobians, and to the pixels of the total model (its
 standard deviation map).
 
-`deblended_catalog` turns the result into a table of sources.
+Sources are given to `~radiorecon.Reconstructor.predict` as
+``positions=`` (pixel ``(x, y)`` per image); the result's ``components``
+hold one model per source, and `radiorecon.catalog.deblended_catalog`
+turns them into a table of sources (flux +- error, centroid, shape,
+blendedness), as ``radiorecon predict --catalog`` does.
 
 Reference: Biswas, B., Aubourg, E., Boucaud, A., et al. (2025), "MADNESS
 deblender: Maximum A posteriori with Deep NEural networks for Source
@@ -60,7 +64,7 @@ from ..instrument import NOISE_MODELS, Instrument
 from ..nn import ConvDecoder, ConvEncoder, count_parameters, sky_stretch, sky_unstretch
 
 __all__ = [
-    "VaeDeblendBackend", "map_deblend", "laplace_errors", "place", "cut_stamps", "DeblendResult", "deblended_catalog",
+    "VaeDeblendBackend", "map_deblend", "laplace_errors", "place", "cut_stamps", "DeblendResult",
 ]
 
 _OPTIMIZERS = ("lbfgs", "adam")
@@ -356,9 +360,11 @@ class VaeDeblendBackend(Backend):
       PSF convolves the model, needs ``psf=``; ``"white"``: the identity).
     - ``noise_floor`` (1e-3): frequencies of less noise power are left out.
     - ``positions`` (None): pixel ``(x, y)`` of the sources, the same for
-      every image of a call; None finds them with
-      `~radiorecon.catalog.find_sources` at ``detection_threshold`` (5)
-      times the noise.
+      every image of a call, used when `~radiorecon.Reconstructor.predict`
+      is given no ``positions=`` (the way to pass them, per image); None
+      finds them with `~radiorecon.catalog.find_sources` at
+      ``detection_threshold`` (5) times the noise. Kept so that model files
+      that store it load.
     - ``optimizer`` (``"lbfgs"``), ``map_learning_rate`` (1.0),
       ``max_iterations`` (200), ``tolerance`` (1e-6): the MAP (see
       `map_deblend`).
@@ -641,75 +647,3 @@ def _check_positions(positions, name):
     if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0 or not np.isfinite(xy).all():
         raise InputError(f"{name} must be a non-empty list of finite pixel (x, y) pairs, got {positions!r}")
     return xy
-
-
-def deblended_catalog(result):
-    """The sources of a deblended reconstruction as a table.
-
-    Parameters
-    ----------
-    result : `~radiorecon.Reconstruction`
-        From a backend with the ``deblend`` capability (``components`` set);
-        errors are read from the ``DBFE<i>``, ``DBXE<i>``, ``DBYE<i>`` cards
-        of ``vae-deblend`` when present (else NaN).
-
-    Returns
-    -------
-    `~astropy.table.QTable`
-        One row per component: ``id`` (from 1); ``x``, ``y`` (flux-weighted
-        centroid, 0-based pixels) with ``x_err``, ``y_err``; ``sky_centroid``
-        when the result has a celestial WCS; ``flux`` (sum of the
-        component's pixels, in the model's unit times pixel: Jy for
-        Jy/pixel) with ``flux_err``; ``a``, ``b`` (semi-major and semi-minor
-        standard deviations, pixels) and ``theta`` (major axis
-        counter-clockwise from +x, deg) from the second moments; and
-        ``blendedness`` (`radiorecon.simulate.blends.blendedness` of the
-        components).
-
-    Raises
-    ------
-    InputError
-        If ``result`` has no components.
-    """
-    import astropy.units as u
-    from astropy.table import QTable
-
-    from ..simulate.blends import blendedness
-
-    components = getattr(result, "components", None)
-    if components is None:
-        raise InputError("this result has no per-source components: predict with a 'deblend' backend")
-    comps = np.nan_to_num(np.asarray(components, np.float64))
-    k, ny, nx = comps.shape
-    flux = comps.sum(axis=(1, 2))
-    yy, xx = np.mgrid[:ny, :nx]
-    safe = np.where(flux != 0, flux, np.nan)
-    x = (comps * xx).sum(axis=(1, 2)) / safe
-    y = (comps * yy).sum(axis=(1, 2)) / safe
-    dx, dy = xx[None] - x[:, None, None], yy[None] - y[:, None, None]
-    cxx = (comps * dx * dx).sum(axis=(1, 2)) / safe
-    cyy = (comps * dy * dy).sum(axis=(1, 2)) / safe
-    cxy = (comps * dx * dy).sum(axis=(1, 2)) / safe
-    half_trace, diff = (cxx + cyy) / 2, np.sqrt(((cxx - cyy) / 2) ** 2 + cxy**2)
-    meta = result.meta or {}
-    scale = float(meta.get("RRSCALE", 1.0))
-
-    def card(name):
-        return np.array([float(meta.get(f"{name}{i}", np.nan)) for i in range(1, k + 1)])
-
-    unit = result.unit
-    flux_unit = u.one if unit is None else (unit * u.pix if (unit * u.pix).is_equivalent(u.Jy) else unit)
-    table = QTable()
-    table["id"] = np.arange(1, k + 1)
-    table["x"], table["y"] = x, y
-    table["x_err"], table["y_err"] = card("DBXE"), card("DBYE")
-    wcs = getattr(result, "wcs", None)
-    if wcs is not None and getattr(wcs, "has_celestial", False):
-        table["sky_centroid"] = wcs.pixel_to_world(x, y)
-    table["flux"] = flux * flux_unit
-    table["flux_err"] = card("DBFE") * scale * flux_unit
-    table["a"] = np.sqrt(np.clip(half_trace + diff, 0, None))
-    table["b"] = np.sqrt(np.clip(half_trace - diff, 0, None))
-    table["theta"] = np.degrees(0.5 * np.arctan2(2 * cxy, cxx - cyy)) % 180 * u.deg
-    table["blendedness"] = blendedness(comps)
-    return table
