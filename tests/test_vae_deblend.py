@@ -260,11 +260,12 @@ def test_predict_deblends_through_the_front_door(trained, scene):
     assert np.all(table["flux_err"] > 0) and np.isfinite(table["blendedness"]).all()
     np.testing.assert_allclose(table["flux"].value, result.components.sum(axis=(1, 2)).value, rtol=1e-5)
     # One list per image for a list of images; the second image gets its own positions.
-    both = trained.predict([image, image], psf=scene.psf[0], positions=[xy, xy[:1]], batch_size=1,
+    # In one batch, each image is still deblended on its own: the same result as alone.
+    both = trained.predict([image, image], psf=scene.psf[0], positions=[xy, xy[:1]], batch_size=2,
                            progress=False, device="cpu")
     assert [len(r.components) for r in both] == [2, 1]
     assert (both[1].meta["DBX1"], both[1].meta["DBY1"]) == (result.meta["DBX1"], result.meta["DBY1"])
-    np.testing.assert_array_equal(both[0].data, result.data)
+    np.testing.assert_allclose(both[0].data, result.data, rtol=1e-4, atol=1e-6 * float(np.abs(result.data).max()))
 
 
 def test_front_door_names_bad_positions(trained, scene):

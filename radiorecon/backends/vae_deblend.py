@@ -616,16 +616,20 @@ class VaeDeblendBackend(Backend):
             stamps = torch.cat([cut_stamps(inputs[i], xy[i], size) / area[i] for i in range(b)])
             z0, _ = self.encode(stamps)
         c = self.config
-        result = map_deblend(inputs, xy, self.decode, self.log_prior, z0, operators, sigma,
-                             max_iterations=c["max_iterations"], tolerance=c["tolerance"],
-                             optimizer=c["optimizer"], learning_rate=c["map_learning_rate"])
-        totals, stds, metas, start = [], [], [], 0
+        totals, stds, metas, components, start = [], [], [], [], 0
         for i in range(b):
             k = len(xy[i])
-            errors, std = laplace_errors(result.latents[start : start + k], self.decode, self.log_prior, inputs[i],
+            # One optimisation per image: a joint one (a line search over all
+            # latents) would make an image's result depend on its batch.
+            result = map_deblend(inputs[i : i + 1], xy[i : i + 1], self.decode, self.log_prior,
+                                 z0[start : start + k], operators[i : i + 1], sigma[i : i + 1],
+                                 max_iterations=c["max_iterations"], tolerance=c["tolerance"],
+                                 optimizer=c["optimizer"], learning_rate=c["map_learning_rate"])
+            errors, std = laplace_errors(result.latents, self.decode, self.log_prior, inputs[i],
                                          operators[i], sigma[i], xy[i])
             start += k
-            totals.append(result.components[i].sum(0))
+            components.append(result.components[0])
+            totals.append(result.components[0].sum(0))
             stds.append(std)
             meta = {"DBNSRC": k, "DBNITER": result.iterations, "DBCONV": result.converged}
             for j, ((x, y), err) in enumerate(zip(xy[i], errors.tolist()), start=1):
@@ -634,7 +638,7 @@ class VaeDeblendBackend(Backend):
             metas.append(meta)
         total = torch.stack(totals)
         residual = torch.stack([inputs[i] - operators[i].forward(total[i]) for i in range(b)])
-        return Prediction(mean=total, std=torch.stack(stds), components=result.components,
+        return Prediction(mean=total, std=torch.stack(stds), components=components,
                           extras={"residual": residual}, units={"residual": "input"}, meta=metas)
 
 
