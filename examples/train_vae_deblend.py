@@ -1,0 +1,109 @@
+"""Train a vae-deblend model (VAE, then its normalizing-flow prior) on isolated simulated sources.
+
+The recipe (defaults of this script): noise-free 32x32 stamps of single
+sources of the ``extended`` preset's population (compact sources, FR I and
+FR II radio galaxies) at 0.3" pixels, the population and pixel scale of the
+scenes of ``benchmarks/bench_deblend.py``, one source centred on each
+(`radiorecon.simulate.blends.isolated_stamps`); then the backend's two
+stages in one `~radiorecon.Reconstructor.fit`: ``--vae-epochs`` epochs of
+the VAE (``vae_steps`` = those epochs' optimisation steps), then
+``--flow-epochs`` epochs of the masked autoregressive flow on the encoder's
+means, with the VAE fixed::
+
+    python examples/train_vae_deblend.py vae-deblend.rrm --threads 1 --seed 11
+
+``--preset lotss`` trains on the LoTSS-like population at its own 1.5"
+pixels instead (``--pixel-scale 0`` keeps a preset's pixels).
+
+The ``--stamps`` stamps (default 20000) are simulated once (a few
+milliseconds each) and held in memory, so the data loader only slices an
+array and needs no worker processes. They are plain arrays: the model
+learns the sky (Jy/pixel) and deblends images in Jy/beam, two units the
+front door would refuse to relate (as in the benchmark). Interrupt at any
+time: the same command simulates the same stamps again and resumes from
+``<output>.ckpt`` in the right stage, to the same weights. The training
+seed is never the benchmark's (2026).
+
+The networks are the backend's defaults (latent size 16 as in MADNESS,
+encoder and decoder of 16 base channels, a MAF of 6 transforms with hidden
+layers of 64): 0.49 M parameters.
+
+Measured (one torch thread, 2-core AMD EPYC shared with other work, torch
+2.13.0+cpu; from the progress bar of a run of ``--stamps 2048 --vae-epochs
+3 --flow-epochs 2``): a VAE step of 64 stamps takes 0.39 s (6 ms per
+stamp), a flow step 0.04 s; simulating a stamp 1-2.5 ms. With the defaults
+(30 + 10 epochs of 313 steps: 12520 steps, 800000 stamps seen) that is
+about 65 minutes on one CPU thread. The model file is 2.0 MB.
+
+No model trained with this script ships yet; the shipped one's command,
+hardware, wall time and number of stamps seen go here.
+"""
+
+import argparse
+import math
+import os
+import time
+
+import astropy.units as u
+import torch
+
+from radiorecon import Reconstructor
+from radiorecon.backends.vae_deblend import VaeDeblendBackend
+from radiorecon.simulate.blends import isolated_stamps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", help="model file to write (.rrm)")
+    parser.add_argument("--preset", default="extended", help="simulation preset of the sources (default extended)")
+    parser.add_argument("--pixel-scale", type=float, default=0.3,
+                        help="arcsec per pixel (default 0.3, the benchmark's); 0 for the preset's")
+    parser.add_argument("--stamp", type=int, default=32, help="stamp size in pixels (default 32)")
+    parser.add_argument("--stamps", type=int, default=20000, help="distinct training stamps (default 20000)")
+    parser.add_argument("--vae-epochs", type=int, default=30)
+    parser.add_argument("--flow-epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--latent-dim", type=int, default=16)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--softening", type=float, default=VaeDeblendBackend.default_config["sky_softening"],
+                        help="sky_softening of the model's stretch")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args()
+    if os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"{args.output} exists; pass --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    start = time.perf_counter()
+    overrides = {"pixel_scale": args.pixel_scale * u.arcsec} if args.pixel_scale else {}
+    stamps = isolated_stamps(args.stamps, preset=args.preset, stamp_size=args.stamp, seed=args.seed,
+                             progress=not args.no_progress, **overrides)
+    steps = math.ceil(args.stamps / args.batch_size)  # optimisation steps per epoch
+    rec = Reconstructor(VaeDeblendBackend(
+        stamp_size=args.stamp, latent_dim=args.latent_dim, base_channels=args.base_channels,
+        sky_softening=args.softening, vae_steps=args.vae_epochs * steps,
+    ))
+    epochs = args.vae_epochs + args.flow_epochs
+    rec.fit(
+        stamps,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        checkpoint=args.output + ".ckpt",
+    )
+    rec.save(args.output, overwrite=args.overwrite)
+    os.remove(args.output + ".ckpt")
+    minutes = (time.perf_counter() - start) / 60
+    print(f"wrote {args.output}: {args.vae_epochs} VAE + {args.flow_epochs} flow epochs of {args.stamps} stamps "
+          f"({epochs * steps} steps, {epochs * args.stamps} stamps seen) in {minutes:.1f} min this run; "
+          f"last epoch {rec.history[-1] if rec.history else 'resumed'}")
+
+
+if __name__ == "__main__":
+    main()
