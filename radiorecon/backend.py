@@ -236,6 +236,12 @@ class Backend:
                     "passes each call its random generators (radiorecon.seeding.Draws); add the keyword "
                     "and draw random numbers from it (see 'Writing a backend')"
                 )
+        predict = getattr(cls, "predict", None)
+        if "deblend" in cls.capabilities and predict is not None and not _takes(predict, "positions"):
+            raise TypeError(
+                f"{cls.__name__} declares 'deblend' but its predict() does not take positions=: the front "
+                "door passes each image's source positions that way (see 'Writing a backend')"
+            )
         unknown = set(cls.capabilities) - CAPABILITIES
         if unknown:
             raise TypeError(

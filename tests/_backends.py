@@ -87,7 +87,8 @@ class SplitBackend(Backend):
     capabilities = {"reconstruct", "deblend"}
     tile_shape = (32, 32)
 
-    def predict(self, inputs, *, n_samples=1, psf=None, draws=None):
+    def predict(self, inputs, *, n_samples=1, psf=None, draws=None, positions=None):
+        # Positions are not needed: the halves are the "sources".
         left = inputs.clone()
         left[..., inputs.shape[-1] // 2 :] = 0
         right = inputs - left

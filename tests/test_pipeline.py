@@ -165,6 +165,12 @@ def test_backends_of_the_old_contract_are_told_what_changed():
     with pytest.raises(TypeError, match=r"Old.predict\(\) does not take draws="):
         type("Old", (Backend,), {"capabilities": {"reconstruct"}, "predict": predict})
 
+    def predict_draws(self, inputs, *, n_samples=1, psf=None, draws=None):
+        return Prediction(mean=inputs)
+
+    with pytest.raises(TypeError, match=r"declares 'deblend' but its predict\(\) does not take positions="):
+        type("Blind", (Backend,), {"capabilities": {"reconstruct", "deblend"}, "predict": predict_draws})
+
 
 def test_large_images_go_through_in_tiles_that_match_the_whole(star, monkeypatch):
     shapes = []
