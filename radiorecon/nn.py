@@ -9,6 +9,7 @@ and the coarser grid a network may work on.
 Importing this module imports torch.
 """
 
+import copy
 import math
 
 import torch
@@ -552,6 +553,22 @@ class AveragedWeights:
     """
 
     ema_steps = 0
+
+    def build_networks(self, in_channels, out_channels):
+        """``net``, a time-conditioned `UNet` shaped by the config, and ``ema``, its average (a copy to start)."""
+        c = self.config
+        self.net = UNet(
+            in_channels,
+            out_channels,
+            c["base_channels"],
+            channel_mult=tuple(c["channel_mult"]),
+            blocks_per_level=c["blocks_per_level"],
+            attention_levels=tuple(c["attention_levels"]),
+            time_embedding=True,
+            dropout=c["dropout"],
+        )
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.ema_steps = 0
 
     def reset_parameters(self):
         """Fresh weights for the network; the average starts equal to them."""

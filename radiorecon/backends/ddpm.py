@@ -32,15 +32,13 @@ Saharia et al. (2022, Palette); Drozdova et al. (2024), "Radio-astronomical
 image reconstruction with a conditional denoising diffusion model".
 """
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
 from ..backend import Backend, Prediction
 from ..diffusion import SAMPLERS, linear_beta_schedule, sampling_schedule
 from ..nn import (
-    AveragedWeights, UNet, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, square_symmetry,
+    AveragedWeights, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, square_symmetry,
     to_grid,
 )
 
@@ -128,22 +126,11 @@ class DdpmBackend(AveragedWeights, Backend):
         super().__init__(preset=preset, **config)
         c = self.config
         g = grid_channels(c["downsample"], c["stem"])
-        # The noisy sky and the dirty image in, the noise out, each g channels per cell.
-        self.net = UNet(
-            2 * g,
-            g,
-            c["base_channels"],
-            channel_mult=tuple(c["channel_mult"]),
-            blocks_per_level=c["blocks_per_level"],
-            attention_levels=tuple(c["attention_levels"]),
-            time_embedding=True,
-            dropout=c["dropout"],
-        )
-        # The averaged weights are what predicts; they start as the network's.
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        # The noisy sky and the dirty image in, the noise out, each g channels per cell;
+        # the averaged weights (ema) are what predicts.
+        self.build_networks(2 * g, g)
         self._alphas_cumprod = None
         self.tile_multiple = self._multiple = c["downsample"] * self.net.multiple
-        self.ema_steps = 0
 
     def check_config(self):
         c = self.config

@@ -43,15 +43,13 @@ Vicanek Martinez & Brüggen, score-based generative models for radio
 galaxies.
 """
 
-import copy
-
 import numpy as np
 import torch
 
 from .._noise import robust_std
 from ..backend import Backend, Prediction
 from ..exceptions import InputError
-from ..nn import AveragedWeights, UNet, count_parameters, pad_to_multiple, square_symmetry
+from ..nn import AveragedWeights, count_parameters, pad_to_multiple, square_symmetry
 from ..score_sampling import (
     SAMPLERS,
     edm_loss_weight,
@@ -158,21 +156,8 @@ class ScoreBackend(AveragedWeights, Backend):
 
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
-        c = self.config
-        self.net = UNet(
-            1,
-            1,
-            c["base_channels"],
-            channel_mult=tuple(c["channel_mult"]),
-            blocks_per_level=c["blocks_per_level"],
-            attention_levels=tuple(c["attention_levels"]),
-            time_embedding=True,
-            dropout=c["dropout"],
-        )
-        # The averaged weights are what samples; they start as the network's.
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.build_networks(1, 1)  # the averaged weights (ema) are what samples
         self.tile_multiple = self.net.multiple
-        self.ema_steps = 0
 
     def check_config(self):
         c = self.config
