@@ -1,4 +1,4 @@
-"""STAR's grid: 2x2 bins against a 4x4 pixel-unshuffle stem, per training step and per prediction.
+"""Network grids: 2x2 bins against a 4x4 pixel-unshuffle stem, per training step and per prediction.
 
 Prints, for networks of the same widths, the parameters, the seconds of one
 training step (a batch of cut-outs) and of one 512x512 prediction, each the
@@ -7,6 +7,9 @@ other load on the machine affects them alike), and their ratio to today's
 2x2 bins::
 
     python benchmarks/bench_stem.py --crop 128 --batch-size 16 --threads 1
+
+Then the same for the DDPM: a 512x512 prediction with 20 sampler steps and
+5 samples (100 network runs), the setting of the speed target.
 
 What the stems cost in quality is measured by training both with
 ``examples/train_star.py`` (``--stem bin --downsample 2`` against the
@@ -19,6 +22,7 @@ import time
 
 import torch
 
+from radiorecon.backends.ddpm import DdpmBackend
 from radiorecon.backends.star import StarBackend
 
 CONFIGS = {
@@ -76,6 +80,23 @@ def main():
     for name, backend in backends.items():
         print(f"| {name} | {backend.parameter_counts()['total'] / 1e6:.2f}M | {steps[name]:.3f} | "
               f"{steps[name] / steps[base]:.2f} | {predictions[name]:.3f} | {predictions[name] / predictions[base]:.2f} |")
+
+    diffusion = {name: DdpmBackend(steps=20, **{k: v for k, v in config.items() if k in ("stem", "downsample")})
+                 for name, config in list(CONFIGS.items())[:2]}
+    for backend in diffusion.values():
+        backend.eval()
+
+    def sample(backend):
+        with torch.no_grad():
+            backend.predict(image, n_samples=5)
+
+    seconds = _median_seconds(sample, diffusion, max(1, args.repeats // 2))
+    print(f"\nDDPM, 512x512, 20 steps x 5 samples, median of {max(1, args.repeats // 2)}")
+    print(f"| grid | parameters | s / prediction | vs {base} |")
+    print("|---|---|---|---|")
+    for name, backend in diffusion.items():
+        print(f"| {name} | {backend.parameter_counts()['total'] / 1e6:.2f}M | {seconds[name]:.2f} | "
+              f"{seconds[name] / seconds[base]:.2f} |")
 
 
 if __name__ == "__main__":
