@@ -28,7 +28,7 @@ from .._validate import check_int, check_seed
 from . import engine, galaxies, sky as skymod
 from .presets import resolve_parameters
 
-__all__ = ["isolated_stamps", "blended_scenes", "blendedness", "BlendedScenes"]
+__all__ = ["isolated_stamps", "blended_scenes", "blendedness", "BlendedScenes", "SceneLayout"]
 
 
 def blendedness(sources):
@@ -167,6 +167,50 @@ class BlendedScenes:
         return len(self.images)
 
 
+class SceneLayout:
+    """Where the sources of a blended scene go: the first near the centre, each next one near an earlier one.
+
+    Parameters
+    ----------
+    npix : int
+        Scene size (pixels).
+    n_sources : (int, int)
+        Range of the number of sources, drawn uniformly.
+    separation : (float, float)
+        Range of the distance (pixels) of each source from the earlier one
+        it is placed next to, drawn uniformly; positions are rounded to
+        pixels and kept 2 pixels inside the scene.
+
+    Raises
+    ------
+    ValueError
+        If a range is empty or out of bounds.
+    """
+
+    def __init__(self, npix, n_sources, separation):
+        self.npix = check_int(npix, "npix")
+        self.n_min, self.n_max = (check_int(k, "n_sources") for k in n_sources)
+        if not 1 <= self.n_min <= self.n_max:
+            raise ValueError(f"n_sources must be a range (min, max) with 1 <= min <= max, not {n_sources!r}")
+        self.d_min, self.d_max = (float(d) for d in separation)
+        if not 0 <= self.d_min <= self.d_max:
+            raise ValueError(
+                f"separation must be a range (min, max) of pixels with 0 <= min <= max, not {separation!r}"
+            )
+
+    def draw(self, rng):
+        """``(k, 2)`` pixel positions ``(x, y)`` of one scene, from ``rng``."""
+        npix = self.npix
+        k = int(rng.integers(self.n_min, self.n_max + 1))
+        xy = np.empty((k, 2))
+        xy[0] = npix // 2 + np.rint(rng.uniform(-2, 2, 2))
+        for j in range(1, k):
+            anchor = xy[rng.integers(j)]
+            r, phi = rng.uniform(self.d_min, self.d_max), rng.uniform(0, 2 * np.pi)
+            xy[j] = np.clip(np.rint(anchor + r * np.array([np.cos(phi), np.sin(phi)])), 2, npix - 3)
+        return xy
+
+
 def blended_scenes(n, *, preset="extended", npix=64, n_sources=(2, 3), separation=(3.0, 12.0), seed=0,
                    progress=False, **overrides):
     """Scenes of a few overlapping sources, observed, with the truth of each source.
@@ -207,12 +251,7 @@ def blended_scenes(n, *, preset="extended", npix=64, n_sources=(2, 3), separatio
     from tqdm.auto import tqdm
 
     n, npix, seed = check_int(n, "n"), check_int(npix, "npix"), check_seed(seed)
-    lo_k, hi_k = (check_int(k, "n_sources") for k in n_sources)
-    if not 1 <= lo_k <= hi_k:
-        raise ValueError(f"n_sources must be a range (min, max) with 1 <= min <= max, not {n_sources!r}")
-    lo_d, hi_d = (float(d) for d in separation)
-    if not 0 <= lo_d <= hi_d:
-        raise ValueError(f"separation must be a range (min, max) of pixels with 0 <= min <= max, not {separation!r}")
+    layout = SceneLayout(npix, n_sources, separation)
     single = _single_source_parameters(preset, npix // 2, overrides)
     scene = resolve_parameters(preset, **{**overrides, "npix": npix})
     pixel = scene["pixel_scale"].to_value(u.arcsec)
@@ -220,13 +259,8 @@ def blended_scenes(n, *, preset="extended", npix=64, n_sources=(2, 3), separatio
     for i in tqdm(range(n), disable=not progress, desc="scenes"):
         # A stream apart from simulate_image's (seed, i): the scene's layout and noise are independent.
         rng = np.random.default_rng(np.random.SeedSequence([seed, i, 1]))
-        k = int(rng.integers(lo_k, hi_k + 1))
-        xy = np.empty((k, 2))
-        xy[0] = npix // 2 + np.rint(rng.uniform(-2, 2, 2))
-        for j in range(1, k):
-            anchor = xy[rng.integers(j)]
-            r, phi = rng.uniform(lo_d, hi_d), rng.uniform(0, 2 * np.pi)
-            xy[j] = np.clip(np.rint(anchor + r * np.array([np.cos(phi), np.sin(phi)])), 2, npix - 3)
+        xy = layout.draw(rng)
+        k = len(xy)
         truth = np.empty((k, npix, npix), np.float32)
         for j in range(k):
             comps = _draw_one(rng, single, npix // 2)
