@@ -69,17 +69,23 @@ from .result import std_array
 from .tiling import center_psf
 
 __all__ = ["run_benchmark", "published_catalog", "to_markdown", "plot_report", "completeness_table", "COLUMNS",
-           "SNR_BINS"]
+           "SNR_BINS", "RELIABILITY_MIN_COUNT"]
 
 _JY_PIX = u.Jy / u.pix
 
 #: Columns of the benchmark table, in order.
 COLUMNS = ["method", "protocol", "n_samples", "threshold", "purity", "completeness", "f1", "f1_err", "f1_std",
            "fp_per_image", "flux_r2", "l2", "psnr", "ssim", "coverage_1sigma", "coverage_2sigma",
+           "flux_coverage_1sigma", "flux_coverage_2sigma", "reliability_max_error",
            "network_runs", "seconds_per_image", "n_images"]
 
 #: Matching radius of the published protocol, pix (the papers match within 3 pixels).
 PUBLISHED_RADIUS = 3.0
+
+#: Fewest detections in a bin of `radiorecon.metrics.reliability` (bins 0.2 wide) for
+#: ``reliability_max_error`` to count it: the true-positive rate of 10 detections is
+#: uncertain by up to 0.16, of fewer too much to tell an error of 0.1.
+RELIABILITY_MIN_COUNT = 10
 
 #: Edges of the true peak-S/N bins of the completeness table at the calibrated threshold.
 SNR_BINS = np.array([0.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, np.inf])
@@ -191,6 +197,19 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         source pixels (where the apparent sky exceeds a tenth of its image's
         maximum) whose error lies within 1 and 2 standard deviations
         (`radiorecon.metrics.coverage`; 0.683 and 0.954 when calibrated).
+        For methods whose catalogs have flux errors (``flux_err`` of
+        `~radiorecon.catalog.find_sources_in_model`: the spread of the
+        samples' aperture fluxes, so two or more samples),
+        ``flux_coverage_1sigma`` and ``flux_coverage_2sigma`` are the
+        fractions of the row's matched sources, all test images pooled,
+        whose found flux lies within 1 and 2 ``flux_err`` of the true
+        apparent flux (NaN without flux errors, as in the ``published``
+        rows); ``reliability_max_error`` is the largest
+        ``|true-positive rate - mean detection_probability|`` over the bins
+        of `radiorecon.metrics.reliability` holding at least
+        `RELIABILITY_MIN_COUNT` of the row's detections (NaN without
+        ``detection_probability``, or without such a bin): at most 0.1 for
+        a reliable detection probability.
         ``f1_err`` is the bootstrap standard deviation of ``f1`` over
         images (`radiorecon.metrics.bootstrap_f1`, seeded by ``seed``);
         ``f1_std`` the spread of the per-image F1. With ``calibration``, the
@@ -350,7 +369,7 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             key: (np.concatenate(a) if a else np.zeros(0), np.concatenate(b) if b else np.zeros(0, bool))
             for key, (a, b) in examples[name].items()
         }
-    table = QTable(names=COLUMNS, dtype=[str, str, int] + [float] * 13 + [int, float, int])
+    table = QTable(names=COLUMNS, dtype=[str, str, int] + [float] * 16 + [int, float, int])
     examples["counts"], examples["published"] = {}, {}
     # Rows of the significance protocol at each threshold, then those of the
     # published one, whose threshold comes from each image (NaN here).
@@ -369,11 +388,13 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
             s = metrics.summarize([{k: v for k, v in r.items() if k != "match"} for r in runs])
             seconds = [r["seconds"] for r in runs]
             c1, c2, npx = cover[label]
+            detections = examples["calibration"].get((label, key)) if protocol != "published" else None
             table.add_row([
                 label, protocol, runs[0]["n_samples"], t, s["purity"], s["completeness"], s["f1"], f1_err,
                 s.get("f1_std", np.nan), counts[:, 1].mean(), s.get("flux_r2", np.nan),
                 s.get("mse_mean", np.nan), s.get("psnr_mean", np.nan), s.get("ssim_mean", np.nan),
-                c1 / npx if npx else np.nan, c2 / npx if npx else np.nan, runs[0]["runs"],
+                c1 / npx if npx else np.nan, c2 / npx if npx else np.nan, *_flux_coverage(runs),
+                np.nan if detections is None else _reliability_error(*detections), runs[0]["runs"],
                 float(np.median(seconds)) if np.isfinite(seconds).any() else np.nan, len(runs),
             ])
     table.meta.update(threshold=thresholds, seed=seed, reference="apparent sky (sky x primary beam)",
@@ -413,6 +434,29 @@ def _split(n_total, n_images, calibration):
         raise InputError(f"{n} test images and a calibration split of {len(calib)} need {n + len(calib)} images; "
                          f"the data set holds {n_total}: pass fewer n_images or a smaller calibration split")
     return available[:n], calib
+
+
+def _flux_coverage(runs):
+    """Fractions of the matched sources of all images whose ``flux_err`` covers the true flux at 1 and 2 sigma.
+
+    NaN, NaN when no matched source has a finite flux error.
+    """
+    within, n = np.zeros(2), 0
+    for run in runs:
+        c = metrics.coverage(run["flux_found"], run["flux_err"], run["flux_true"])
+        if c["n"]:
+            within += [c[1.0] * c["n"], c[2.0] * c["n"]]
+            n += c["n"]
+    return tuple(within / n) if n else (np.nan, np.nan)
+
+
+def _reliability_error(probability, correct):
+    """Largest ``|true-positive rate - mean probability|`` over bins of at least `RELIABILITY_MIN_COUNT` detections."""
+    bins = metrics.reliability(probability, correct)
+    full = bins["n"] >= RELIABILITY_MIN_COUNT
+    if not full.any():
+        return np.nan
+    return float(np.max(np.abs(bins["true_positive_rate"][full] - bins["mean_probability"][full])))
 
 
 def _point_response(rec, data, i, dirty):
@@ -534,7 +578,7 @@ def to_markdown(table):
 
 
 def plot_report(table, examples, out):
-    """Write ``panels.png`` (sky maps of the first test image) and ``fluxes.png``.
+    """Write ``panels.png`` (sky maps of the first test image), ``fluxes.png`` and more.
 
     ``panels.png`` shows, on sky axes with colour bars, the beam and a scale
     bar (`radiorecon.visualization`), the dirty image, the apparent true
@@ -546,6 +590,14 @@ def plot_report(table, examples, out):
     With a calibration split (``examples["curves"]``) also ``curves.png``:
     each row's purity-completeness curve on the test images over
     `~radiorecon.calibration.CALIBRATION_GRID`, its calibrated threshold marked.
+
+    With a sampling method (``examples["calibration"]``) also
+    ``reliability.png``: the reliability diagram of ``detection_probability``,
+    the observed fraction of true positives against the mean predicted
+    probability in each bin of `radiorecon.metrics.reliability`, one line
+    per method, with its detections per bin; the diagonal (reliable) and a
+    band of +-0.1 around it. Detections at the calibrated thresholds where
+    there are any, else at the first threshold.
 
     The figures are drawn with `matplotlib.figure.Figure` alone, so this
     works without a display and leaves the user's backend and pyplot state
@@ -568,6 +620,7 @@ def plot_report(table, examples, out):
     ax.legend(fontsize=8)
     fig.savefig(f"{out}/fluxes.png", dpi=110)
 
+    _plot_reliability(table, examples, f"{out}/reliability.png")
     if "curves" not in examples:
         return
     chosen = table.meta["calibration"]["thresholds"]
@@ -584,3 +637,34 @@ def plot_report(table, examples, out):
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.savefig(f"{out}/curves.png", dpi=110)
+
+
+def _plot_reliability(table, examples, path):
+    """``reliability.png`` of `plot_report`; nothing without detection probabilities."""
+    from matplotlib.figure import Figure
+
+    key = "calibrated" if "curves" in examples else table.meta["threshold"][0]
+    detections = {label: arrays for (label, k), arrays in examples["calibration"].items()
+                  if k == key and len(arrays[0])}
+    if not detections:
+        return
+    fig = Figure(figsize=(5, 5), layout="tight")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.fill_between([0, 1], [-0.1, 0.9], [0.1, 1.1], color="0.85", lw=0, label="±0.1")
+    for label, (probability, correct) in detections.items():
+        bins = metrics.reliability(probability, correct)
+        bins = bins[bins["n"] > 0]
+        (line,) = ax.plot(bins["mean_probability"], bins["true_positive_rate"], "o-", ms=4, label=label)
+        for p, rate, n in zip(bins["mean_probability"], bins["true_positive_rate"], bins["n"]):
+            ax.annotate(str(n), (p, rate), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                        color=line.get_color())
+    # Room for the points on the edges and their counts.
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.08)
+    ax.set_xlabel("mean detection_probability in bin")
+    ax.set_ylabel("fraction of true positives (test images)")
+    where = "calibrated thresholds" if key == "calibrated" else f"{key:g} sigma"
+    ax.set_title(f"Reliability of detections at {where}; numbers: detections per bin", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)

@@ -401,25 +401,32 @@ def score_catalog(found, truth, radius, *, flux="flux"):
         ``completeness``, ``f1`` (float, `detection_scores`); ``flux_r2``
         and ``flux_r`` (`r_squared` and `pearson_r` of the matched fluxes,
         NaN with fewer than 2 pairs); ``flux_found`` and ``flux_true``
-        (the matched fluxes, pair by pair, for pooling by `summarize`) and
-        ``match`` (the `~radiorecon.catalog.Match`).
+        (the matched fluxes, pair by pair, for pooling by `summarize`);
+        ``flux_err`` (the matched found sources' uncertainties, from the
+        column named ``flux`` + ``"_err"`` (e.g. ``flux_err``), in the unit of
+        ``flux_found``, NaN where the found table has no such column; for
+        `coverage` of the true fluxes) and ``match`` (the
+        `~radiorecon.catalog.Match`).
     """
     pairs = match(found, truth, radius)
     scores = {"n_found": len(found), "n_true": len(truth),
               "tp": pairs.tp, "fp": pairs.fp, "fn": pairs.fn}
     scores.update(detection_scores(pairs.tp, pairs.fp, pairs.fn))
     if flux is None:
-        flux_found = flux_true = np.zeros(0)
+        flux_found = flux_true = flux_err = np.zeros(0)
     else:
         for table, what in ((found, "found"), (truth, "truth")):
             if flux not in table.colnames:
                 raise ValueError(f"the {what} table has no {flux!r} column; pass flux=None "
                                  "to skip the flux scores")
-        flux_found, flux_true = _fluxes(found[flux][pairs.found_index],
-                                        truth[flux][pairs.truth_index])
+        true = truth[flux][pairs.truth_index]
+        flux_found, flux_true = _fluxes(found[flux][pairs.found_index], true)
+        err = f"{flux}_err"
+        flux_err = (_fluxes(found[err][pairs.found_index], true)[0] if err in found.colnames
+                    else np.full_like(flux_found, np.nan))
     scores["flux_r2"] = r_squared(flux_found, flux_true)
     scores["flux_r"] = pearson_r(flux_found, flux_true)
-    scores["flux_found"], scores["flux_true"] = flux_found, flux_true
+    scores["flux_found"], scores["flux_true"], scores["flux_err"] = flux_found, flux_true, flux_err
     scores["match"] = pairs
     return scores
 
@@ -505,7 +512,7 @@ def _pooled(arrays):
 
 
 def coverage(prediction, std, truth, *, mask=None, k=(1.0, 2.0)):
-    """Fraction of pixels whose error lies within ``k`` standard deviations.
+    """Fraction of pixels (or of any values) whose error lies within ``k`` standard deviations.
 
     For calibrated Gaussian uncertainties the fractions are 0.683 (1 sigma)
     and 0.954 (2 sigma); smaller fractions mean the uncertainty is too small.
@@ -514,7 +521,8 @@ def coverage(prediction, std, truth, *, mask=None, k=(1.0, 2.0)):
     ----------
     prediction, std, truth : array or `~astropy.units.Quantity`
         Estimate, its one-sigma uncertainty and the true image, same shape
-        and unit.
+        and unit (or any arrays of values, e.g. the ``flux_found``,
+        ``flux_err`` and ``flux_true`` of `score_catalog`).
     mask : bool array, optional
         True where pixels count (e.g. the sources' footprints); default all
         pixels where the three are finite.

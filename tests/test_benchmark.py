@@ -1,12 +1,16 @@
 import numpy as np
 import pytest
+import torch
 import astropy.units as u
 from astropy.table import QTable
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from radiorecon import Reconstructor, simulate
 from radiorecon.benchmark import COLUMNS, plot_report, published_catalog, run_benchmark, to_markdown
+from radiorecon.calibration import apparent_sources
+from radiorecon.catalog import find_sources_in_model
 from radiorecon.cli import main
-from radiorecon.metrics import coverage
+from radiorecon.metrics import coverage, reliability, score_catalog
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +22,21 @@ def dataset(tmp_path_factory):
         flux_range=["1 mJy", "5 mJy"], n_sources=[1, 2], empty_fraction=0.0,
         placement_radius="4 arcsec",
     )
+
+
+@pytest.fixture(scope="module")
+def sampler(dataset):
+    """A sampling method of known behaviour: its estimate is the dirty image over the beam area
+    (Jy/beam to Jy/pixel), and its samples add white noise of 0.3 times the images' noise."""
+    rec = Reconstructor("test-conv", noise=0.3)
+    rec.fit(dataset, epochs=1, batch_size=4, seed=0, progress=False)  # for the normalisation
+    pixel = proj_plane_pixel_scales(dataset.image(0).wcs)[1] * u.deg
+    area = float((dataset.beam(0).sr / pixel**2).decompose())
+    with torch.no_grad():
+        rec.backend.net.weight.zero_()
+        rec.backend.net.weight[0, 0, 1, 1] = 1 / area
+        rec.backend.net.bias.zero_()
+    return rec
 
 
 def test_benchmark_scores_truth_dirty_and_clean(dataset):
@@ -55,32 +74,49 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     assert not np.isfinite(rows["dirty"]["coverage_1sigma"])
 
 
-def test_benchmark_thresholds_and_calibration(dataset):
+def test_benchmark_thresholds_and_calibration(dataset, sampler, monkeypatch):
     """Several thresholds from one prediction; a sampling method gets detection probabilities."""
-    # A learned 3x3 convolution whose samples scatter around its estimate,
-    # widely enough to cover some but not all of its errors.
-    rec = Reconstructor("test-conv", noise=3.0)
-    rec.fit(dataset, epochs=2, batch_size=2, seed=0, progress=False)
-    table, examples = run_benchmark(dataset, [("prior", rec, 4)], threshold=[5, 3], progress=False)
-    assert list(table["threshold"][:6]) == [5, 5, 5, 3, 3, 3] and np.isnan(table["threshold"][6:]).all()
-    assert list(table["method"]) == ["truth limit", "dirty", "prior"] * 3
+    from radiorecon import benchmark
+
+    # Bins of 5 detections count here (10 by default), so that the few of these images give one.
+    monkeypatch.setattr(benchmark, "RELIABILITY_MIN_COUNT", 5)
+    methods = [("prior", sampler, 4), ("direct", sampler, 1)]
+    table, examples = run_benchmark(dataset, methods, threshold=[5, 3], progress=False)
+    assert list(table["threshold"][:8]) == [5] * 4 + [3] * 4 and np.isnan(table["threshold"][8:]).all()
+    assert list(table["method"]) == ["truth limit", "dirty", "prior", "direct"] * 3
     rows = {(r["method"], r["threshold"]): r for r in table[table["protocol"] == "significance"]}
     # A lower threshold never finds fewer true sources.
     for name in ("truth limit", "dirty", "prior"):
         assert rows[(name, 3.0)]["completeness"] >= rows[(name, 5.0)]["completeness"]
     # Coverage pools the source pixels of all images (apparent sky above a
-    # tenth of its maximum), from the same seeded predictions.
+    # tenth of its maximum), from the same seeded predictions; flux coverage
+    # the matched sources of all images, at each threshold.
     within, pixels = np.zeros(2), 0
+    flux_within, matched = {5.0: np.zeros(2), 3.0: np.zeros(2)}, {5.0: 0, 3.0: 0}
     for i in range(len(dataset)):
-        result = rec.predict(dataset.image(i), n_samples=4, seed=i, progress=False, return_samples=True)
+        result = sampler.predict(dataset.image(i), n_samples=4, seed=i, progress=False, return_samples=True)
         sky = dataset.sky(i).data * dataset.primary_beam
         c = coverage(result.data, result.uncertainty.array, sky, mask=sky > 0.1 * sky.max())
         within += [c[1.0] * c["n"], c[2.0] * c["n"]]
         pixels += c["n"]
+        for t in (5.0, 3.0):
+            found = find_sources_in_model(result, dataset.image(i), t)
+            s = score_catalog(found, apparent_sources(dataset, i), found.meta["beam_fwhm_pix"].value)
+            c = coverage(s["flux_found"], s["flux_err"], s["flux_true"])
+            flux_within[t] += [c[1.0] * c["n"], c[2.0] * c["n"]]
+            matched[t] += c["n"]
     for t in (5.0, 3.0):
         assert rows[("prior", t)]["coverage_1sigma"] == pytest.approx(within[0] / pixels, rel=1e-12)
         assert rows[("prior", t)]["coverage_2sigma"] == pytest.approx(within[1] / pixels, rel=1e-12)
+        assert matched[t] == pytest.approx(rows[("prior", t)]["completeness"] * len(dataset.truth))
+        assert rows[("prior", t)]["flux_coverage_1sigma"] == pytest.approx(flux_within[t][0] / matched[t])
+        assert rows[("prior", t)]["flux_coverage_2sigma"] == pytest.approx(flux_within[t][1] / matched[t])
+        # One sample, or no samples at all: no flux errors to cover with.
+        for name in ("direct", "dirty", "truth limit"):
+            assert np.isnan(rows[(name, t)]["flux_coverage_1sigma"])
+            assert np.isnan(rows[(name, t)]["flux_coverage_2sigma"])
     assert 0 < within[0] < within[1] < pixels  # fractions that tell 1 and 2 sigma apart
+    assert 0 < flux_within[3.0][0] < flux_within[3.0][1] < matched[3.0]
     snr, matched = examples["recovered"][("truth limit", 3.0)]
     assert len(snr) == len(matched) == len(dataset.truth) and matched.all()
     # Probabilities are fractions of the 4 samples, one per detection.
@@ -88,17 +124,28 @@ def test_benchmark_thresholds_and_calibration(dataset):
     counts = examples["counts"][("prior", 3.0)]
     assert len(p) == len(ok) == counts[:, :2].sum() and ok.sum() == counts[:, 0].sum()
     np.testing.assert_array_equal(p * 4, np.round(p * 4))
+    # Reliability: the largest miss over the bins holding at least 5 detections.
+    for t, expected in ((5.0, False), (3.0, True)):
+        bins = reliability(*examples["calibration"][("prior", t)])
+        full = bins[bins["n"] >= 5]
+        error = rows[("prior", t)]["reliability_max_error"]
+        assert np.isfinite(error) == expected == (len(full) > 0)
+        if expected:
+            assert error == pytest.approx(np.max(np.abs(full["true_positive_rate"] - full["mean_probability"])))
+    published = table[table["protocol"] == "published"]
+    assert np.isnan(published["reliability_max_error"]).all() and np.isnan(published["flux_coverage_1sigma"]).all()
+    assert np.isnan(rows[("direct", 3.0)]["reliability_max_error"])
 
 
-def test_plot_report_keeps_the_users_backend(dataset, tmp_path, monkeypatch):
+def test_plot_report_keeps_the_users_backend(dataset, sampler, tmp_path, monkeypatch):
     import matplotlib
 
-    table, examples = run_benchmark(dataset, [("clean", Reconstructor("clean", niter=50), 1)],
-                                    n_images=1, progress=False)
+    table, examples = run_benchmark(dataset, [("prior", sampler, 4)], n_images=1, progress=False)
     monkeypatch.setitem(matplotlib.rcParams, "backend", "svg")
     plot_report(table, examples, tmp_path)
     assert matplotlib.rcParams["backend"] == "svg"
-    for name in ("panels.png", "fluxes.png"):
+    # A sampling method's detection probabilities get a reliability diagram.
+    for name in ("panels.png", "fluxes.png", "reliability.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
@@ -120,6 +167,7 @@ def test_cli_simulate_and_benchmark(dataset, tmp_path, capsys):
     assert "fp_per_image" in table.colnames
     for name in ("benchmark.md", "panels.png", "fluxes.png"):
         assert (report / name).stat().st_size > 0
+    assert not (report / "reliability.png").exists()  # no detection probabilities to show
     assert main(["benchmark", "--data", str(dataset.path), "--out", str(report), "--no-progress"]) == 1
     assert "--overwrite" in capsys.readouterr().err
 

@@ -43,6 +43,18 @@ def test_known_catalog_pair():
     assert scores["flux_r2"] == pytest.approx(0.96)
     assert scores["flux_r"] == pytest.approx(1.0)
     assert list(scores["match"].false_positives) == [2, 3]
+    # No flux_err column: the matched errors are unknown.
+    assert np.isnan(scores["flux_err"]).all() and len(scores["flux_err"]) == 2
+
+
+def test_matched_flux_errors_cover_the_true_fluxes():
+    found = FOUND.copy()
+    found["flux_err"] = [0.2, 0.06, 9.0, 9.0]
+    scores = metrics.score_catalog(found, TRUTH, 1.5)
+    np.testing.assert_allclose(scores["flux_err"], [0.2, 0.06])  # of the matched f0 and f1
+    # |1.1 - 1.0| = 0.1 is within 1 sigma (0.2); |1.9 - 2.0| = 0.1 only within 2 (0.12).
+    c = metrics.coverage(scores["flux_found"], scores["flux_err"], scores["flux_true"])
+    assert (c[1.0], c[2.0], c["n"]) == (0.5, 1.0, 2)
 
 
 def test_detection_scores_by_hand():
@@ -82,15 +94,19 @@ def test_score_catalog_flux_units_and_columns():
     found = catalog([0, 10, 20], [0, 0, 0], flux=[1.0, 2.0, 3.5], unit=u.mJy / u.pix)
     truth = catalog([0, 10, 20], [0, 0, 0], flux=[1.0, 2.0, 3.0], unit=u.mJy)
     # The sum of Jy/pixel values is a flux: Jy/pix compares with Jy.
+    found["flux_err"] = [0.1, 0.2, 0.3] * u.uJy / u.pix
     scores = metrics.score_catalog(found, truth, 1.0)
     assert scores["flux_found"].unit == u.mJy
+    # Errors come in the unit of the found fluxes: Jy/pix sums compare with Jy too.
+    assert scores["flux_err"].unit == u.mJy
+    np.testing.assert_allclose(scores["flux_err"].value, [1e-4, 2e-4, 3e-4])
     # R^2 = 1 - 0.5^2 / (1 + 0 + 1) = 0.875.
     assert scores["flux_r2"] == pytest.approx(0.875)
     found["flux"] = found["flux"].value * u.Jy / u.beam
     with pytest.raises(u.UnitConversionError, match="beam"):
         metrics.score_catalog(found, truth, 1.0)
     scores = metrics.score_catalog(found, truth, 1.0, flux=None)
-    assert scores["tp"] == 3 and np.isnan(scores["flux_r2"])
+    assert scores["tp"] == 3 and np.isnan(scores["flux_r2"]) and len(scores["flux_err"]) == 0
     with pytest.raises(ValueError, match="flux=None"):
         metrics.score_catalog(found, truth["x", "y"], 1.0)
 
