@@ -11,10 +11,18 @@ model was loaded (``base``: Python, torch, the model). The last column
 divides the growth by the image's size in float32: what the pipeline
 holds on top of the model, counted in copies of the image.
 
+A method with a third field, ``dask`` (``star:1:dask``), runs
+`radiorecon.parallel.predict_large` instead, on a local cluster of
+``--workers`` worker processes with blocks of ``--tile`` pixels, writing the
+result to a FITS file: ``peak RSS`` is then the client's, and the column
+``worker MB`` the largest peak of any worker (the children's
+``ru_maxrss``); the time includes starting the cluster and writing the file.
+
 Run::
 
     python benchmarks/bench_large.py                      # 4096 and 8192, STAR (1, 10 samples), matched filter
     python benchmarks/bench_large.py --sizes 4096 --methods star:1,star:10 --repeats 3
+    python benchmarks/bench_large.py --sizes 4096,8192 --methods star:1,star:1:dask --workers 2
 
 Each run of STAR on CPU takes about 0.4 s per 512 x 512 tile and draw;
 the 8192 x 8192 image has 529 tiles.
@@ -74,12 +82,14 @@ def make_image(path, n, seed=0):
     return path
 
 
-def child(path, method, n_samples):
+def child(path, method, n_samples, workers=2, tile=1024):
     """Measure one prediction; print a JSON line."""
     from astropy.io import fits
 
     from radiorecon import Reconstructor
 
+    if method.endswith(":dask"):
+        return child_dask(path, method.split(":")[0], n_samples, workers, tile)
     if method == "star":
         rec, psf = Reconstructor.pretrained("star", device="cpu"), None
     else:
@@ -95,9 +105,37 @@ def child(path, method, n_samples):
     print(json.dumps(dict(seconds=seconds, base=base, peak=peak, finite=bool(np.isfinite(result.data).all()))))
 
 
-def measure(path, method, n_samples):
-    out = subprocess.run([sys.executable, __file__, "--child", path, method, str(n_samples)],
-                         capture_output=True, text=True, check=True)
+def child_dask(path, method, n_samples, workers, tile):
+    """Measure one `~radiorecon.parallel.predict_large` on a local cluster; print a JSON line."""
+    from radiorecon import Reconstructor
+    from radiorecon.parallel import predict_large
+    from radiorecon.result import read_result
+
+    model = "pretrained:star" if method == "star" else method
+    psf = None
+    if method != "star":
+        y, x = np.mgrid[-64:65, -64:65]
+        psf = np.exp(-(x**2 + y**2) / (2 * BEAM_SIGMA**2))
+    # The client opens the model too (to check it before any work): part of its base.
+    Reconstructor.pretrained("star", device="cpu") if method == "star" else Reconstructor(method)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = path.replace(".fits", ".sky.fits")
+    start = time.perf_counter()
+    predict_large(path, model, out, workers=workers, tile=tile, n_samples=n_samples, psf=psf, seed=0,
+                  device="cpu", overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The worker processes are the client's children, joined when the cluster closed.
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    data = read_result(out).data
+    finite = bool(np.isfinite(data).all())
+    os.remove(out)
+    print(json.dumps(dict(seconds=seconds, base=base, peak=peak, worker=worker, finite=finite)))
+
+
+def measure(path, method, n_samples, workers, tile):
+    out = subprocess.run([sys.executable, __file__, "--child", path, method, str(n_samples), str(workers),
+                          str(tile)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -108,25 +146,32 @@ def main():
                         help="backend:n_samples pairs, comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="repeats per row (median reported)")
     parser.add_argument("--tmpdir", default=None, help="where the large FITS files are written")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help="Dask workers of the :dask methods")
+    parser.add_argument("--tile", type=int, default=1024, help="block side of the :dask methods")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]))
+        child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]), int(args.child[4]))
         return
-    methods = [(m.split(":")[0], int(m.split(":")[1])) for m in args.methods.split(",")]
-    print(f"{'image':>11} {'backend':>15} {'n_samples':>9} {'seconds':>8} {'peak RSS MB':>11} "
-          f"{'base MB':>8} {'growth / image':>14}")
+    methods = []
+    for m in args.methods.split(","):
+        name, n_samples, *dask = m.split(":")
+        methods.append((":".join([name] + dask), int(n_samples)))
+    print(f"{'image':>11} {'backend':>20} {'n_samples':>9} {'seconds':>8} {'peak RSS MB':>11} "
+          f"{'base MB':>8} {'growth / image':>14} {'worker MB':>9}")
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             path = make_image(os.path.join(tmp, f"dirty_{n}.fits"), n)
             for method, n_samples in methods:
-                runs = [measure(path, method, n_samples) for _ in range(args.repeats)]
+                runs = [measure(path, method, n_samples, args.workers, args.tile) for _ in range(args.repeats)]
                 seconds = statistics.median(r["seconds"] for r in runs)
                 peak = statistics.median(r["peak"] for r in runs)
                 base = statistics.median(r["base"] for r in runs)
                 assert all(r["finite"] for r in runs)
-                print(f"{n:>5}x{n:<5} {method:>15} {n_samples:>9} {seconds:>8.1f} {peak / 2**20:>11.0f} "
-                      f"{base / 2**20:>8.0f} {(peak - base) / (4 * n * n):>14.1f}", flush=True)
+                worker = f"{statistics.median(r['worker'] for r in runs) / 2**20:>9.0f}" if "worker" in runs[0] \
+                    else f"{'':>9}"
+                print(f"{n:>5}x{n:<5} {method:>20} {n_samples:>9} {seconds:>8.1f} {peak / 2**20:>11.0f} "
+                      f"{base / 2**20:>8.0f} {(peak - base) / (4 * n * n):>14.1f} {worker}", flush=True)
             os.remove(path)
 
 

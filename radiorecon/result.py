@@ -174,28 +174,13 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False, 
     path = os.fspath(path)
     check_new(path, overwrite)  # before the work, not only after
     data = np.asarray(result.data)
-    header = _meta_header(result.meta)
+    header, wcs_cards = result_header(result.meta, result.wcs, result.unit, data.ndim)
     wcs = result.wcs
-    wcs_cards = fits.Header()
-    if wcs is not None:
-        if not isinstance(wcs, WCS) or wcs.naxis != data.ndim:
-            raise ValueError(f"cannot write a {type(wcs).__name__} for {data.ndim}-D data to FITS")
-        wcs_cards = wcs.to_header(relax=True)
-    header.extend(wcs_cards, update=True, useblanks=False)
-
-    def unit_cards(unit):
-        text = bunit(unit)
-        return fits.Header([("BUNIT", text)] if text else [])
 
     def extension(array, name, cards=(), unit=None):
-        # Every image extension carries the WCS, so viewers show coordinates on it too.
-        ext = fits.Header(list(cards))
-        ext.update(unit_cards(unit))
-        if np.ndim(array) == data.ndim:
-            ext.extend(wcs_cards, update=True, useblanks=False)
-        return fits.ImageHDU(array, ext, name=name)
+        return fits.ImageHDU(array, extension_header(cards, unit, wcs_cards if np.ndim(array) == data.ndim else None),
+                             name=name)
 
-    header.update(unit_cards(result.unit))
     hdus = fits.HDUList([fits.PrimaryHDU(data, header)])
     uncertainty = result.uncertainty
     if uncertainty is not None:
@@ -212,7 +197,7 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False, 
         hdus.append(extension(np.asarray(result.samples), "SAMPLES", unit=result.unit))
     cube = getattr(result, "components", None) if components else None
     if cube is not None:
-        cards = unit_cards(getattr(cube, "unit", result.unit))
+        cards = _unit_cards(getattr(cube, "unit", result.unit))
         if wcs is not None and data.ndim == 2:
             source = wcs.sub([1, 2, 0])
             source.wcs.ctype[2], source.wcs.crpix[2], source.wcs.crval[2] = "SOURCE", 1, 1
@@ -226,6 +211,61 @@ def write_result(result, path, *, overwrite=False, samples=False, extras=False, 
 
     with atomic_path(path, overwrite=overwrite) as tmp:
         hdus.writeto(tmp)
+
+
+def result_header(meta, wcs, unit, ndim):
+    """The primary header `write_result` writes, without its structural cards.
+
+    Parameters
+    ----------
+    meta : `~astropy.io.fits.Header` or mapping
+        The result's ``meta``.
+    wcs : `~astropy.wcs.WCS` or None
+        The result's WCS.
+    unit : `~astropy.units.Unit` or None
+        The result's unit (``BUNIT``).
+    ndim : int
+        Number of data axes.
+
+    Returns
+    -------
+    header, wcs_cards : `~astropy.io.fits.Header`
+        The header (meta, WCS cards, ``BUNIT``) and the WCS cards alone,
+        for the image extensions (`extension_header`).
+
+    Raises
+    ------
+    ValueError
+        As for `write_result`.
+    """
+    header = _meta_header(meta)
+    wcs_cards = fits.Header()
+    if wcs is not None:
+        if not isinstance(wcs, WCS) or wcs.naxis != ndim:
+            raise ValueError(f"cannot write a {type(wcs).__name__} for {ndim}-D data to FITS")
+        wcs_cards = wcs.to_header(relax=True)
+    header.extend(wcs_cards, update=True, useblanks=False)
+    header.update(_unit_cards(unit))
+    return header, wcs_cards
+
+
+def extension_header(cards=(), unit=None, wcs_cards=None):
+    """The header of an image extension as `write_result` writes it.
+
+    ``cards`` first, then ``BUNIT`` of ``unit`` and the WCS cards (from
+    `result_header`) of an extension with the data's axes.
+    """
+    # Every image extension carries the WCS, so viewers show coordinates on it too.
+    ext = fits.Header(list(cards))
+    ext.update(_unit_cards(unit))
+    if wcs_cards is not None:
+        ext.extend(wcs_cards, update=True, useblanks=False)
+    return ext
+
+
+def _unit_cards(unit):
+    text = bunit(unit)
+    return fits.Header([("BUNIT", text)] if text else [])
 
 
 def read_result(path):

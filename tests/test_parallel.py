@@ -195,3 +195,95 @@ def test_progress_shows_a_bar_over_inputs_and_can_be_turned_off(model, fields, t
     assert "predict: 100%" in capsys.readouterr().err
     parallel.predict_many(fields, model[0], tmp_path / "b", client=client, catalog=False, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def large(tmp_path):
+    """A 192x160 CASA-like cube of one plane (Jy/beam, WCS, beam): noise and a few sources."""
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:192, :160]
+    data = 0.05 * rng.normal(size=(192, 160))
+    for y, x in [(30, 40), (64, 64), (100, 130), (170, 20)]:  # one on the seam of two blocks
+        data += 2 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.5)
+    path = tmp_path / "large.fits"
+    fits.PrimaryHDU(data[None, None].astype(np.float32), celestial_header(192, 160, naxis=4)).writeto(path)
+    return str(path)
+
+
+_WRITES = []
+_write_window = parallel._write_window
+
+
+def _recording_write(planes, window, *args):
+    # A function of this module, pickled by reference: the in-process workers append to this _WRITES.
+    _WRITES.append(planes.shape[1:])
+    return _write_window(planes, window, *args)
+
+
+def _large(image, model, out, client, progress=False, margin=16, **kwargs):
+    return parallel.predict_large(image, model, out, client=client, tile=64, margin=margin, progress=progress,
+                                  **kwargs)
+
+
+def test_predict_large_equals_the_whole_image_prediction_of_a_local_model(large, tmp_path, client, monkeypatch):
+    # A 3x3 smoothing reaches 1 pixel, well within the margin: the blocks' inner parts are exactly
+    # those of one whole-image prediction, up to float rounding, but for the image's outermost pixels
+    # (where each block's own normalisation offset meets the zero padding).
+    reads = []
+    read = parallel._FitsPlane.__getitem__
+    monkeypatch.setattr(parallel._FitsPlane, "__getitem__", lambda self, key: reads.append(read(self, key)) or reads[-1])
+    monkeypatch.setattr(parallel, "_write_window", _recording_write)
+    _WRITES.clear()
+    out = _large(large, "test-smooth", tmp_path / "sky.fits", client)
+    whole = Reconstructor("test-smooth").predict(large, progress=False)
+    mine = read_result(out)
+    np.testing.assert_allclose(mine.data[1:-1, 1:-1], whole.data[1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+    assert mine.unit == whole.unit
+    assert mine.uncertainty is None
+    assert mine.wcs.to_header() == whole.wcs.to_header()
+    assert mine.meta["RRBACKND"] == "test-smooth" and mine.meta["RRTILE"] == 64 and "RRSCALE" not in mine.meta
+    # Bounded memory: the input was read, and the output written, one (widened) block at a time.
+    assert len(reads) >= 3 * 3 and max(window.size for window in reads) <= (64 + 2 * 16) ** 2
+    assert sorted(_WRITES) == sorted((s, t) for s in (64, 64, 64) for t in (64, 64, 32))
+
+
+def test_predict_large_merges_a_last_block_narrower_than_the_margin(large, tmp_path, client):
+    # 160 = 64 + 64 + 32 columns: with a margin of 40 the last 32 join the block before them.
+    assert parallel._block_sides(160, 64, 40) == (64, 96)
+    out = _large(large, "test-smooth", tmp_path / "sky.fits", client, margin=40)
+    whole = Reconstructor("test-smooth").predict(large, progress=False)
+    np.testing.assert_allclose(read_result(out).data[1:-1, 1:-1], whole.data[1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_large_writes_the_uncertainty_and_stays_within_the_noise(model, large, tmp_path, client):
+    rec, path = model
+    out = _large(large, rec, tmp_path / "sky.fits", client, n_samples=SAMPLES, seed=SEED)
+    mine = read_result(out)
+    whole = rec.predict(large, n_samples=SAMPLES, seed=SEED, progress=False)
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "UNCERT"]
+        assert hdul["UNCERT"].header["CTYPE1"] == "RA---SIN" and hdul["UNCERT"].header["BUNIT"] == "Jy/pixel"
+    assert mine.data.shape == (192, 160) and mine.unit == whole.unit
+    assert np.all(mine.uncertainty.array > 0)
+    # Blocks draw their own noise and are normalised on their own: they differ from the whole-image
+    # prediction by about the spread of the estimate, not more.
+    diff = np.abs(mine.data - whole.data)[16:-16, 16:-16]
+    assert np.median(diff) < np.median(whole.uncertainty.array)
+    again = read_result(_large(large, path, tmp_path / "again.fits", client, n_samples=SAMPLES, seed=SEED))
+    np.testing.assert_array_equal(again.data, mine.data)
+
+
+def test_predict_large_refuses_an_existing_output_before_any_work(large, tmp_path, client, capsys):
+    out = tmp_path / "sky.fits"
+    out.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="sky.fits already exists"):
+        _large(large, "test-smooth", out, client)
+    with pytest.raises(ValueError, match=r"margin \(65\) must not be larger than tile \(64\)"):
+        _large(large, "test-smooth", tmp_path / "other.fits", client, margin=65)
+    with pytest.raises(InputError, match="uncompressed FITS file, not .*sky.fits.gz"):
+        _large(large, "test-smooth", tmp_path / "sky.fits.gz", client)
+    assert out.read_bytes() == b"keep"
+    _large(large, "test-smooth", out, client, overwrite=True, progress=True)
+    assert "9/9" in capsys.readouterr().err  # a progress bar over the blocks
+    assert read_result(out).data.shape == (192, 160)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["large.fits", "sky.fits"]  # no temporary left
