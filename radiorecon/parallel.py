@@ -199,20 +199,11 @@ def predict_many(inputs, model, out, *, client=None, workers=None, n_samples=1, 
             threshold = check_catalog_threshold(threshold)
         except ValueError:
             raise ValueError(f"threshold must be a positive, finite S/N (such as 5), not {threshold!r}") from None
-    if workers is not None:
-        workers = check_int(workers, "workers")
-        if client is not None:
-            raise ValueError("give workers= for a local cluster, or client=, not both")
+    workers = _check_workers(workers, client)
     out = os.path.abspath(out)
     psfs = _psfs(psf, paths)
     config = dict(config or {})
-
-    rec = _open_model(model, config)
-    if psf is None and "needs_psf" in rec.capabilities:
-        raise CapabilityError(f"backend {rec.backend_name!r} needs the PSF: pass psf=")
-    if n_samples > 1 and "draws" not in rec.capabilities:
-        raise CapabilityError(f"backend {rec.backend_name!r} gives one estimate, not draws to sample: "
-                              "use n_samples=1")
+    rec = _checked_model(model, config, psf, n_samples)
     if threshold is None:
         threshold = rec.catalog_threshold or DEFAULT_THRESHOLD
     settings = dict(n_samples=n_samples, aggregate=aggregate, seed=seed, batch_size=batch_size, device=device,
@@ -346,17 +337,9 @@ def predict_large(image, model, out, *, client=None, workers=None, tile=1024, ma
     tile = check_int(tile, "tile")
     n_samples = check_int(n_samples, "n_samples")
     seed = check_seed(seed)
-    if workers is not None:
-        workers = check_int(workers, "workers")
-        if client is not None:
-            raise ValueError("give workers= for a local cluster, or client=, not both")
+    workers = _check_workers(workers, client)
     config = dict(config or {})
-    rec = _open_model(model, config)
-    if psf is None and "needs_psf" in rec.capabilities:
-        raise CapabilityError(f"backend {rec.backend_name!r} needs the PSF: pass psf=")
-    if n_samples > 1 and "draws" not in rec.capabilities:
-        raise CapabilityError(f"backend {rec.backend_name!r} gives one estimate, not draws to sample: "
-                              "use n_samples=1")
+    rec = _checked_model(model, config, psf, n_samples)
     if margin is None:
         margin = max(rec.backend.tile_margin or 0, 16)
     margin = check_int(margin, "margin", minimum=0)
@@ -695,6 +678,29 @@ def _psfs(psf, paths):
     if len(psfs) != len(paths):
         raise ValueError(f"{len(psfs)} PSFs for {len(paths)} inputs; give one PSF, or one per input")
     return psfs
+
+
+def _check_workers(workers, client):
+    """The worker count of a local cluster (None: one per core), refused next to a client."""
+    from ._validate import check_int
+
+    if workers is None:
+        return None
+    workers = check_int(workers, "workers")
+    if client is not None:
+        raise ValueError("give workers= for a local cluster, or client=, not both")
+    return workers
+
+
+def _checked_model(model, config, psf, n_samples):
+    """The model, opened on the client, checked against the call before any work goes to the cluster."""
+    rec = _open_model(model, config)
+    if psf is None and "needs_psf" in rec.capabilities:
+        raise CapabilityError(f"backend {rec.backend_name!r} needs the PSF: pass psf=")
+    if n_samples > 1 and "draws" not in rec.capabilities:
+        raise CapabilityError(f"backend {rec.backend_name!r} gives one estimate, not draws to sample: "
+                              "use n_samples=1")
+    return rec
 
 
 def _open_model(model, config):
