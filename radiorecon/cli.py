@@ -40,26 +40,26 @@ _THREADS_HELP = ("torch CPU threads (default: OMP_NUM_THREADS, else one per core
                  "fewer than the cores is often faster on a busy machine")
 
 
-def _positive_int(text):
-    """argparse type of counts: a usage error (status 2) unless a positive integer."""
+def _integer(text, minimum):
+    """``text`` as an integer of at least ``minimum``, else a usage error (status 2)."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise argparse.ArgumentTypeError(f"expected a {kind} integer, got {text!r}")
     return value
+
+
+def _positive_int(text):
+    """argparse type of counts: a usage error (status 2) unless a positive integer."""
+    return _integer(text, 1)
 
 
 def _count(text):
     """argparse type of counts that may be 0 (e.g. worker processes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return _integer(text, 0)
 
 
 def _positive_float(text):

@@ -216,6 +216,13 @@ def test_a_count_that_is_not_positive_is_a_usage_error(option, observation, tmp_
     assert "expected a positive integer, got '0'" in capsys.readouterr().err
 
 
+def test_train_workers_may_be_zero_but_not_negative(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["train", "star", "--inputs", "x.fits", "-o", str(tmp_path / "m.rrm"), "--workers", "-1"])
+    assert exit.value.code == 2
+    assert "expected a non-negative integer, got '-1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, value", [("predict", "nan"), ("predict", "-1"), ("demo", "0"),
                                             ("benchmark", "5,inf")])
 def test_a_bad_threshold_is_a_usage_error_before_any_work(command, value, observation, tmp_path, capsys):
