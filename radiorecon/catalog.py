@@ -298,8 +298,9 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         model in an aperture of one beam FWHM radius around each source
         (pixels near two sources go to the nearer one; on a restored image,
         divided by the beam's share of the aperture) and ``flux_err`` (Jy)
-        the standard deviation of that flux over the samples (NaN without
-        two or more samples); ``peak`` (Jy/beam) is the brightest pixel of
+        the standard deviation of that flux over the samples, times the
+        model's calibrated uncertainty scale (``RRUSCALE``, 1 if absent; NaN
+        without two or more samples); ``peak`` (Jy/beam) is the brightest pixel of
         the restored model and ``snr`` is ``peak / noise``. Whatever the
         units of the inputs, the catalog is in Jy and Jy/beam. ``meta`` adds
         ``noise`` (Jy/beam), ``beam_fwhm_pix`` (pix) and ``detected_in``.
@@ -374,9 +375,12 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         models = None if samples is None else [np.nan_to_num(_plain(smp, _JY_PIX, to_jy)) for smp in samples]
         detect = fftconvolve(data, kernel, mode="same")
         restored_samples = None if models is None else [fftconvolve(m, kernel, mode="same") for m in models]
+        # A calibrated model's samples spread too little by the same factor
+        # as its std (RRUSCALE), so their flux spread is scaled by it too.
+        meta = getattr(model, "meta", None) or {}
         catalog = model_catalog(detect, wcs, noise, threshold, data, fwhm_px, samples=restored_samples,
-                                flux_samples=models, npixels=npixels, deblend=deblend,
-                                match_radius=match_radius)
+                                flux_samples=models, flux_err_scale=float(meta.get("RRUSCALE", 1.0)),
+                                npixels=npixels, deblend=deblend, match_radius=match_radius)
         catalog.meta["detected_in"] = "the model convolved with the clean beam"
     return catalog
 
@@ -474,7 +478,7 @@ def _plain(values, unit, factor):
 
 
 def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None, samples=None,
-                  flux_samples=None, npixels=5, deblend=True, match_radius=2.0):
+                  flux_samples=None, flux_err_scale=1.0, npixels=5, deblend=True, match_radius=2.0):
     """Detect in ``detect`` (Jy/beam) against ``noise``; fluxes (Jy) in apertures on ``flux_image``.
 
     The one recipe behind `find_sources_in_model` and the benchmark's rows
@@ -500,6 +504,9 @@ def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None
     samples, flux_samples : list of `~numpy.ndarray`, optional
         Samples of ``detect`` (for ``detection_probability``) and of
         ``flux_image`` (for ``flux_err``), in the same units.
+    flux_err_scale : float
+        Factor on the samples' flux spread (a model's calibrated
+        ``uncertainty_scale``).
     npixels, deblend, match_radius
         As for `find_sources`.
 
@@ -523,7 +530,7 @@ def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None
     found["flux"] = _aperture_sum(flux_image, found["x"], found["y"], radius) / share * u.Jy
     if flux_samples is not None and len(flux_samples) >= 2 and len(found):
         sums = [_aperture_sum(f, found["x"], found["y"], radius) / share for f in flux_samples]
-        found["flux_err"] = np.std(sums, axis=0, ddof=1) * u.Jy
+        found["flux_err"] = flux_err_scale * np.std(sums, axis=0, ddof=1) * u.Jy
     else:
         found["flux_err"] = np.full(len(found), np.nan) * u.Jy
     found["snr"] = np.asarray(u.Quantity(found["peak"]).value, float) / noise

@@ -707,6 +707,11 @@ def test_find_sources_in_model_converts_units():
     assert_same_catalog(got, expected)
     np.testing.assert_allclose(got["flux_err"].to_value(u.Jy), expected["flux_err"].to_value(u.Jy))
     np.testing.assert_array_equal(got["detection_probability"], expected["detection_probability"])
+    # A calibrated model's flux errors carry its uncertainty scale, as its std does.
+    draws.meta["RRUSCALE"] = 4.0
+    scaled = find_sources_in_model(draws, beam=beam, noise=1e-4)
+    np.testing.assert_allclose(scaled["flux_err"], 4.0 * expected["flux_err"])
+    np.testing.assert_array_equal(scaled["flux"], expected["flux"])
     from scipy.signal import fftconvolve
     from radiorecon.beam import beam_kernel
 
