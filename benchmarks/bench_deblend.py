@@ -58,6 +58,7 @@ from radiorecon.metrics import ssim
 from radiorecon.simulate.blends import blended_scenes, isolated_stamps
 
 BINS = (0.0, 0.05, 0.2, 0.5, 1.0)
+METHODS = ("vae", "photutils", "scarlet2")
 
 
 def parse_args(argv=None):
@@ -84,6 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads for torch (--quick: 1; more oversubscribe a busy machine)")
     p.add_argument("--out", help="directory for the trained model, per-source results (ECSV) and the summary (JSON)")
+    p.add_argument("--export-scenes", metavar="NPZ",
+                   help="also write the scenes to this .npz, for a deblender run elsewhere (benchmarks/bench_scarlet2.py)")
+    p.add_argument("--scarlet2", metavar="NPZ",
+                   help="results of benchmarks/bench_scarlet2.py on the --export-scenes file, compared too")
     args = p.parse_args(argv)
     args.pixel_scale = args.pixel_scale or (0.2 if args.optical else 0.3)
     args.stamp = args.stamp or (44 if args.optical else 32)
@@ -128,6 +133,19 @@ def train(args, overrides):
     return rec
 
 
+def export_scenes(path, scenes):
+    """The scenes as plain arrays: positions padded with NaN to the most sources of a scene."""
+    k = max(len(xy) for xy in scenes.positions)
+    n, ny, nx = scenes.images.shape
+    positions = np.full((n, k, 2), np.nan)
+    truth = np.zeros((n, k, ny, nx), np.float32)
+    for i, (xy, src) in enumerate(zip(scenes.positions, scenes.sources)):
+        positions[i, : len(xy)] = xy
+        truth[i, : len(xy)] = src
+    np.savez_compressed(path, images=scenes.images, psf=np.asarray(scenes.psf[0]), positions=positions,
+                        noise_rms=np.asarray(scenes.noise_rms), truth=truth)
+
+
 def photutils_fluxes(image, positions, noise, beam_area, threshold):
     """Flux (Jy) of the photutils segment under each position."""
     from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
@@ -151,19 +169,25 @@ def summarise(table):
     for lo, hi in zip(BINS[:-1], BINS[1:]):
         sel = (table["blendedness"] >= lo) & (table["blendedness"] < hi)
         row = {"blendedness": f"[{lo}, {hi})", "n": int(sel.sum())}
-        for method in ("vae", "photutils"):
+        for method in METHODS:
+            if f"{method}_residual" not in table.colnames:
+                continue
             r = np.asarray(table[f"{method}_residual"][sel])
             row[f"{method}_median"] = float(np.median(r)) if len(r) else float("nan")
             row[f"{method}_scatter"] = float(1.4826 * np.median(np.abs(r - np.median(r)))) if len(r) else float("nan")
         rows.append(row)
     pulls = np.abs(np.asarray(table["vae_flux"] - table["true_flux"]) / np.asarray(table["vae_flux_err"]))
-    return {
+    summary = {
         "bins": rows,
         "vae_ssim_median": float(np.median(table["vae_ssim"])),
         "vae_cosine_median": float(np.median(table["vae_cosine"])),
         "vae_coverage_1sigma": float(np.mean(pulls < 1)),
         "vae_coverage_2sigma": float(np.mean(pulls < 2)),
     }
+    if "scarlet2_ssim" in table.colnames:
+        summary["scarlet2_ssim_median"] = float(np.median(table["scarlet2_ssim"]))
+        summary["scarlet2_cosine_median"] = float(np.median(table["scarlet2_cosine"]))
+    return summary
 
 
 def main(argv=None):
@@ -177,6 +201,11 @@ def main(argv=None):
         rec.save(os.path.join(args.out, "vae-deblend.rrm"), overwrite=True)
     rec.backend.set_config(max_iterations=args.max_iterations)
     scenes = make_scenes(args, overrides)
+    if args.export_scenes:
+        export_scenes(args.export_scenes, scenes)
+    other = dict(np.load(args.scarlet2)) if args.scarlet2 else None
+    if other is not None and other["flux"].shape[0] != len(scenes):
+        raise SystemExit(f"{args.scarlet2} holds {other['flux'].shape[0]} scenes, not the {len(scenes)} made here")
     if args.optical:  # the images are at the model's resolution: identity operator, white noise
         likelihood = "white"
     else:
@@ -209,6 +238,10 @@ def main(argv=None):
                 "photutils_flux": base[j], "photutils_residual": (base[j] - f_true) / f_true,
                 "vae_ssim": float(ssim(comp, true)), "vae_cosine": cosine(comp, true),
             })
+            if other is not None:
+                f_other, comp_other = float(other["flux"][i, j]), other["components"][i, j].astype(float)
+                rows[-1].update(scarlet2_flux=f_other, scarlet2_residual=(f_other - f_true) / f_true,
+                                scarlet2_ssim=float(ssim(comp_other, true)), scarlet2_cosine=cosine(comp_other, true))
     rec.backend.set_config(positions=None)
     table = QTable(rows=rows)
     summary = summarise(table)
@@ -218,11 +251,13 @@ def main(argv=None):
         likelihood=likelihood,
         quick=bool(args.quick),
     )
-    print(f"{'blendedness':>14} {'n':>5} {'vae median':>11} {'vae scatter':>12} {'phot median':>12} "
-          f"{'phot scatter':>13}")
+    methods = [m for m in METHODS if f"{m}_median" in summary["bins"][0]]
+    print(f"{'blendedness':>14} {'n':>5} " + " ".join(f"{m + ' median':>16} {m + ' scatter':>17}" for m in methods))
     for row in summary["bins"]:
-        print(f"{row['blendedness']:>14} {row['n']:>5} {row['vae_median']:>11.3f} {row['vae_scatter']:>12.3f} "
-              f"{row['photutils_median']:>12.3f} {row['photutils_scatter']:>13.3f}")
+        print(f"{row['blendedness']:>14} {row['n']:>5} "
+              + " ".join(f"{row[m + '_median']:>16.3f} {row[m + '_scatter']:>17.3f}" for m in methods))
+    if other is not None:
+        summary["scarlet2_seconds_per_blend"] = float(np.median(other["seconds"]))
     print(json.dumps({k: v for k, v in summary.items() if k != "bins"}, indent=1))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

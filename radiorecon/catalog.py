@@ -392,8 +392,9 @@ def deblended_catalog(result):
     ----------
     result : `~radiorecon.Reconstruction`
         From a backend with the ``deblend`` capability (``components``
-        set); errors are read from the ``DBFE<i>``, ``DBXE<i>``, ``DBYE<i>``
-        cards of ``vae-deblend`` when present (else NaN).
+        set); errors are read from the ``DBFE<i>``, ``DBXE<i>``, ``DBYE<i>``,
+        ``DBAE<i>``, ``DBBE<i>``, ``DBTE<i>`` cards of ``vae-deblend`` when
+        present (else NaN).
 
     Returns
     -------
@@ -405,7 +406,8 @@ def deblended_catalog(result):
         of the component's pixels, in the model's unit times pixel: Jy for
         Jy/pixel) with ``flux_err``; ``a``, ``b`` (semi-major and
         semi-minor standard deviations, pixels) and ``theta`` (major axis
-        counter-clockwise from +x, deg) from the second moments; and
+        counter-clockwise from +x, deg) from the second moments, with
+        ``a_err``, ``b_err``, ``theta_err``; and
         ``blendedness`` (`radiorecon.simulate.blends.blendedness` of the
         components: the fraction of a source's light under its neighbours).
 
@@ -451,7 +453,9 @@ def deblended_catalog(result):
     table["flux_err"] = card("DBFE") * scale * flux_unit
     table["a"] = np.sqrt(np.clip(half_trace + diff, 0, None))
     table["b"] = np.sqrt(np.clip(half_trace - diff, 0, None))
+    table["a_err"], table["b_err"] = card("DBAE"), card("DBBE")
     table["theta"] = np.degrees(0.5 * np.arctan2(2 * cxy, cxx - cyy)) % 180 * u.deg
+    table["theta_err"] = card("DBTE") * u.deg
     table["blendedness"] = blendedness(comps)
     return table
 

@@ -8,7 +8,7 @@ import torch
 from radiorecon import Reconstructor, registry
 from radiorecon.catalog import deblended_catalog
 from radiorecon.backends.vae_deblend import (
-    VaeDeblendBackend, laplace_errors, map_deblend, place,
+    VaeDeblendBackend, laplace_errors, map_deblend, place, source_moments,
 )
 from radiorecon.exceptions import CapabilityError, InputError
 from radiorecon.instrument import Instrument
@@ -150,10 +150,11 @@ def test_map_recovers_two_overlapping_sources_within_their_errors():
                          max_iterations=100, tolerance=1e-9)
     assert result.converged
     flux = torch.stack([c.sum(dim=(-2, -1)) for c in result.components])  # (n, 2)
-    errors = torch.stack([
+    all_errors = torch.stack([
         laplace_errors(result.latents[2 * i : 2 * i + 2], decode, _wide_prior, images[i], op, sigma, xy,
-                       pixel_std=False)[0][:, 0] for i in range(n)
-    ])
+                       pixel_std=False)[0] for i in range(n)
+    ])  # (n, 2, 6)
+    errors = all_errors[..., 0]
     true_flux = torch.tensor([6.0, 3.0], dtype=torch.float64)
     pulls = (flux - true_flux) / errors
     assert (pulls.abs() < 3.5).all()
@@ -161,6 +162,12 @@ def test_map_recovers_two_overlapping_sources_within_their_errors():
     assert 0.7 < pulls.std().item() < 1.3
     assert (errors.std(0) / errors.mean(0) < 0.1).all()  # about the same error for every realisation
     assert (flux.mean(0) - true_flux).abs().max() < 3 * errors.mean(0).max() / math.sqrt(n) + 1e-3
+    # The shape errors too: the semi-major axis (the analytic sources are round).
+    inside = torch.ones(2, *shape, dtype=torch.float64)
+    grid = torch.arange(32.0, dtype=torch.float64)[None].repeat(2, 1)
+    a = torch.stack([source_moments(c, grid, grid, inside)[:, 3] for c in result.components])
+    a_pulls = (a - torch.tensor([1.5, 2.0], dtype=torch.float64)) / all_errors[..., 3]
+    assert (a_pulls.abs() < 3.5).all() and 0.6 < a_pulls.std().item() < 1.5
 
 
 # -- data -------------------------------------------------------------------
@@ -297,11 +304,12 @@ def test_deblended_catalog_measures_known_components():
     two = 1.0 * np.exp(-((xx - 35) ** 2 + (yy - 22) ** 2) / (2 * 2.0**2))
     wcs = WCS(naxis=2)
     wcs.wcs.ctype, wcs.wcs.cdelt, wcs.wcs.crpix = ["RA---SIN", "DEC--SIN"], [-1e-4, 1e-4], [25, 20]
-    meta = {"RRSCALE": 2.0, "DBFE1": 0.5, "DBFE2": 0.25, "DBXE1": 0.1, "DBXE2": 0.2, "DBYE1": 0.3, "DBYE2": 0.4}
+    meta = {"RRSCALE": 2.0, "DBFE1": 0.5, "DBFE2": 0.25, "DBXE1": 0.1, "DBXE2": 0.2, "DBYE1": 0.3, "DBYE2": 0.4,
+            "DBAE1": 0.05, "DBAE2": 0.06, "DBBE1": 0.07, "DBBE2": 0.08, "DBTE1": 1.5, "DBTE2": 90.0}
     result = Reconstruction(one + two, unit=u.mJy / u.pix, wcs=wcs, meta=meta, components=np.stack([one, two]))
     table = deblended_catalog(result)
     assert table.colnames == ["id", "x", "y", "x_err", "y_err", "sky_centroid", "flux", "flux_err", "a", "b",
-                              "theta", "blendedness"]
+                              "a_err", "b_err", "theta", "theta_err", "blendedness"]
     assert table["id"].tolist() == [1, 2]
     np.testing.assert_allclose(table["x"], [15, 35], atol=1e-6)
     np.testing.assert_allclose(table["y"], [20, 22], atol=1e-6)
@@ -312,7 +320,19 @@ def test_deblended_catalog_measures_known_components():
     np.testing.assert_allclose(table["b"], [1.5, 2.0], rtol=1e-4)
     assert table["theta"][0].to_value(u.deg) == pytest.approx(0.0, abs=1e-6)  # the major axis along +x
     assert table["sky_centroid"].separation(wcs.pixel_to_world([15, 35], [20, 22])).max() < 1e-6 * u.arcsec
+    assert table["a_err"].tolist() == [0.05, 0.06] and table["theta_err"].to_value(u.deg).tolist() == [1.5, 90.0]
     assert (table["blendedness"] < 1e-3).all()  # apart: almost nothing of either under the other
+    # The backend's differentiable moments (whose Jacobians give the errors) are the catalog's.
+    stamps = torch.from_numpy(np.stack([one, two]))
+    grid = torch.arange(50.0, dtype=torch.float64)
+    moments = source_moments(stamps[:, :, :40].contiguous(), grid[None, :40].repeat(2, 1),
+                             grid[None, :40].repeat(2, 1), torch.ones(2, 40, 40, dtype=torch.float64))
+    cut = deblended_catalog(Reconstruction((one + two)[:, :40], unit=u.mJy / u.pix,
+                                           components=np.stack([one, two])[:, :, :40]))
+    for i, name in enumerate(["flux", "x", "y", "a", "b", "theta"]):
+        expected = u.Quantity(cut[name]).value
+        got = moments[:, i].numpy() % 180 if name == "theta" else moments[:, i].numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(InputError, match="no per-source components"):
         deblended_catalog(Reconstruction(one, unit=u.Jy / u.pix))
 
@@ -365,3 +385,4 @@ def test_cli_predict_writes_components_and_the_deblended_catalog(trained, scene,
     assert len(table) == k and {"flux", "flux_err", "x", "y", "a", "b", "theta", "blendedness",
                                 "sky_centroid"} <= set(table.colnames)
     np.testing.assert_allclose(table["flux"].to_value(u.Jy), np.nansum(cube, axis=(1, 2)), rtol=1e-5)
+

@@ -64,10 +64,12 @@ from ..instrument import NOISE_MODELS, Instrument
 from ..nn import ConvDecoder, ConvEncoder, count_parameters, sky_stretch, sky_unstretch
 
 __all__ = [
-    "VaeDeblendBackend", "map_deblend", "laplace_errors", "place", "cut_stamps", "DeblendResult",
+    "VaeDeblendBackend", "map_deblend", "laplace_errors", "source_moments", "place", "cut_stamps", "DeblendResult",
 ]
 
 _OPTIMIZERS = ("lbfgs", "adam")
+#: The result's cards of each source's errors, in the order of `source_moments`.
+_ERROR_CARDS = ("DBFE", "DBXE", "DBYE", "DBAE", "DBBE", "DBTE")
 
 
 def place(stamps, xy, shape):
@@ -225,14 +227,41 @@ def map_deblend(images, positions, decode, log_prior, z0, operators, sigma, *, m
     return DeblendResult(z.detach(), [c.detach() for c in components], iterations, converged, losses.detach())
 
 
-def _moments(components):
-    """Flux (sum of pixels) and flux-weighted centroid ``(x, y)`` of ``(k, ny, nx)`` images."""
-    ny, nx = components.shape[-2:]
-    yy = torch.arange(ny, dtype=components.dtype, device=components.device)[:, None]
-    xx = torch.arange(nx, dtype=components.dtype, device=components.device)[None, :]
-    flux = components.sum(dim=(-2, -1))
-    safe = torch.where(flux.abs() > 0, flux, torch.ones_like(flux))
-    return flux, (components * xx).sum(dim=(-2, -1)) / safe, (components * yy).sum(dim=(-2, -1)) / safe
+def source_moments(stamps, gx, gy, inside):
+    """Flux, centroid and second-moment shape of sources on their stamps (differentiable).
+
+    The definitions of `radiorecon.catalog.deblended_catalog`, on the
+    pixels of each stamp that lie inside the image.
+
+    Parameters
+    ----------
+    stamps : torch.Tensor
+        ``(k, S, S)`` source models.
+    gx, gy : torch.Tensor
+        ``(k, S)`` image pixel ``x`` of each stamp's columns, ``y`` of its rows.
+    inside : torch.Tensor
+        ``(k, S, S)``, 1 on the stamp pixels inside the image, else 0.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(k, 6)``: flux (the stamps' unit times pixels), centroid ``x``,
+        ``y`` (pixels), semi-major and semi-minor standard deviations ``a``,
+        ``b`` (pixels) and the major axis' angle ``theta`` counter-clockwise
+        from +x (deg, not wrapped).
+    """
+    w = stamps * inside
+    flux = w.sum(dim=(-2, -1))
+    safe = torch.where(flux != 0, flux, torch.ones_like(flux))
+    x = (w * gx[:, None, :]).sum(dim=(-2, -1)) / safe
+    y = (w * gy[:, :, None]).sum(dim=(-2, -1)) / safe
+    dx, dy = gx[:, None, :] - x[:, None, None], gy[:, :, None] - y[:, None, None]
+    cxx, cyy, cxy = ((w * m).sum(dim=(-2, -1)) / safe for m in (dx * dx, dy * dy, dx * dy))
+    # The tiny floors keep the derivatives finite for a round or empty source.
+    half, diff = (cxx + cyy) / 2, (((cxx - cyy) / 2) ** 2 + cxy**2 + 1e-12).sqrt()
+    a, b = (half + diff).clamp_min(1e-12).sqrt(), (half - diff).clamp_min(1e-12).sqrt()
+    theta = torch.rad2deg(0.5 * torch.atan2(2 * cxy, cxx - cyy))
+    return torch.stack([flux, x, y, a, b, theta], 1)
 
 
 def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, pixel_std=True):
@@ -241,7 +270,8 @@ def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, p
     The latents' covariance is the inverse Hessian of the scene's negative
     log posterior (eigenvalues below 1e-8 of the largest are raised to it,
     for a MAP that is not a strict minimum); it is propagated linearly to
-    each source's flux and centroid, and to the pixels of the total model.
+    each source's flux, centroid and shape (`source_moments`), and to the
+    pixels of the total model.
 
     Parameters
     ----------
@@ -249,45 +279,67 @@ def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, p
         ``(k, d)`` MAP latents of the scene's sources.
     decode, log_prior, operator, sigma, positions
         As for `map_deblend`, for this scene (``image`` ``(ny, nx)``).
+        ``decode`` must treat every latent alone (no statistics across the
+        batch), as the backend's decoder does.
     pixel_std : bool
         Also return the standard deviation map of the total model.
 
     Returns
     -------
     errors : torch.Tensor
-        ``(k, 3)`` one-sigma errors of flux (the model's unit times pixels)
-        and centroid ``x``, ``y`` (pixels).
+        ``(k, 6)`` one-sigma errors of the `source_moments`: flux (the
+        model's unit times pixels), centroid ``x``, ``y``, ``a``, ``b``
+        (pixels) and ``theta`` (deg).
     std : torch.Tensor or None
         ``(ny, nx)`` standard deviation of the total model.
     """
     k, d = z.shape
     shape = image.shape[-2:]
-
-    def components(flat):
-        return place(decode(flat.reshape(k, d)), positions, shape)
-
-    def loss(flat):
-        return 0.5 * operator.chi2(image, components(flat).sum(0), sigma) - log_prior(flat.reshape(k, d)).sum()
-
     flat = z.reshape(-1).detach()
+
+    def loss(f):
+        comps = place(decode(f.reshape(k, d)), positions, shape)
+        return 0.5 * operator.chi2(image, comps.sum(0), sigma) - log_prior(f.reshape(k, d)).sum()
+
     with torch.enable_grad():
-        hessian = torch.autograd.functional.hessian(loss, flat)
-        hessian = 0.5 * (hessian + hessian.T)
-        evals, evecs = torch.linalg.eigh(hessian.double())
-        evals = evals.clamp_min(1e-8 * evals.abs().max().clamp_min(1e-30))
-        # covariance = root @ root.T
-        root = (evecs * evals.rsqrt()).to(z.dtype)
-        jac = torch.autograd.functional.jacobian(lambda f: torch.stack(_moments(components(f)), 1), flat)
-    errors = ((jac.reshape(k * 3, -1) @ root) ** 2).sum(1).sqrt().reshape(k, 3)
+        # vmap over the Hessian's rows: one batched double backward instead of k d of them.
+        hessian = torch.autograd.functional.hessian(loss, flat, vectorize=True).detach()
+    hessian = 0.5 * (hessian + hessian.T)
+    evals, evecs = torch.linalg.eigh(hessian.double())
+    evals = evals.clamp_min(1e-8 * evals.abs().max().clamp_min(1e-30))
+    root = (evecs * evals.rsqrt()).to(z.dtype)  # covariance = root @ root.T
+    blocks = root.reshape(k, d, k * d)  # the rows of each source's latent
+
+    z = flat.reshape(k, d)
+    with torch.no_grad():
+        size = decode(z[:1]).shape[-1]
+    offsets = torch.arange(size, dtype=z.dtype, device=z.device) - size // 2
+    gx = torch.tensor([p[0] for p in positions], dtype=z.dtype, device=z.device)[:, None] + offsets  # (k, S)
+    gy = torch.tensor([p[1] for p in positions], dtype=z.dtype, device=z.device)[:, None] + offsets
+    inside = (((gy >= 0) & (gy < shape[0]))[:, :, None] & ((gx >= 0) & (gx < shape[1]))[:, None, :]).to(z.dtype)
+
+    def stamps_and_moments(w):
+        stamps = decode(z + w)
+        return stamps, source_moments(stamps, gx, gy, inside)
+
+    # A stamp depends on its own latent alone, so moving every latent along
+    # the same direction v gives each stamp's derivative along its own v: d
+    # Jacobian-vector products give the Jacobians of all stamps and moments.
+    # (By double backward: torch's forward mode warns of its deprecated JIT.)
+    with torch.enable_grad():
+        products = [torch.autograd.functional.jvp(stamps_and_moments, torch.zeros_like(z[0]), v=v)[1]
+                    for v in torch.eye(d, dtype=z.dtype, device=z.device)]
+    jac = torch.stack([p[0] for p in products], -1).detach()  # (k, S, S, d)
+    grads = torch.stack([p[1] for p in products], -1).detach()  # (k, 6, d)
+    errors = (torch.einsum("kmd,kdn->kmn", grads, blocks) ** 2).sum(-1).sqrt()
     std = None
     if pixel_std:
-        # var = diag(J C J^T) = sum over the columns r of the root of (J r)^2;
-        # each J r by a Jacobian-vector product (double backward, no forward mode).
-        with torch.enable_grad():
-            var = sum(
-                torch.autograd.functional.jvp(lambda f: components(f).sum(0), flat, v=r)[1] ** 2 for r in root.T
-            )
-        std = var.sqrt()
+        # The total model's change along each column r of the root: var = sum_r (J r)^2.
+        columns = torch.einsum("kyxd,kdn->knyx", jac, blocks)
+        change = torch.zeros(k * d, *shape, dtype=z.dtype, device=z.device)
+        for i in range(k):
+            change += place(columns[i], [positions[i]] * (k * d), shape)
+        std = change.pow(2).sum(0).sqrt()
     return errors, std
 
 
@@ -595,7 +647,8 @@ class VaeDeblendBackend(Backend):
             ``DBCONV`` (converged) and per source ``i`` (from 1) ``DBX<i>``,
             ``DBY<i>`` (the stamp centre used, pixels) and the errors
             ``DBFE<i>`` (flux, normalised units), ``DBXE<i>``, ``DBYE<i>``
-            (centroid, pixels).
+            (centroid, pixels), ``DBAE<i>``, ``DBBE<i>`` (semi-axes,
+            pixels) and ``DBTE<i>`` (position angle, deg).
         """
         b, ny, nx = inputs.shape
         if positions is not None and len(positions) != b:
@@ -633,8 +686,8 @@ class VaeDeblendBackend(Backend):
             stds.append(std)
             meta = {"DBNSRC": k, "DBNITER": result.iterations, "DBCONV": result.converged}
             for j, ((x, y), err) in enumerate(zip(xy[i], errors.tolist()), start=1):
-                meta.update({f"DBX{j}": int(x), f"DBY{j}": int(y), f"DBFE{j}": err[0], f"DBXE{j}": err[1],
-                             f"DBYE{j}": err[2]})
+                meta.update({f"DBX{j}": int(x), f"DBY{j}": int(y)})
+                meta.update({f"{card}{j}": value for card, value in zip(_ERROR_CARDS, err)})
             metas.append(meta)
         total = torch.stack(totals)
         residual = torch.stack([inputs[i] - operators[i].forward(total[i]) for i in range(b)])
