@@ -8,7 +8,7 @@ import torch
 from radiorecon import Reconstructor, registry
 from radiorecon.catalog import deblended_catalog
 from radiorecon.backends.vae_deblend import (
-    VaeDeblendBackend, laplace_errors, map_deblend, place, source_moments,
+    VaeDeblendBackend, calibrate_flux_errors, laplace_errors, map_deblend, place, source_moments,
 )
 from radiorecon.exceptions import CapabilityError, InputError
 from radiorecon.instrument import Instrument
@@ -273,6 +273,39 @@ def test_predict_deblends_through_the_front_door(trained, scene):
     assert [len(r.components) for r in both] == [2, 1]
     assert (both[1].meta["DBX1"], both[1].meta["DBY1"]) == (result.meta["DBX1"], result.meta["DBY1"])
     np.testing.assert_allclose(both[0].data, result.data, rtol=1e-4, atol=1e-6 * float(np.abs(result.data).max()))
+
+
+def test_flux_model_error_widens_flux_errors_in_quadrature(trained, scene, tmp_path):
+    xy = scene.positions[0].tolist()
+    image = scene.images[0] * u.Jy / u.beam
+    plain = deblended_catalog(trained.predict(image, psf=scene.psf[0], positions=xy, progress=False))
+    path = tmp_path / "m.rrm"
+    trained.save(path)
+    widened = Reconstructor.load(path)
+    widened.backend.set_config(flux_model_error=0.25)
+    table = deblended_catalog(widened.predict(image, psf=scene.psf[0], positions=xy, progress=False))
+    np.testing.assert_allclose(table["flux"].value, plain["flux"].value, rtol=1e-6)
+    expected = np.hypot(plain["flux_err"].value, 0.25 * plain["flux"].value)
+    np.testing.assert_allclose(table["flux_err"].value, expected, rtol=1e-5)
+    np.testing.assert_array_equal(table["x_err"], plain["x_err"])  # the other errors are the Laplace ones
+    with pytest.raises(ValueError, match="flux_model_error must be a non-negative number"):
+        widened.backend.set_config(flux_model_error=-0.1)
+
+
+def test_calibrate_flux_errors_recovers_an_injected_model_error():
+    rng = np.random.default_rng(5)
+    true = rng.uniform(5, 50, 4000)
+    # Noise of 1 (what the Laplace errors say) and a 10 % error of the source model.
+    flux = true * (1 + 0.1 * rng.standard_normal(4000)) + rng.standard_normal(4000)
+    err = np.ones(4000)
+    f = calibrate_flux_errors(flux, err, true)
+    assert 0.08 < f < 0.12
+    covered = np.abs(flux - true) < np.hypot(err, f * flux)
+    assert covered.mean() == pytest.approx(0.6827, abs=0.01)
+    # Errors that already cover need nothing added.
+    assert calibrate_flux_errors(true + rng.standard_normal(4000), 2 * err, true) == 0.0
+    with pytest.raises(ValueError, match="differ in length"):
+        calibrate_flux_errors(flux, err[:3], true)
 
 
 def test_front_door_names_bad_positions(trained, scene):
