@@ -265,14 +265,18 @@ def source_moments(stamps, gx, gy, inside):
     return torch.stack([flux, x, y, a, b, theta], 1)
 
 
-def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, pixel_std=True):
+def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, pixel_std=True, min_curvature=1.0):
     """Laplace-approximation errors of one scene's sources at its MAP latents.
 
     The latents' covariance is the inverse Hessian of the scene's negative
-    log posterior (eigenvalues below 1e-8 of the largest are raised to it,
-    for a MAP that is not a strict minimum); it is propagated linearly to
-    each source's flux, centroid and shape (`source_moments`), and to the
-    pixels of the total model.
+    log posterior, with its eigenvalues raised to at least ``min_curvature``:
+    the flow prior is not log-concave, so where the optimiser stops short of
+    a strict maximum some curvatures are small or negative, and inverting
+    them would give one direction an unbounded width. The default, 1, is the
+    curvature of the standard normal the VAE's latents are drawn towards:
+    no direction is wider than the prior. The covariance is propagated
+    linearly to each source's flux, centroid and shape (`source_moments`),
+    and to the pixels of the total model.
 
     Parameters
     ----------
@@ -284,6 +288,8 @@ def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, p
         batch), as the backend's decoder does.
     pixel_std : bool
         Also return the standard deviation map of the total model.
+    min_curvature : float
+        The least eigenvalue of the Hessian, in units of the latents.
 
     Returns
     -------
@@ -307,7 +313,7 @@ def laplace_errors(z, decode, log_prior, image, operator, sigma, positions, *, p
         hessian = torch.autograd.functional.hessian(loss, flat, vectorize=True).detach()
     hessian = 0.5 * (hessian + hessian.T)
     evals, evecs = torch.linalg.eigh(hessian.double())
-    evals = evals.clamp_min(1e-8 * evals.abs().max().clamp_min(1e-30))
+    evals = evals.clamp_min(min_curvature)
     root = (evecs * evals.rsqrt()).to(z.dtype)  # covariance = root @ root.T
     blocks = root.reshape(k, d, k * d)  # the rows of each source's latent
 
