@@ -170,6 +170,22 @@ def test_map_recovers_two_overlapping_sources_within_their_errors():
     assert (a_pulls.abs() < 3.5).all() and 0.6 < a_pulls.std().item() < 1.5
 
 
+def test_map_keeps_the_best_latents_when_a_step_overflows():
+    decode = _gaussian_decoder()
+    xy = [(16, 16)]
+    op = Instrument(None, (32, 32), noise="white")
+    image = place(decode(torch.tensor([[math.log(5.0), 0.0, 0.0, 0.5]], dtype=torch.float64)), xy, (32, 32)).sum(0)
+    z0 = torch.tensor([[math.log(4.0), 0.0, 0.0, 0.5]], dtype=torch.float64)
+    sigma = torch.tensor([0.01], dtype=torch.float64)
+    # A step of 1000 in log-flux overflows exp(): the loss becomes inf, then NaN.
+    result = map_deblend(image[None], [xy], decode, _wide_prior, z0, [op], sigma, optimizer="adam",
+                         learning_rate=1000.0, max_iterations=3)
+    assert torch.isfinite(result.latents).all() and torch.isfinite(result.loss).all()
+    assert not result.converged
+    start = map_deblend(image[None], [xy], decode, _wide_prior, z0, [op], sigma, max_iterations=1)
+    assert result.loss.item() <= start.loss.item() + 1e-9 or torch.equal(result.latents, z0)
+
+
 # -- data -------------------------------------------------------------------
 
 

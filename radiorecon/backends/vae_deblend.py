@@ -189,8 +189,16 @@ def map_deblend(images, positions, decode, log_prior, z0, operators, sigma, *, m
     if optimizer not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, not {optimizer!r}")
 
+    best = {"loss": math.inf, "z": z.detach().clone()}
+
     def objective():
-        return _scene_losses(z, counts, decode, log_prior, images, operators, sigma, positions)[0].sum()
+        loss = _scene_losses(z, counts, decode, log_prior, images, operators, sigma, positions)[0].sum()
+        # The flow prior is not log-concave and the stretch is exponential: a
+        # long line-search step can overflow, so the best latents seen are kept.
+        value = float(loss.detach())
+        if value < best["loss"]:
+            best.update(loss=value, z=z.detach().clone())
+        return loss
 
     with torch.enable_grad():
         if optimizer == "lbfgs":
@@ -219,11 +227,17 @@ def map_deblend(images, positions, decode, log_prior, z0, operators, sigma, *, m
                 loss = objective()
                 loss.backward()
                 opt.step()
-                value = float(loss)
+                value = float(loss.detach())
                 if previous is not None and abs(previous - value) <= tolerance * abs(value):
                     converged = True
                     break
                 previous = value
+        final = float(objective().detach())
+        if not math.isfinite(final) or final > best["loss"]:
+            # Stopped somewhere worse (or not finite at all): go back to the best point seen.
+            converged = converged and math.isfinite(final)
+            with torch.no_grad():
+                z.copy_(best["z"])
         losses, components = _scene_losses(z, counts, decode, log_prior, images, operators, sigma, positions)
     return DeblendResult(z.detach(), [c.detach() for c in components], iterations, converged, losses.detach())
 
