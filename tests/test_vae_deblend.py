@@ -435,3 +435,22 @@ def test_cli_predict_writes_components_and_the_deblended_catalog(trained, scene,
                                 "sky_centroid"} <= set(table.colnames)
     np.testing.assert_allclose(table["flux"].to_value(u.Jy), np.nansum(cube, axis=(1, 2)), rtol=1e-5)
 
+
+def test_shipped_model_deblends_a_blended_pair():
+    from radiorecon import available_pretrained
+
+    assert "vae-deblend" in available_pretrained()
+    rec = Reconstructor.pretrained("vae-deblend")
+    assert rec.units["target"] == "Jy / pix" and rec.backend.config["flux_model_error"] > 0  # calibrated
+    scenes = blended_scenes(1, preset="extended", npix=64, n_sources=(2, 2), separation=(5, 7), seed=12,
+                            pixel_scale=0.3 * u.arcsec, flux_range=(1, 4) * u.mJy)
+    assert min(scenes.blendedness[0]) > 0.05  # their light overlaps
+    image = scenes.images[0] * u.Jy / u.beam
+    result = rec.predict(image, psf=scenes.psf[0], positions=scenes.positions[0].tolist(), progress=False)
+    assert result.components.unit == u.Jy / u.pix
+    table = deblended_catalog(result)
+    true = scenes.sources[0].sum(axis=(1, 2))
+    flux = table["flux"].to_value(u.Jy)
+    # Each source's flux to within a fifth, and within four of its Laplace errors.
+    assert np.all(np.abs(flux / true - 1) < 0.2)
+    assert np.all(np.abs(flux - true) < 4 * table["flux_err"].to_value(u.Jy))
