@@ -248,6 +248,21 @@ def test_two_stage_fit_resumes_exactly(stamps, trained, tmp_path, monkeypatch):
         assert torch.equal(value, resumed.backend.state_dict()[name]), name
 
 
+def test_flow_fits_draws_of_the_posterior_or_its_means(stamps):
+    x = torch.from_numpy(np.asarray(stamps[:8], np.float32) / float(np.max(stamps)))
+    means = VaeDeblendBackend(**TINY, flow_latents="mean")
+    assert means._flow_loss(x).item() == means._flow_loss(x).item()
+    draws = VaeDeblendBackend(**TINY)  # the default: draws of q(z|x), seeded by torch's generator
+    draws.load_state_dict(means.state_dict())
+    torch.manual_seed(3)
+    first = draws._flow_loss(x).item()
+    assert first != draws._flow_loss(x).item()
+    torch.manual_seed(3)
+    assert draws._flow_loss(x).item() == first
+    with pytest.raises(ValueError, match="flow_latents must be 'sample' or 'mean'"):
+        VaeDeblendBackend(**TINY, flow_latents="median")
+
+
 def test_model_file_round_trip_keeps_the_flow(trained, tmp_path):
     trained.save(tmp_path / "m.rrmodel")
     loaded = Reconstructor.load(tmp_path / "m.rrmodel", device="cpu")
