@@ -182,8 +182,8 @@ def test_map_keeps_the_best_latents_when_a_step_overflows():
                          learning_rate=1000.0, max_iterations=3)
     assert torch.isfinite(result.latents).all() and torch.isfinite(result.loss).all()
     assert not result.converged
-    start = map_deblend(image[None], [xy], decode, _wide_prior, z0, [op], sigma, max_iterations=1)
-    assert result.loss.item() <= start.loss.item() + 1e-9 or torch.equal(result.latents, z0)
+    # The first step already overflowed: the best point seen is the start.
+    assert torch.equal(result.latents, z0)
 
 
 # -- data -------------------------------------------------------------------
