@@ -263,6 +263,24 @@ def test_flow_fits_draws_of_the_posterior_or_its_means(stamps):
         VaeDeblendBackend(**TINY, flow_latents="median")
 
 
+def test_a_new_prior_trains_the_flow_alone(stamps, trained):
+    torch.manual_seed(0)
+    backend = trained.backend.with_new_prior(flow_latents="mean")
+    assert backend.config["vae_steps"] == 0 and backend.config["flow_latents"] == "mean"
+    vae = {k: v.clone() for k, v in trained.backend.state_dict().items() if not k.startswith("flow.")}
+    z = torch.randn(5, 4)
+    with torch.no_grad():
+        untrained = backend.log_prior(z)
+    refit = Reconstructor(backend).fit(stamps, epochs=2, batch_size=8, seed=1, progress=False, warm_start=True)
+    assert all("flow_nll" in h and "reconstruction" not in h for h in refit.history)
+    for name, value in vae.items():
+        assert torch.equal(refit.backend.state_dict()[name], value), name
+    with torch.no_grad():
+        assert not torch.equal(refit.backend.log_prior(z), untrained)
+    with pytest.raises(ValueError, match="latent_dim.*cannot change"):
+        trained.backend.with_new_prior(latent_dim=8)
+
+
 def test_model_file_round_trip_keeps_the_flow(trained, tmp_path):
     trained.save(tmp_path / "m.rrmodel")
     loaded = Reconstructor.load(tmp_path / "m.rrmodel", device="cpu")

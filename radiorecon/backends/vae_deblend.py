@@ -428,9 +428,9 @@ class VaeDeblendBackend(Backend):
       trains on every step after them.
     - ``flow_latents`` (``"sample"``): the flow is fitted to draws of the
       encoder's posterior ``q(z|x)`` (``"sample"``), or to its means
-      (``"mean"``, as MADNESS does and as the shipped model's flow was). On
-      optical blends the means made a prior so sharp that the MAP stalled
-      (see :doc:`/deblending`).
+      (``"mean"``, as MADNESS does). On optical blends the means made a
+      prior so sharp that the MAP stalled (see :doc:`/deblending`);
+      `with_new_prior` refits the flow of a trained model.
 
     Inference keys (`set_config` changes them on a trained model):
 
@@ -569,6 +569,34 @@ class VaeDeblendBackend(Backend):
     def load_training_state(self, state):
         super().load_training_state(state)
         self.step = int(state.get("step", 0))
+
+    def with_new_prior(self, **config):
+        """A backend with this one's encoder and decoder and a new, untrained flow prior.
+
+        Fitting it with ``warm_start=True`` trains the flow alone (its
+        ``vae_steps`` is 0) on the stamps the VAE was trained on: the way to
+        refit the prior of a trained model, e.g. with other ``flow_latents``,
+        without training the VAE again. The flow's initial weights come from
+        torch's global generator (seed it for a repeatable run).
+
+        Parameters
+        ----------
+        **config
+            Configuration keys to change for the new backend, other than the
+            networks' sizes (``flux_model_error`` is reset to 0: a calibration
+            of the old prior does not carry over).
+
+        Returns
+        -------
+        VaeDeblendBackend
+        """
+        fixed = {"stamp_size", "latent_dim", "base_channels", "channel_mult", "sky_softening"} & set(config)
+        if fixed:
+            raise ValueError(f"{sorted(fixed)} describe the trained VAE and cannot change with its prior")
+        backend = type(self)(**{**self.config, "flux_model_error": 0.0, **config, "vae_steps": 0})
+        backend.encoder.load_state_dict(self.encoder.state_dict())
+        backend.decoder.load_state_dict(self.decoder.state_dict())
+        return backend
 
     def _check_stamps(self, stamps):
         size = self.config["stamp_size"]
