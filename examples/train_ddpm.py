@@ -1,27 +1,35 @@
-"""Train a conditional DDPM on simulated default-preset observations.
+"""Train a conditional DDPM on cut-outs of simulated full-field observations.
 
-This is the script that trained the model shipped as
-``Reconstructor.pretrained("ddpm")`` (``radiorecon/data/models/ddpm.rrm``):
+The recipe (defaults of this script) is STAR's (``examples/train_star.py``):
+512x512 observations of the default preset (ALMA cycle 5.3, 0.1" pixels,
+50 uJy/beam, 1-5 sources anywhere in the primary beam and empty fields at
+the preset's rate, the full PSF with its sidelobes), each cut to a 128x128
+window around the sources' region (`radiorecon.simulate.SimulatedPairs`
+with ``crop``), and networks that see the field through a pixel-unshuffle
+stem (``stem="unshuffle"``, ``downsample=4``: 4x4 blocks of pixels as 16
+channels of a 32x32 grid)::
 
-    python examples/train_ddpm.py ddpm.rrm --threads 1 --seed 11
+    python examples/train_ddpm.py ddpm.rrm --threads 1 --workers 1 --seed 11 --cache ddpm-pairs/
 
-With the defaults (4000 pairs simulated once, 60 epochs, batch 32: 7500
-optimisation steps) it took 37.9 minutes of wall time on a 2-core CPU (AMD
-EPYC, torch 2.13.0+cpu, one thread, next to other work); the last epoch's
-loss was 0.0045. The shipped file's training domain was added to its
-metadata afterwards (its tensors are unchanged byte for byte).
+Diffusion needs many more optimisation steps than STAR, and simulating a
+pair (a whole 512x512 observation) costs more than a step, so ``--pairs``
+fields are simulated once, kept in ``--cache`` (memory-mapped on disk;
+without it they are simulated again every epoch) and seen in all eight
+flips and quarter turns (the backend's augmentation) over ``--epochs``
+epochs. Interrupt at any time: the same command resumes from
+``<output>.ckpt`` to the same weights. The model file records the training
+domain (preset, beam, pixel size, noise; see ``radiorecon info``), against
+which ``predict`` checks images. The training seed is never the
+benchmark's (2026).
 
-Training pairs are 64x64-pixel observations of the default preset (0.1"
-pixels) with the sources within 3" of the centre, the cut-outs STAR trains
-on (seed ``--seed``, never the benchmark's). Diffusion needs many more
-optimisation steps than STAR, and simulating a pair costs as much as
-several steps, so ``--pairs`` pairs are simulated once, kept in memory and
-seen in all eight flips and quarter turns (the backend's augmentation) over
-``--epochs`` epochs. Networks work on 2x2 bins (32x32 grids) and, being
-convolutional with per-pixel normalisation, run on images of any size.
-Interrupt at any time: the same command resumes from ``<output>.ckpt``.
-The model file records the training domain (preset, beam, pixel size,
-noise; see ``radiorecon info``), against which ``predict`` checks images.
+The model shipped before this recipe (``Reconstructor.pretrained("ddpm")``,
+``radiorecon/data/models/ddpm.rrm``) was trained with ``--crop 0 --npix 64
+--placement 3 --stem bin --downsample 2 --pairs 4000 --epochs 60 --batch-size
+32``: 64x64 fields with the sources within 3" of the centre, 7500
+optimisation steps, 240000 pair visits, 37.9 minutes of wall time on a
+2-core CPU (AMD EPYC, torch 2.13.0+cpu, one thread, next to other work);
+last epoch's loss 0.0045. Its training domain was added to its metadata
+afterwards (its tensors are unchanged byte for byte).
 """
 
 import argparse
@@ -29,46 +37,31 @@ import os
 import time
 
 import astropy.units as u
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from radiorecon import Reconstructor
 from radiorecon.simulate import SimulatedPairs
-from radiorecon.training import training_domain
-
-
-class InMemoryPairs:
-    """The pairs of a `SimulatedPairs`, simulated once and kept as arrays.
-
-    Its ``units`` and ``domain`` (the preset, beam, pixel size and noise)
-    are those of the pairs, so the model file records them.
-    """
-
-    def __init__(self, pairs, progress=True):
-        self.units = pairs.units
-        self.domain = training_domain(pairs)
-        items = [pairs[i] for i in tqdm(range(len(pairs)), desc="simulate", disable=not progress)]
-        self.inputs = np.stack([d for d, _ in items])
-        self.targets = np.stack([s for _, s in items])
-
-    def __len__(self):
-        return len(self.inputs)
-
-    def __getitem__(self, i):
-        return self.inputs[i], self.targets[i]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", help="model file to write (.rrm)")
     parser.add_argument("--preset", default=None, help="DDPM preset (default: the small CPU network)")
-    parser.add_argument("--pairs", type=int, default=4000, help="distinct training pairs (default 4000)")
+    parser.add_argument("--pairs", type=int, default=4000, help="distinct training fields (default 4000)")
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--npix", type=int, default=64, help="size of the training cut-outs (default 64)")
-    parser.add_argument("--placement", type=float, default=3.0,
-                        help="sources within this many arcsec of the centre (default 3)")
+    parser.add_argument("--npix", type=int, default=None, help="field size (default: the preset's, 512)")
+    parser.add_argument("--crop", type=int, default=128, help="cut-out size; 0 for whole fields (default 128)")
+    parser.add_argument("--placement", type=float, default=None,
+                        help="sources within this many arcsec of the centre (default: the preset's)")
+    parser.add_argument("--stem", choices=("unshuffle", "bin"), default="unshuffle")
+    parser.add_argument("--downsample", type=int, default=4)
+    parser.add_argument("--sky-softening", type=float, default=None,
+                        help="the DDPM's sky_softening (default: 0.025 with the unshuffle stem, 0.1 with bins)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cache", metavar="DIR",
+                        help="keep the simulated pairs in this directory (SimulatedPairs cache=), simulated once "
+                             "for all epochs and resumed runs (1 GB for the default 4000 cut-outs)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loader processes simulating pairs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
@@ -81,11 +74,16 @@ def main():
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    pairs = InMemoryPairs(
-        SimulatedPairs(args.pairs, seed=args.seed, npix=args.npix, placement_radius=args.placement * u.arcsec),
-        progress=not args.no_progress,
-    )
-    rec = Reconstructor("ddpm", preset=args.preset)
+    overrides = {}
+    if args.npix:
+        overrides["npix"] = args.npix
+    if args.placement is not None:
+        overrides["placement_radius"] = args.placement * u.arcsec
+    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=args.cache, **overrides)
+    # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
+    softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
+    rec = Reconstructor("ddpm", preset=args.preset, stem=args.stem, downsample=args.downsample,
+                        sky_softening=softening)
     rec.fit(
         pairs,
         epochs=args.epochs,
@@ -94,6 +92,7 @@ def main():
         device=args.device,
         progress=not args.no_progress,
         checkpoint=args.output + ".ckpt",
+        workers=args.workers,
     )
     rec.save(args.output, overwrite=args.overwrite)
     os.remove(args.output + ".ckpt")

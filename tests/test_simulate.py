@@ -702,3 +702,27 @@ def test_simulated_pairs_equal_the_written_data_set(dataset):
         with pytest.raises(TypeError):
             simulate.SimulatedPairs(**bad)
     assert "12 pairs of 64" in repr(pairs)
+
+
+def test_cached_pairs_are_simulated_once_and_read_back_bit_for_bit(tmp_path, monkeypatch):
+    import torch
+
+    plain = [simulate.SimulatedPairs(6, seed=7, crop=32, **SMALL)[i] for i in range(6)]
+    cached = simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **SMALL)
+    # Filled by data-loader processes (the maps are reopened in each) ...
+    loader = torch.utils.data.DataLoader(cached, batch_size=2, num_workers=2)
+    for (dirty, sky), i in zip(loader, range(0, 6, 2)):
+        np.testing.assert_array_equal(dirty[1].numpy(), plain[i + 1][0])
+    # ... and read back by a later run with the same settings, simulating nothing.
+    monkeypatch.setattr("radiorecon.simulate.stream.simulate_image", lambda *a, **k: pytest.fail("simulated"))
+    again = simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **SMALL)
+    for i in range(6):
+        for a, b in zip(again[i], plain[i]):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        simulate.SimulatedPairs(6, seed=8, crop=32, cache=tmp_path / "c", **SMALL)
+    with pytest.raises(ValueError, match="other settings.*parameters_sha256"):
+        simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **{**SMALL, "npix": 96})
+    (tmp_path / "c" / "made.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match="damaged SimulatedPairs cache"):
+        simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **SMALL)

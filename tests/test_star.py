@@ -6,10 +6,11 @@ import astropy.units as u
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from astropy.nddata import CCDData
 
 from radiorecon import Reconstructor, available_pretrained
-from radiorecon.backends.star import StarBackend
+from radiorecon.backends.star import _CONTENT_LOSSES, StarBackend
 from radiorecon.exceptions import CapabilityError
 from radiorecon.simulate import SimulatedPairs, observe
 
@@ -230,6 +231,21 @@ def test_unshuffle_stem_is_lossless_and_nonnegative_output_is_exactly_empty(pair
     again = Reconstructor.load(tmp_path / "u.rrm")
     assert again.backend.config["stem"] == "unshuffle"
     np.testing.assert_array_equal(again.predict(dirty * JY_BEAM).data, rec.predict(dirty * JY_BEAM).data)
+
+
+@pytest.mark.parametrize("empty, best", [(0.9, 0.0), (0.6, 0.7)])
+def test_l1_plus_mse_keeps_unlikely_sources_at_exactly_zero(empty, best):
+    # A pixel empty with probability `empty`, else of normalised intensity 2:
+    # the constant estimate minimising the loss over many such skies.
+    target = torch.zeros(1000)
+    target[int(empty * 1000):] = 2.0
+    estimates = torch.linspace(0, 2, 201)
+    loss = _CONTENT_LOSSES["l1+mse"]
+    costs = torch.stack([loss(torch.full_like(target, e), target) for e in estimates])
+    assert estimates[costs.argmin()].item() == pytest.approx(best, abs=0.011)
+    # MSE alone puts the floor at the mean, 2 (1 - empty).
+    mse = torch.stack([F.mse_loss(torch.full_like(target, e), target) for e in estimates])
+    assert estimates[mse.argmin()].item() == pytest.approx(2 * (1 - empty), abs=0.011)
 
 
 @pytest.mark.parametrize("bad", [dict(stem="pixel"), dict(content_loss="huber")])

@@ -1,4 +1,9 @@
-"""Simulated training pairs made on demand, without touching the disk."""
+"""Simulated training pairs made on demand, optionally kept on disk once made."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +49,14 @@ class SimulatedPairs:
         Training on cut-outs of full fields is cheaper than on full fields
         and, unlike small simulated fields, sees what a model meets in a
         512x512 image.
+    cache : str or os.PathLike, optional
+        Directory that keeps each pair once simulated (memory-mapped
+        float32 ``.npy`` files, ``4 n crop²`` bytes each for inputs and
+        targets, and a record of which pairs are made), so that a run of
+        many epochs over the same ``n`` pairs, or a later run of the same
+        settings, reads them instead of simulating them again: the same
+        arrays, bit for bit. Made when missing; several data-loader
+        processes may fill it at once (each pair is written by one).
     **overrides
         Parameters replacing the preset's, e.g. ``npix=128`` for small
         training images.
@@ -53,8 +66,9 @@ class SimulatedPairs:
     TypeError
         If ``n`` or ``seed`` is not an integer.
     ValueError
-        If ``n`` or ``seed`` is out of range, ``target`` is unknown, or
-        ``crop`` is not between 1 and ``npix``.
+        If ``n`` or ``seed`` is out of range, ``target`` is unknown,
+        ``crop`` is not between 1 and ``npix``, or ``cache`` holds pairs of
+        other settings.
 
     Examples
     --------
@@ -69,7 +83,7 @@ class SimulatedPairs:
 
     units = {"input": "Jy / beam", "target": "Jy / pix"}
 
-    def __init__(self, n, *, preset=DEFAULT_PRESET, seed=0, target="apparent", crop=None, **overrides):
+    def __init__(self, n, *, preset=DEFAULT_PRESET, seed=0, target="apparent", crop=None, cache=None, **overrides):
         if seed is None:
             raise TypeError("seed must be an integer, not None: the pairs are made from it whenever indexed")
         self.n, self.seed = check_int(n, "n"), check_seed(seed)
@@ -77,12 +91,71 @@ class SimulatedPairs:
         self.parameters = resolve_parameters(preset, **overrides)
         npix = self.parameters["npix"]
         self.crop = None if crop is None else check_int(crop, "crop", minimum=1, maximum=npix)
+        self.cache = None if cache is None else Path(cache)
+        self._arrays = None
+        if self.cache is not None:
+            self._open_cache()
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
         i = check_index(i, self.n)
+        if self.cache is None:
+            return self._simulate(i)
+        if self._arrays is None:  # in a data-loader process: the maps are not pickled
+            self._open_cache()
+        inputs, targets, made = self._arrays
+        if not made[i]:
+            inputs[i], targets[i] = self._simulate(i)
+            made[i] = 1  # after the pair, so that a pair marked made is whole
+        return np.array(inputs[i]), np.array(targets[i])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+    def _cache_record(self):
+        size = self.crop or self.parameters["npix"]
+        parameters = json.dumps(self.parameters, sort_keys=True, default=str)
+        return {
+            "format": "radiorecon.simulate.SimulatedPairs cache", "n": self.n, "seed": self.seed,
+            "preset": self.preset, "target": self.target, "crop": self.crop, "shape": [self.n, size, size],
+            "parameters_sha256": hashlib.sha256(parameters.encode()).hexdigest(),
+        }
+
+    def _open_cache(self):
+        record, path = self._cache_record(), self.cache / "pairs.json"
+        files = [self.cache / name for name in ("inputs.npy", "targets.npy", "made.npy")]
+        if path.exists():
+            try:
+                found = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{path} is not a SimulatedPairs cache record: {exc}") from None
+            if found != record:
+                differ = sorted(k for k in record if found.get(k) != record[k])
+                raise ValueError(f"{self.cache} caches pairs of other settings ({', '.join(differ)} differ); "
+                                 "give another directory or remove it")
+            try:
+                self._arrays = tuple(np.load(f, mmap_mode="r+") for f in files)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache ({exc}); remove it") from None
+            if any(len(a) != self.n for a in self._arrays):
+                raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache (arrays of the wrong length); "
+                                 "remove it")
+            return
+        self.cache.mkdir(parents=True, exist_ok=True)
+        shape = tuple(record["shape"])
+        arrays = [np.lib.format.open_memmap(f, mode="w+", dtype=np.float32, shape=shape) for f in files[:2]]
+        arrays.append(np.lib.format.open_memmap(files[2], mode="w+", dtype=np.uint8, shape=(self.n,)))
+        for a in arrays:
+            a.flush()
+        # The record last, atomically: a cache without one is made again.
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        self._arrays = tuple(arrays)
+
+    def _simulate(self, i):
         r = simulate_image(self.parameters, self.seed, i)
         sky = r["sky"] * r["setup"].pb if self.target == "apparent" else r["sky"]
         dirty = r["dirty"]
