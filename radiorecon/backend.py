@@ -518,7 +518,10 @@ class Backend:
     def sample(self, n, *, shape, draws=None):
         """Draw ``n`` sky images of ``shape`` from the learned prior.
 
-        ``draws`` holds ``(1, n)`` generators, one per image.
+        ``draws`` holds ``(1, n)`` generators, one per image. A backend whose
+        prior can be conditioned on the skies' total flux (a true
+        ``flux_condition`` in its config) also takes ``flux=``, an ``(n,)``
+        tensor in normalised units; the front door passes it only then.
 
         Returns
         -------

@@ -523,8 +523,16 @@ def cmd_sample(args):
     config = _config_pairs(args.set)
     rec = _open_model(args.model, {})
     settings = {"steps": args.steps, "sampler": args.sampler, **config}
+    flux = None
+    if args.flux is not None:
+        import astropy.units as u
+
+        try:
+            flux = u.Quantity(args.flux)
+        except (TypeError, ValueError):
+            raise InputError(f"--flux {args.flux!r} is not a quantity with a unit, e.g. 5mJy") from None
     skies = rec.sample(
-        args.n, shape=args.shape, seed=args.seed, device=args.device, threads=args.threads,
+        args.n, shape=args.shape, seed=args.seed, device=args.device, threads=args.threads, flux=flux,
         progress=not args.no_progress, batch_size=args.batch_size,
         **{key: value for key, value in settings.items() if value is not None},
     )
@@ -713,6 +721,8 @@ def _parser():
                    help="image size (default: the model's native size, if it has one)")
     p.add_argument("--steps", type=_positive_int, help="solver steps (default: the model's)")
     p.add_argument("--sampler", help="solver, e.g. heun, euler or stochastic for score (default: the model's)")
+    p.add_argument("--flux", help="total flux of every image, with its unit (e.g. 5mJy), for a model conditioned "
+                                  "on flux (score with flux_condition)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=cmd_sample)
     return parser

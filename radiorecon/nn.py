@@ -142,6 +142,10 @@ class UNet(nn.Module):
         Condition every block on a scalar per image (a diffusion time),
         passed as ``forward(x, t)``.
     dropout : float
+    condition_dims : int
+        Further numbers per image (e.g. a total flux) that condition every
+        block with the time, passed as ``forward(x, t, condition)``, a
+        ``(B, condition_dims)`` tensor; needs ``time_embedding``.
     """
 
     def __init__(
@@ -154,14 +158,23 @@ class UNet(nn.Module):
         attention_levels=(),
         time_embedding=False,
         dropout=0.0,
+        condition_dims=0,
     ):
         super().__init__()
+        if condition_dims and not time_embedding:
+            raise ValueError("condition_dims needs time_embedding=True: conditions join the time embedding")
         self.levels = len(channel_mult)
         emb_dim = 4 * base_channels if time_embedding else None
         self.base_channels = base_channels
         self.time_mlp = (
             nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             if time_embedding
+            else None
+        )
+        self.condition_dims = condition_dims
+        self.condition_mlp = (
+            nn.Sequential(nn.Linear(condition_dims, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if condition_dims
             else None
         )
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -208,12 +221,19 @@ class UNet(nn.Module):
             return h, True
         return block(h), False
 
-    def forward(self, x, t=None):
+    def forward(self, x, t=None, condition=None):
         emb = None
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this U-Net is conditioned on time: call it as net(x, t)")
             emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        if self.condition_mlp is not None:
+            if condition is None or tuple(condition.shape) != (x.shape[0], self.condition_dims):
+                raise ValueError(f"this U-Net takes a ({x.shape[0]}, {self.condition_dims}) condition: "
+                                 "call it as net(x, t, condition)")
+            emb = emb + self.condition_mlp(condition.to(emb.dtype))
+        elif condition is not None:
+            raise ValueError("this U-Net takes no condition")
         h = self.stem(x)
         skips = [h]
         for block in self.down:
@@ -554,7 +574,7 @@ class AveragedWeights:
 
     ema_steps = 0
 
-    def build_networks(self, in_channels, out_channels):
+    def build_networks(self, in_channels, out_channels, condition_dims=0):
         """``net``, a time-conditioned `UNet` shaped by the config, and ``ema``, its average (a copy to start)."""
         c = self.config
         self.net = UNet(
@@ -566,6 +586,7 @@ class AveragedWeights:
             attention_levels=tuple(c["attention_levels"]),
             time_embedding=True,
             dropout=c["dropout"],
+            condition_dims=condition_dims,
         )
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.ema_steps = 0

@@ -743,8 +743,8 @@ class Reconstructor:
 
     # -- sampling ----------------------------------------------------------
 
-    def sample(self, n=1, *, shape=None, seed=None, wcs=None, batch_size=8, progress=True, device="auto",
-               threads=None, **settings):
+    def sample(self, n=1, *, shape=None, seed=None, wcs=None, flux=None, batch_size=8, progress=True,
+               device="auto", threads=None, **settings):
         """Draw sky images from a generative backend's learned prior.
 
         Parameters
@@ -763,6 +763,11 @@ class Reconstructor:
             image), so that the cube goes to FITS as it is
             (`~radiorecon.io.write_result`); ``result.wcs.celestial`` is
             that of one image.
+        flux : `~astropy.units.Quantity`, optional
+            Total flux of each image (a scalar, or ``n`` values), e.g. in Jy
+            for a model of skies in Jy/pixel, for a prior conditioned on it
+            (``score`` with ``flux_condition``); by default the prior's own
+            fluxes.
         batch_size, progress, device, threads
             As for `predict`.
         **settings
@@ -793,6 +798,7 @@ class Reconstructor:
         if wcs is not None and not getattr(wcs, "has_celestial", False):
             raise InputError("wcs must be a celestial astropy.wcs.WCS")
         check_memory(2 * 4 * n * shape[0] * shape[1], f"{n} samples of {shape}", "ask for fewer at a time")
+        fluxes = None if flux is None else self._normalised_flux(flux, n)
         import torch
         from tqdm.auto import tqdm
 
@@ -806,13 +812,34 @@ class Reconstructor:
                                   delay=pipeline.PROGRESS_DELAY):
                     k = min(batch_size, n - start)
                     gens = Draws([[stream_seed(seed, start + i) for i in range(k)]], dev)
-                    draws.append(self.backend.sample(k, shape=shape, draws=gens).float().cpu().numpy())
+                    extra = {} if fluxes is None else {"flux": torch.as_tensor(fluxes[start:start + k], device=dev)}
+                    draws.append(self.backend.sample(k, shape=shape, draws=gens, **extra).float().cpu().numpy())
             meta = self._draws_header("model the samples were drawn from", seed)
         finally:
             self.backend.set_config(**before)
         data = self.normalisation.inverse(np.concatenate(draws))
         unit = self.units.get("target") or self.units.get("input")
         return Reconstruction(data, unit=unit, wcs=self._sample_wcs(shape, wcs), meta=meta)
+
+    def _normalised_flux(self, flux, n):
+        """``sample``'s ``flux=`` as ``n`` totals in normalised units (the model's unit times pixels)."""
+        import astropy.units as u
+
+        if not self.backend.config.get("flux_condition"):
+            raise InputError(f"this {self.backend_name} model is not conditioned on flux: sample it without flux=")
+        unit = self.units.get("target") or self.units.get("input")
+        if not isinstance(flux, u.Quantity):
+            raise InputError(f"flux must be a Quantity (e.g. in Jy for a model in {unit}), not {type(flux).__name__}")
+        if unit is None:
+            raise InputError("the model records no unit, so a flux cannot be converted to it")
+        total = u.Unit(unit) * u.pix
+        try:
+            values = np.asarray(flux.to_value(total), dtype=np.float64).reshape(-1)
+        except u.UnitConversionError:
+            raise InputError(f"flux in {flux.unit} cannot be a total of skies in {unit}") from None
+        if values.size not in (1, n) or not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise InputError(f"flux must be one or {n} finite, non-negative values, got {values.size}")
+        return np.broadcast_to(values / self.normalisation.scale, (n,)).astype(np.float32)
 
     def _sample_wcs(self, shape, wcs):
         """The WCS of a cube of samples: ``wcs`` (or one at RA 0, Dec 0 with the domain's pixels) and a SAMPLE axis."""

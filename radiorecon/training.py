@@ -14,7 +14,6 @@ processes before the optimisers step (see `Trainer` and :doc:`/training`).
 """
 
 import logging
-import math
 import os
 
 import numpy as np

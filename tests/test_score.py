@@ -167,6 +167,34 @@ def test_training_lowers_the_loss_and_is_seeded(skies):
     assert not all(torch.equal(p, q) for p, q in zip(backend.ema.parameters(), backend.net.parameters()))
 
 
+def test_flux_conditioned_prior_draws_skies_of_the_given_flux(fitted):
+    import astropy.units as u
+
+    # Centred Gaussian sources whose total flux spans 0.5-20 Jy.
+    y, x = np.mgrid[:16, :16] - 7.5
+    blob = np.exp(-(x**2 + y**2) / 8.0)
+    amps = np.exp(np.random.default_rng(0).uniform(np.log(0.5), np.log(20), 256))
+    skies = (amps[:, None, None] * blob / blob.sum()).astype(np.float32) * u.Jy / u.pix
+    backend = ScoreBackend(**{**TINY, "steps": 8}, flux_condition=True, learning_rate=3e-3, ema_decay=0.9)
+    rec = Reconstructor(backend).fit(skies, epochs=12, batch_size=32, seed=0, progress=False)
+
+    def median_flux(**kwargs):
+        s = rec.sample(16, shape=(16, 16), seed=1, progress=False, device="cpu", **kwargs)
+        return float(np.median(s.data.sum(axis=(1, 2))))
+
+    faint, bright = median_flux(flux=1 * u.Jy), median_flux(flux=10000 * u.mJy)
+    assert bright > 2.5 * faint  # an ignored condition would give the same skies
+    assert faint < median_flux() < bright  # without flux=: the unconditional prior, between them
+    for bad, match in ((1.0, "must be a Quantity"), (1 * u.s, "cannot be a total"), ([1, 2, 3] * u.Jy, "one or 16"),
+                       (-1 * u.Jy, "non-negative")):
+        with pytest.raises(InputError, match=match):
+            rec.sample(16, shape=(16, 16), flux=bad, progress=False)
+    with pytest.raises(InputError, match="not conditioned on flux"):
+        fitted.sample(2, shape=(16, 16), flux=1 * u.Jy, progress=False)
+    with pytest.raises(ValueError, match="condition_dropout"):
+        ScoreBackend(**TINY, flux_condition=True, condition_dropout=1.0)
+
+
 @pytest.fixture
 def score_name():
     """The name ``score``, registered for this test if the installed metadata lacks its entry point."""
@@ -211,7 +239,7 @@ def test_other_samplers(fitted, sampler):
     assert out.shape == (2, 8, 8) and torch.isfinite(out).all()
     calls = []
     real = backend.denoise
-    backend.denoise = lambda x, s: calls.append(s) or real(x, s)
+    backend.denoise = lambda x, s, **kw: calls.append(s) or real(x, s, **kw)
     try:
         backend.sample(1, shape=(8, 8), sampler=sampler, steps=3)
     finally:

@@ -108,6 +108,13 @@ class ScoreBackend(AveragedWeights, Backend):
     - ``sigma_data`` (0.5), ``p_mean`` (-1.2), ``p_std`` (1.2): EDM's data
       standard deviation and log-normal training noise levels, in
       normalised units (skies divided by their median peak).
+    - ``flux_condition`` (False): condition the prior on each sky's total
+      flux too (embedded as ``asinh`` of the flux in normalised units, with
+      the U-Net's noise level), so that `sample` can draw skies of a given
+      flux (``flux=``); ``condition_dropout`` (0.1) of the training skies
+      are shown without it (classifier-free), so the same network is also
+      the unconditional prior that `predict` and `sample` without ``flux``
+      use.
     - ``learning_rate`` (5e-4), ``ema_decay`` (0.999), ``augment`` (True).
     - ``sampler`` ("heun", "euler" or "stochastic"), ``steps`` (25, the
       seed's), ``sigma_min`` (0.002), ``sigma_max`` (80), ``rho`` (7):
@@ -138,6 +145,8 @@ class ScoreBackend(AveragedWeights, Backend):
         "sigma_data": 0.5,
         "p_mean": -1.2,
         "p_std": 1.2,
+        "flux_condition": False,
+        "condition_dropout": 0.1,
         "learning_rate": 5e-4,
         "ema_decay": 0.999,
         "augment": True,
@@ -156,7 +165,8 @@ class ScoreBackend(AveragedWeights, Backend):
 
     def __init__(self, preset=None, **config):
         super().__init__(preset=preset, **config)
-        self.build_networks(1, 1)  # the averaged weights (ema) are what samples
+        # [asinh(flux), shown]: a sky shown without its flux is [0, 0].
+        self.build_networks(1, 1, condition_dims=2 if self.config["flux_condition"] else 0)  # ema samples
         self.tile_multiple = self.net.multiple
 
     def check_config(self):
@@ -173,6 +183,11 @@ class ScoreBackend(AveragedWeights, Backend):
             raise ValueError(f"sigma_min ({c['sigma_min']}) must be below sigma_max ({c['sigma_max']})")
         if not (c["s_churn"] >= 0 and 0 <= c["s_tmin"] <= c["s_tmax"]):
             raise ValueError("need s_churn >= 0 and 0 <= s_tmin <= s_tmax")
+        if not isinstance(c["flux_condition"], bool):
+            raise ValueError(f"flux_condition must be true or false, not {c['flux_condition']!r}")
+        if isinstance(c["condition_dropout"], bool) or not (
+                isinstance(c["condition_dropout"], (int, float)) and 0 <= c["condition_dropout"] < 1):
+            raise ValueError(f"condition_dropout must be in [0, 1), not {c['condition_dropout']!r}")
         if c["noise_sigma"] is not None and not (isinstance(c["noise_sigma"], (int, float)) and c["noise_sigma"] > 0):
             raise ValueError(f"noise_sigma must be null or a positive number, not {c['noise_sigma']!r}")
 
@@ -188,7 +203,7 @@ class ScoreBackend(AveragedWeights, Backend):
 
     # -- the denoiser ------------------------------------------------------
 
-    def denoise(self, x, sigma, *, net=None):
+    def denoise(self, x, sigma, *, net=None, flux=None, shown=None):
         """``D(x, sigma)``, the EDM-preconditioned network (the EMA copy by default).
 
         Parameters
@@ -200,13 +215,33 @@ class ScoreBackend(AveragedWeights, Backend):
             Noise level, a float or ``(B,)``.
         net : torch.nn.Module, optional
             The network to use; the EMA copy (``self.ema``) by default.
+        flux : torch.Tensor, optional
+            ``(B,)`` total fluxes of the skies (normalised units) for a
+            ``flux_condition`` prior; None denoises with the unconditional
+            one.
+        shown : torch.Tensor, optional
+            ``(B,)``, 1 where ``flux`` is shown to the network and 0 where
+            it is not (training's classifier-free dropout); all 1 by default.
         """
         net = self.ema if net is None else net
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in edm_preconditioning(sigma, self.config["sigma_data"]))
         padded, (ny, nx) = pad_to_multiple(x * c_in, self.net.multiple)
-        out = net(padded[:, None], c_noise[:, 0, 0])[:, 0, :ny, :nx]
+        out = net(padded[:, None], c_noise[:, 0, 0], self._condition(flux, x.shape[0], x.device, shown))[:, 0, :ny, :nx]
         return c_skip * x + c_out * out
+
+    def _condition(self, flux, n, device, shown=None):
+        """The U-Net's condition ``[asinh(flux), shown]`` (None for a prior without one)."""
+        if not self.config["flux_condition"]:
+            if flux is not None:
+                raise InputError("this score model is not conditioned on flux (flux_condition is false): "
+                                 "sample it without flux=")
+            return None
+        if flux is None:
+            return torch.zeros(n, 2, device=device)
+        flux = torch.as_tensor(flux, dtype=torch.float32, device=device).reshape(-1).expand(n)
+        shown = torch.ones(n, device=device) if shown is None else shown
+        return torch.stack([torch.asinh(flux) * shown, shown], dim=1)
 
     # -- training ----------------------------------------------------------
 
@@ -217,7 +252,11 @@ class ScoreBackend(AveragedWeights, Backend):
         sigma = lognormal_sigmas(sky.shape[0], c["p_mean"], c["p_std"], device=sky.device)
         noisy = sky + sigma[:, None, None] * torch.randn_like(sky)
         weight = edm_loss_weight(sigma, c["sigma_data"])[:, None, None]
-        return (weight * (self.denoise(noisy, sigma, net=net) - sky) ** 2).mean()
+        flux = shown = None
+        if c["flux_condition"]:
+            flux = sky.sum(dim=(1, 2))
+            shown = (torch.rand(sky.shape[0], device=sky.device) >= c["condition_dropout"]).float()
+        return (weight * (self.denoise(noisy, sigma, net=net, flux=flux, shown=shown) - sky) ** 2).mean()
 
     def train_step(self, inputs, targets):
         return {"loss": self.optimise(self._loss(inputs, self.config["augment"], self.net))}
@@ -233,7 +272,7 @@ class ScoreBackend(AveragedWeights, Backend):
         return edm_sigmas(steps, c["sigma_min"], c["sigma_max"], c["rho"])
 
     @torch.no_grad()
-    def sample(self, n, *, shape, draws=None, steps=None, sampler=None):
+    def sample(self, n, *, shape, draws=None, steps=None, sampler=None, flux=None):
         """Draw ``n`` skies of ``shape`` by solving the probability-flow ODE.
 
         Parameters
@@ -246,6 +285,10 @@ class ScoreBackend(AveragedWeights, Backend):
             ``(1, n)`` generators, one per image.
         steps, sampler : optional
             Override the configured ``steps`` and ``sampler``.
+        flux : torch.Tensor, optional
+            ``(n,)`` (or one) total flux of the skies to draw, normalised
+            units, for a ``flux_condition`` prior; None draws from the
+            unconditional one.
 
         Returns
         -------
@@ -272,7 +315,12 @@ class ScoreBackend(AveragedWeights, Backend):
 
         kind = SAMPLERS[sampler]
         churn = {k: c[k] for k in ("s_churn", "s_tmin", "s_tmax", "s_noise")} if kind["churn"] else {}
-        return sample_edm(self.denoise, float(sigmas[0]) * noise(), sigmas, heun=kind["heun"], noise=noise, **churn)
+        self._condition(flux, n, self.device)  # refuses a flux that this prior cannot take, before any work
+
+        def denoise(x, sigma):
+            return self.denoise(x, sigma, flux=flux)
+
+        return sample_edm(denoise, float(sigmas[0]) * noise(), sigmas, heun=kind["heun"], noise=noise, **churn)
 
     def _noise_std(self, inputs):
         if self.config["noise_sigma"] is not None:
