@@ -538,10 +538,18 @@ class Trainer:
         epoch = training.get("epoch")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ModelFileError(f"{path}: checkpoint epoch {epoch!r} is not a non-negative integer")
-        if doc.get("backend") != backend_name or doc.get("config") != self.backend.config:
+        stored = doc.get("config")
+        if isinstance(stored, dict):
+            # Keys added to the backend since the checkpoint was written take
+            # their defaults, the values the run was trained with.
+            stored = {**type(self.backend).default_config, **stored}
+        if doc.get("backend") != backend_name or stored != self.backend.config:
+            differ = sorted(k for k in {**(stored or {}), **self.backend.config}
+                            if (stored or {}).get(k) != self.backend.config.get(k)) if isinstance(stored, dict) else []
             raise ModelFileError(
                 f"{path}: checkpoint of backend {doc.get('backend')!r} with config {doc.get('config')}, "
                 f"but this Reconstructor is {backend_name!r} with config {self.backend.config}"
+                + (f" ({', '.join(differ)} differ)" if differ else "")
             )
         restore(doc, {k: v for k, v in tensors.items() if not k.startswith("train/")}, path)
         return doc, tensors
