@@ -233,6 +233,25 @@ def test_unshuffle_stem_is_lossless_and_nonnegative_output_is_exactly_empty(pair
     np.testing.assert_array_equal(again.predict(dirty * JY_BEAM).data, rec.predict(dirty * JY_BEAM).data)
 
 
+@pytest.mark.parametrize("isolate", [False, True])
+def test_isolated_content_learns_from_the_true_sky_alone(pairs, isolate):
+    # Only the composite and dCor terms: they reach the content net unless it is isolated.
+    backend = StarBackend(**TINY, content_weight=0.0, kl_weight=0.0, two_branches=False, two_to_one=False,
+                          isolate_content=isolate)
+    x = torch.as_tensor(np.stack([pairs[i][0] for i in range(4)])) / 5e-5
+    y = torch.as_tensor(np.stack([pairs[i][1] for i in range(4)])) / 5e-5
+    total, losses, _ = backend._losses(x, y)
+    assert {"composite", "dcor"} <= set(losses)
+    total.backward()
+    content = [p.grad for p in backend.content_net.parameters()]
+    style = [p.grad for p in backend.style_encoder.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in style)  # the style still learns
+    if isolate:
+        assert all(g is None or g.abs().sum() == 0 for g in content)
+    else:
+        assert any(g is not None and g.abs().sum() > 0 for g in content)
+
+
 @pytest.mark.parametrize("empty, best", [(0.9, 0.0), (0.6, 0.7)])
 def test_l1_plus_mse_keeps_unlikely_sources_at_exactly_zero(empty, best):
     # A pixel empty with probability `empty`, else of normalised intensity 2:
