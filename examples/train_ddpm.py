@@ -9,14 +9,14 @@ with ``crop``), and networks that see the field through a pixel-unshuffle
 stem (``stem="unshuffle"``, ``downsample=4``: 4x4 blocks of pixels as 16
 channels of a 32x32 grid)::
 
-    python examples/train_ddpm.py ddpm.rrm --threads 1 --workers 1 --seed 11 --cache ddpm-pairs/
+    python examples/train_ddpm.py ddpm.rrm --threads 1 --workers 1 --seed 11
 
 Diffusion needs many more optimisation steps than STAR, and simulating a
 pair (a whole 512x512 observation) costs more than a step, so ``--pairs``
-fields are simulated once, kept in ``--cache`` (memory-mapped on disk;
-without it they are simulated again every epoch) and seen in all eight
-flips and quarter turns (the backend's augmentation) over ``--epochs``
-epochs. Interrupt at any time: the same command resumes from
+fields are simulated once, kept in ``--cache`` (memory-mapped on disk,
+``<output>.pairs/`` by default; ``--no-cache`` simulates them again every
+epoch) and seen in all eight flips and quarter turns (the backend's
+augmentation) over ``--epochs`` epochs. Interrupt at any time: the same command resumes from
 ``<output>.ckpt`` to the same weights. The model file records the training
 domain (preset, beam, pixel size, noise; see ``radiorecon info``), against
 which ``predict`` checks images. The training seed is never the
@@ -59,8 +59,10 @@ def main():
                         help="the DDPM's sky_softening (default: 0.025 with the unshuffle stem, 0.1 with bins)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache", metavar="DIR",
-                        help="keep the simulated pairs in this directory (SimulatedPairs cache=), simulated once "
-                             "for all epochs and resumed runs (1 GB for the default 4000 cut-outs)")
+                        help="where the simulated pairs are kept (SimulatedPairs cache=; default <output>.pairs, "
+                             "0.5 GB for the default 4000 cut-outs): every epoch after the first, and a resumed run, reads them instead "
+                             "of simulating them again (the same pairs, so the same weights)")
+    parser.add_argument("--no-cache", action="store_true", help="simulate the pairs again in every epoch")
     parser.add_argument("--workers", type=int, default=0, help="data-loader processes simulating pairs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -79,7 +81,8 @@ def main():
         overrides["npix"] = args.npix
     if args.placement is not None:
         overrides["placement_radius"] = args.placement * u.arcsec
-    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=args.cache, **overrides)
+    cache = None if args.no_cache else args.cache or args.output + ".pairs"
+    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=cache, **overrides)
     # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
     softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
     rec = Reconstructor("ddpm", preset=args.preset, stem=args.stem, downsample=args.downsample,

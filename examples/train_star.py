@@ -18,7 +18,10 @@ empty sky comes out empty:
 
 Each epoch sees the same ``--pairs`` distinct fields (default 6000 fields x
 40 epochs = 240000 pair visits, 10x the earlier model's; a checkpoint after
-every epoch of ~10 minutes on a free core); the same command resumes an
+every epoch); the fields are simulated in the first epoch and kept in
+``<output>.pairs/`` (``--cache DIR`` elsewhere, 0.8 GB; ``--no-cache``
+simulates them in every epoch, which costs more than the training steps),
+so later epochs and resumed runs read them; the same command resumes an
 interrupted run from ``<output>.ckpt`` to the same weights, and a larger
 ``--epochs`` extends a finished checkpoint. The model file records the
 training domain (preset, beam, pixel size, noise; see ``radiorecon info``),
@@ -41,7 +44,7 @@ The defaults (L1 weighted 10) fail too: after 4 epochs (1500 steps) the
 content was the same faint floor for every image, its L1 error on fresh
 cut-outs (0.0058) worse than an empty sky's (0.0054), and no source was
 found in 12 test images. Measured on one cache of 1500 fields
-(``--pairs 1500 --cache DIR``; correlation of predicted and true normalised
+(``--pairs 1500``; correlation of predicted and true normalised
 sky over 32 fresh cut-outs, ``--content-loss l1+mse`` for all):
 
 =============================================  ======  ===========
@@ -110,9 +113,10 @@ def main():
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cache", metavar="DIR",
-                        help="keep the simulated pairs in this directory (SimulatedPairs cache=): every epoch "
-                             "after the first, and a resumed run, reads them instead of simulating them again "
-                             "(the same pairs, so the same weights; 0.8 GB for the default 6000 cut-outs)")
+                        help="where the simulated pairs are kept (SimulatedPairs cache=; default <output>.pairs, "
+                             "0.8 GB for the default 6000 cut-outs): every epoch after the first, and a resumed run, reads them instead "
+                             "of simulating them again (the same pairs, so the same weights)")
+    parser.add_argument("--no-cache", action="store_true", help="simulate the pairs again in every epoch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-loader processes simulating pairs")
@@ -130,7 +134,8 @@ def main():
         overrides["npix"] = args.npix
     if args.placement is not None:
         overrides["placement_radius"] = args.placement * u.arcsec
-    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=args.cache, **overrides)
+    cache = None if args.no_cache else args.cache or args.output + ".pairs"
+    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=cache, **overrides)
     # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
     softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
     rec = Reconstructor(

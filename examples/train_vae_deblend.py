@@ -104,6 +104,7 @@ import torch
 
 from radiorecon import Reconstructor
 from radiorecon.backends.vae_deblend import VaeDeblendBackend
+from radiorecon.normalisation import Normalisation
 from radiorecon.simulate.blends import isolated_stamps
 
 
@@ -166,6 +167,14 @@ def main():
     if args.refit_flow:
         rec, source = refit_flow_model(args.refit_flow, args.seed)
         args.vae_epochs = 0
+        # fit measures the normalisation on the stamps; the VAE only works with its own.
+        measured = Normalisation.fit(stamps, rec.backend.input_scale)
+        if measured.to_dict() != source.normalisation.to_dict():
+            parser.error(
+                f"the stamps given are not those {args.refit_flow} was trained on (their normalisation "
+                f"{measured.to_dict()} differs from its {source.normalisation.to_dict()}); "
+                "give the same --seed, --stamps and --optical/--preset"
+            )
     else:
         rec = Reconstructor(VaeDeblendBackend(
             stamp_size=args.stamp, latent_dim=args.latent_dim, base_channels=args.base_channels,
@@ -183,12 +192,6 @@ def main():
         warm_start=bool(args.refit_flow),
     )
     if args.refit_flow:
-        if rec.normalisation.to_dict() != source.normalisation.to_dict():
-            raise SystemExit(
-                f"the stamps given are not those {args.refit_flow} was trained on (their normalisation "
-                f"{rec.normalisation.to_dict()} differs from its {source.normalisation.to_dict()}); "
-                "give the same --seed, --stamps and --optical/--preset"
-            )
         # Inference settings and a calibration belong to the user of the source
         # model; carry them over (flux_model_error is for the old prior: recalibrate).
         rec.backend.set_config(**{k: v for k, v in source.backend.config.items()

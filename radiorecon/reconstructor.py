@@ -837,8 +837,10 @@ class Reconstructor:
             values = np.asarray(flux.to_value(total), dtype=np.float64).reshape(-1)
         except u.UnitConversionError:
             raise InputError(f"flux in {flux.unit} cannot be a total of skies in {unit}") from None
-        if values.size not in (1, n) or not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise InputError(f"flux must be one or {n} finite, non-negative values, got {values.size}")
+        if values.size not in (1, n):
+            raise InputError(f"flux must be one value or {n} (one per image), got {values.size}")
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise InputError(f"flux must be finite and non-negative, got {flux}")
         return np.broadcast_to(values / self.normalisation.scale, (n,)).astype(np.float32)
 
     def _sample_wcs(self, shape, wcs):

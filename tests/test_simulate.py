@@ -704,6 +704,16 @@ def test_simulated_pairs_equal_the_written_data_set(dataset):
     assert "12 pairs of 64" in repr(pairs)
 
 
+def test_cache_record_tells_apart_parameters_that_differ_inside_a_long_array():
+    from radiorecon.simulate.stream import _canonical
+
+    a = np.linspace(0, 1, 3000) * u.m
+    b = a.copy()
+    b[1500] += 1e-9 * u.m  # numpy's printing would show both as the same summary
+    assert str(a) == str(b) and _canonical({"uvw": a}) != _canonical({"uvw": b})
+    assert _canonical({"uvw": a}) == _canonical({"uvw": a.copy()})
+
+
 def test_cached_pairs_are_simulated_once_and_read_back_bit_for_bit(tmp_path, monkeypatch):
     import torch
 
@@ -723,6 +733,16 @@ def test_cached_pairs_are_simulated_once_and_read_back_bit_for_bit(tmp_path, mon
         simulate.SimulatedPairs(6, seed=8, crop=32, cache=tmp_path / "c", **SMALL)
     with pytest.raises(ValueError, match="other settings.*parameters_sha256"):
         simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **{**SMALL, "npix": 96})
+    # A second maker (another process that found no cache a moment before) leaves the first's pairs alone.
+    again._make_cache(again._cache_record())
+    assert np.load(tmp_path / "c" / "made.npy").all() and not list(tmp_path.glob(".c.*"))
+    np.testing.assert_array_equal(simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **SMALL)[2][0],
+                                  plain[2][0])
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files"):
+        simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "other", **SMALL)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     (tmp_path / "c" / "made.npy").write_bytes(b"not an array")
     with pytest.raises(ValueError, match="damaged SimulatedPairs cache"):
         simulate.SimulatedPairs(6, seed=7, crop=32, cache=tmp_path / "c", **SMALL)

@@ -116,8 +116,8 @@ class StarBackend(Backend):
       distance correlation.
     - ``isolate_content`` (False): the composite and distance-correlation
       terms see the content without its gradient, so that the content net
-      learns from the true sky alone (the content loss and the second
-      branch's) while the decoder and style encoder still learn to rebuild
+      learns from the true sky alone (the content loss, the second
+      branch's and, if on, the adversarial term) while the decoder and style encoder still learn to rebuild
       the image and keep the style independent of the content. Where the
       sky is sparse, the content loss is ~1 % of the composite's in size:
       without isolation the composite term makes the content carry the

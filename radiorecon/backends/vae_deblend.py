@@ -576,8 +576,12 @@ class VaeDeblendBackend(Backend):
         Fitting it with ``warm_start=True`` trains the flow alone (its
         ``vae_steps`` is 0) on the stamps the VAE was trained on: the way to
         refit the prior of a trained model, e.g. with other ``flow_latents``,
-        without training the VAE again. The flow's initial weights come from
-        torch's global generator (seed it for a repeatable run).
+        without training the VAE again. `~radiorecon.Reconstructor.fit`
+        measures the normalisation on the stamps it is given, and the VAE
+        works only with its own: give the stamps it was trained on (or check
+        that `radiorecon.normalisation.Normalisation.fit` of the new ones
+        equals the model's ``normalisation``). The flow's initial weights
+        come from torch's global generator (seed it for a repeatable run).
 
         Parameters
         ----------

@@ -3,16 +3,21 @@
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .._validate import check_int, check_seed
 from .dataset import check_index, check_target
 from .engine import simulate_image
 from .presets import DEFAULT_PRESET, resolve_parameters
 
 __all__ = ["SimulatedPairs"]
+
+_CACHE_FILES = ("inputs.npy", "targets.npy", "made.npy")
 
 
 class SimulatedPairs:
@@ -108,7 +113,7 @@ class SimulatedPairs:
         inputs, targets, made = self._arrays
         if not made[i]:
             inputs[i], targets[i] = self._simulate(i)
-            made[i] = 1  # after the pair, so that a pair marked made is whole
+            made[i] = 1  # after the pair: a process killed while writing it leaves it unmarked
         return np.array(inputs[i]), np.array(targets[i])
 
     def __getstate__(self):
@@ -116,44 +121,52 @@ class SimulatedPairs:
 
     def _cache_record(self):
         size = self.crop or self.parameters["npix"]
-        parameters = json.dumps(self.parameters, sort_keys=True, default=str)
+        parameters = json.dumps(_canonical(self.parameters), sort_keys=True)
         return {
-            "format": "radiorecon.simulate.SimulatedPairs cache", "n": self.n, "seed": self.seed,
-            "preset": self.preset, "target": self.target, "crop": self.crop, "shape": [self.n, size, size],
-            "parameters_sha256": hashlib.sha256(parameters.encode()).hexdigest(),
+            "format": "radiorecon.simulate.SimulatedPairs cache", "radiorecon_version": __version__,
+            "n": self.n, "seed": self.seed, "preset": self.preset, "target": self.target, "crop": self.crop,
+            "shape": [self.n, size, size], "parameters_sha256": hashlib.sha256(parameters.encode()).hexdigest(),
         }
 
     def _open_cache(self):
         record, path = self._cache_record(), self.cache / "pairs.json"
-        files = [self.cache / name for name in ("inputs.npy", "targets.npy", "made.npy")]
-        if path.exists():
+        if not path.exists():
+            self._make_cache(record)
+        if not path.exists():
+            raise ValueError(f"{self.cache} holds other files and no SimulatedPairs cache; give another directory")
+        try:
+            found = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a SimulatedPairs cache record: {exc}") from None
+        if found != record:
+            differ = sorted(k for k in record if found.get(k) != record[k])
+            raise ValueError(f"{self.cache} caches pairs of other settings ({', '.join(differ)} differ); "
+                             "give another directory or remove it")
+        files = [self.cache / name for name in _CACHE_FILES]
+        try:
+            self._arrays = tuple(np.load(f, mmap_mode="r+") for f in files)
+        except PermissionError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache ({exc}); remove it") from None
+        if any(len(a) != self.n for a in self._arrays):
+            raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache (arrays of the wrong length); remove it")
+
+    def _make_cache(self, record):
+        """Make the empty cache beside its place and rename it there: whole or not at all, one maker wins."""
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache.name}.", dir=self.cache.parent))
+        try:
+            shape = tuple(record["shape"])
+            for name, dtype, s in zip(_CACHE_FILES, (np.float32, np.float32, np.uint8), (shape, shape, shape[:1])):
+                np.lib.format.open_memmap(tmp / name, mode="w+", dtype=dtype, shape=s).flush()
+            (tmp / "pairs.json").write_text(json.dumps(record, indent=1))
             try:
-                found = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{path} is not a SimulatedPairs cache record: {exc}") from None
-            if found != record:
-                differ = sorted(k for k in record if found.get(k) != record[k])
-                raise ValueError(f"{self.cache} caches pairs of other settings ({', '.join(differ)} differ); "
-                                 "give another directory or remove it")
-            try:
-                self._arrays = tuple(np.load(f, mmap_mode="r+") for f in files)
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache ({exc}); remove it") from None
-            if any(len(a) != self.n for a in self._arrays):
-                raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache (arrays of the wrong length); "
-                                 "remove it")
-            return
-        self.cache.mkdir(parents=True, exist_ok=True)
-        shape = tuple(record["shape"])
-        arrays = [np.lib.format.open_memmap(f, mode="w+", dtype=np.float32, shape=shape) for f in files[:2]]
-        arrays.append(np.lib.format.open_memmap(files[2], mode="w+", dtype=np.uint8, shape=(self.n,)))
-        for a in arrays:
-            a.flush()
-        # The record last, atomically: a cache without one is made again.
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-        self._arrays = tuple(arrays)
+                os.rename(tmp, self.cache)  # fails if another process made it first, or other files are there
+            except OSError:
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _simulate(self, i):
         r = simulate_image(self.parameters, self.seed, i)
@@ -181,3 +194,23 @@ class SimulatedPairs:
         npix = self.parameters["npix"]
         crop = "" if self.crop is None else f" cropped to {self.crop}² px"
         return f"<SimulatedPairs {self.n} pairs of {npix}² px{crop}, preset {self.preset!r}, seed {self.seed}>"
+
+
+def _canonical(value):
+    """A JSON-able form of simulation parameters that tells every value apart (arrays hashed in full)."""
+    import astropy.units as u
+
+    if isinstance(value, u.Quantity):
+        return {"unit": value.unit.to_string(), "value": _canonical(np.asarray(value.value))}
+    if isinstance(value, np.ndarray):
+        a = np.ascontiguousarray(value)
+        return {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
