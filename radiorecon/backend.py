@@ -36,7 +36,7 @@ _RENAMED = {
     "'std' if it returns a standard deviation with its estimate",
 }
 
-def _takes(function, name):
+def takes_keyword(function, name):
     """Whether ``function`` accepts the keyword argument ``name``."""
     import inspect
 
@@ -230,14 +230,14 @@ class Backend:
         for old in set(cls.capabilities) & set(_RENAMED):
             raise TypeError(f"{cls.__name__} declares the capability {old!r}: {_RENAMED[old]}")
         for method in ("predict", "generate", "sample"):
-            if method in vars(cls) and not _takes(vars(cls)[method], "draws"):
+            if method in vars(cls) and not takes_keyword(vars(cls)[method], "draws"):
                 raise TypeError(
                     f"{cls.__name__}.{method}() does not take draws=: since radiorecon 0.1 the front door "
                     "passes each call its random generators (radiorecon.seeding.Draws); add the keyword "
                     "and draw random numbers from it (see 'Writing a backend')"
                 )
         predict = getattr(cls, "predict", None)
-        if "deblend" in cls.capabilities and predict is not None and not _takes(predict, "positions"):
+        if "deblend" in cls.capabilities and predict is not None and not takes_keyword(predict, "positions"):
             raise TypeError(
                 f"{cls.__name__} declares 'deblend' but its predict() does not take positions=: the front "
                 "door passes each image's source positions that way (see 'Writing a backend')"
@@ -519,9 +519,11 @@ class Backend:
         """Draw ``n`` sky images of ``shape`` from the learned prior.
 
         ``draws`` holds ``(1, n)`` generators, one per image. A backend whose
-        prior can be conditioned on the skies' total flux (a true
-        ``flux_condition`` in its config) also takes ``flux=``, an ``(n,)``
-        tensor in normalised units; the front door passes it only then.
+        prior can be conditioned on the skies' total flux also takes
+        ``flux=``, an ``(n,)`` tensor in normalised units, which the front
+        door passes only when the user gives one (and refuses for backends
+        whose ``sample`` lacks the keyword); a model that cannot take it
+        raises `~radiorecon.exceptions.InputError`.
 
         Returns
         -------

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__, modelfile, pipeline, provenance, registry
 from ._validate import check_int, check_seed
-from .backend import Backend
+from .backend import Backend, takes_keyword
 from .exceptions import CapabilityError, InputError, ModelFileError, NotFittedError
 from .normalisation import Normalisation
 from .pretrained import resolve_model_path
@@ -825,8 +825,11 @@ class Reconstructor:
         """``sample``'s ``flux=`` as ``n`` totals in normalised units (the model's unit times pixels)."""
         import astropy.units as u
 
-        if not self.backend.config.get("flux_condition"):
-            raise InputError(f"this {self.backend_name} model is not conditioned on flux: sample it without flux=")
+        # Whether this model's prior takes a flux is the backend's to say (score
+        # refuses when its flux_condition is off); one whose sample() has no
+        # flux= cannot take it at all.
+        if not takes_keyword(self.backend.sample, "flux"):
+            raise InputError(f"{self.backend_name} models cannot draw skies of a given flux: sample without flux=")
         unit = self.units.get("target") or self.units.get("input")
         if not isinstance(flux, u.Quantity):
             raise InputError(f"flux must be a Quantity (e.g. in Jy for a model in {unit}), not {type(flux).__name__}")
