@@ -81,7 +81,9 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
     os.makedirs(out, exist_ok=True)
 
     obs = observe(seed=seed)
-    result = rec.predict(obs.dirty, n_samples=n_samples, seed=seed, progress=progress,
+    # Backends that model the observation (CLEAN, score) take its PSF.
+    psf = obs.psf if "needs_psf" in rec.capabilities else None
+    result = rec.predict(obs.dirty, psf=psf, n_samples=n_samples, seed=seed, progress=progress,
                          return_samples=n_samples > 1, threads=threads)
 
     catalog = find_sources_in_model(result, obs.dirty, threshold)

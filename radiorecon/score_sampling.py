@@ -226,35 +226,32 @@ def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
     return torch.fft.ifft2(spectrum).real.to(mean.dtype)
 
 
-def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noise, callback=None):
+def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noise, heun=True, callback=None):
     """Draws of the sky given its dirty image, under the denoiser's prior.
 
-    The scheme is decoupled annealing (DAPS, Zhang et al. 2024) with the
-    exact data step that a linear-Gaussian likelihood allows. At each noise
-    level ``sigma_i`` of ``sigmas`` (from `edm_sigmas`, the trailing 0
-    ignored), starting from ``x = sigma_0 eps``:
+    The probability-flow ODE of the posterior: `sample_edm` with the
+    denoiser ``D(x, sigma)`` replaced by the posterior mean
+    ``E[x0 | x, dirty]`` under the moment-matched Gaussian approximation
+    ``p(x0 | x) = N(D(x, sigma), r^2 I)``, ``r^2 = sigma^2 sigma_data^2 /
+    (sigma^2 + sigma_data^2)`` (Tweedie's first moment with an isotropic
+    second one, as in Boys et al. 2023, "Tweedie moment projected diffusions
+    for inverse problems"). The dirty-image likelihood is Gaussian in the
+    sky with a noise covariance shaped like the PSF, so in Fourier space
+    that product is diagonal and its mean is exact and costs three FFTs
+    (`gaussian_data_step` without noise): no step size to tune and no
+    back-propagation through the network. The ODE starts from ``x =
+    sigma_0 eps``; each draw's randomness is its starting noise.
 
-    1. ``p(x0 | x)`` is approximated by ``N(D(x, sigma_i), r_i^2 I)`` with
-       ``r_i^2 = sigma_i^2 sigma_data^2 / (sigma_i^2 + sigma_data^2)``, the
-       exact posterior variance for data of variance ``sigma_data^2``;
-    2. ``x0`` is drawn from that Gaussian times the likelihood, exactly, in
-       Fourier space (`gaussian_data_step`);
-    3. ``x = x0 + sigma_(i+1) eps`` is re-noised to the next level.
-
-    The last ``x0`` is the draw. Why this scheme: the likelihood of a dirty
-    image is Gaussian in the sky with a noise covariance shaped like the
-    PSF, so in Fourier space it is diagonal, and step 2 is exact and costs
-    three FFTs, with no step size to tune. Diffusion posterior sampling
-    (Chung et al. 2023) instead adds a gradient of ``log p(d | D(x))``
-    whose step size is heuristic, which needs back-propagation through the
-    network, and which over- or under-weights the data depending on the
-    noise level. Here, if the prior is Gaussian with variance
-    ``sigma_data^2`` (so that step 1 is exact), every level's ``x0`` is an
-    exact posterior draw given an exact ``x``, and the chain samples the
-    posterior exactly up to the start (``x`` at ``sigma_0`` is drawn
-    without the data, an error of order ``sigma_data / sigma_0``); for other
-    priors the annealing lets the draw move between modes while the noise
-    is large. One denoiser call per level.
+    Why this scheme: for a Gaussian prior of variance ``sigma_data^2`` the
+    posterior mean above is exact at every level, so the ODE transports the
+    noise to exact posterior draws (up to the solver's error, as for
+    generation). Decoupled annealing (DAPS, Zhang et al. 2024), which draws
+    ``x0`` from the same Gaussian times the likelihood and re-noises it,
+    injects the data noise of each draw into the next level's input, where
+    the denoiser takes it for sky: on simulated ALMA cut-outs it recovered
+    far less of the sky (see ``docs/score.rst``). Diffusion posterior
+    sampling (Chung et al. 2023) needs a heuristic step size and
+    back-propagation through the network.
 
     Parameters
     ----------
@@ -267,31 +264,31 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noi
     noise_std : torch.Tensor
         ``(B,)`` noise standard deviation of a dirty-image pixel.
     sigmas : sequence of float
-        Decreasing noise levels (a trailing 0 is dropped).
+        From `edm_sigmas` (decreasing, ending with 0).
     sigma_data : float
-        The prior's standard deviation per pixel (step 1).
+        The prior's standard deviation per pixel (the Gaussian's ``r^2``).
     noise : callable
         ``noise()`` returns standard-normal numbers the shape of ``dirty``.
+    heun : bool
+        Heun's correction (``2 N - 1`` denoiser calls for ``N`` levels) or
+        Euler (``N``).
     callback : callable or None
-        Called after each level as ``callback(i, x0)``.
+        Called after each step as ``callback(i, posterior_mean)``.
 
     Returns
     -------
     torch.Tensor
         ``(B, ny, nx)`` draws.
     """
-    sigmas = [float(s) for s in sigmas if s > 0]
     transfer = transfer_function(psf, dirty.shape[-2:])
     noise_var = (noise_std.double() ** 2)[:, None, None]
-    x = sigmas[0] * noise()
-    for i, s in enumerate(sigmas):
-        r2 = s**2 * sigma_data**2 / (s**2 + sigma_data**2)
-        x0 = gaussian_data_step(denoiser(x, s), r2, dirty, transfer, noise_var, noise())
-        if callback is not None:
-            callback(i, x0)
-        if i + 1 < len(sigmas):
-            x = x0 + sigmas[i + 1] * noise()
-    return x0
+
+    def posterior_mean(x, sigma):
+        r2 = sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
+        return gaussian_data_step(denoiser(x, sigma), r2, dirty, transfer, noise_var, None)
+
+    sigmas = [float(s) for s in sigmas]
+    return sample_edm(posterior_mean, sigmas[0] * noise(), sigmas, heun=heun, callback=callback)
 
 
 #: Samplers by name, as the ``sampler`` configuration of the ``score``

@@ -543,9 +543,14 @@ class Trainer:
             # Keys added to the backend since the checkpoint was written take
             # their defaults, the values the run was trained with.
             stored = {**type(self.backend).default_config, **stored}
-        if doc.get("backend") != backend_name or stored != self.backend.config:
-            differ = sorted(k for k in {**(stored or {}), **self.backend.config}
-                            if (stored or {}).get(k) != self.backend.config.get(k)) if isinstance(stored, dict) else []
+        # Prediction settings do not change training: the constructor's win.
+        free = set(self.backend.inference_keys)
+        current = {k: v for k, v in self.backend.config.items() if k not in free}
+        if isinstance(stored, dict):
+            stored = {k: v for k, v in stored.items() if k not in free}
+        if doc.get("backend") != backend_name or stored != current:
+            differ = sorted(k for k in {**(stored or {}), **current}
+                            if (stored or {}).get(k) != current.get(k)) if isinstance(stored, dict) else []
             raise ModelFileError(
                 f"{path}: checkpoint of backend {doc.get('backend')!r} with config {doc.get('config')}, "
                 f"but this Reconstructor is {backend_name!r} with config {self.backend.config}"

@@ -12,6 +12,7 @@ class ConvBackend(Backend):
     tile_shape = (32, 32)
     tile_margin = 2
     default_config = {"learning_rate": 0.05, "noise": 0.1}
+    inference_keys = frozenset({"noise"})
 
     def __init__(self, **config):
         super().__init__(**config)

@@ -153,6 +153,17 @@ def test_demo_writes_everything_and_scores(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_demo_gives_the_psf_to_a_backend_that_needs_it(tmp_path, capsys):
+    model = tmp_path / "clean.rrm"
+    Reconstructor("clean").save(model)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model), "--out", str(out), "--samples", "1", "--no-progress"]) == 0
+    assert "true sources" in capsys.readouterr().out
+    with fits.open(out / "sky.fits") as hdul:
+        assert hdul[0].header["RRBACKND"] == "clean"
+    assert len(QTable.read(out / "sources.ecsv")) > 0  # CLEAN finds some of the five sources
+
+
 def test_predict_with_a_shipped_model(observation, tmp_path, capsys):
     image, _ = observation
     out = tmp_path / "star.fits"

@@ -75,8 +75,8 @@ def test_checkpoint_of_another_config_is_refused(pairs, tmp_path):
     dirty, sky = pairs
     ckpt = tmp_path / "run.ckpt"
     Reconstructor("test-conv").fit(dirty, sky, epochs=1, progress=False, checkpoint=ckpt)
-    with pytest.raises(radiorecon.exceptions.ModelFileError, match=r"checkpoint of backend.*\(noise differ\)"):
-        Reconstructor("test-conv", noise=0.3).fit(dirty, sky, epochs=2, progress=False, checkpoint=ckpt)
+    with pytest.raises(radiorecon.exceptions.ModelFileError, match=r"checkpoint of backend.*\(learning_rate differ\)"):
+        Reconstructor("test-conv", learning_rate=0.01).fit(dirty, sky, epochs=2, progress=False, checkpoint=ckpt)
 
 
 def test_checkpoint_from_before_a_config_key_existed_resumes(pairs, tmp_path):
@@ -90,8 +90,11 @@ def test_checkpoint_from_before_a_config_key_existed_resumes(pairs, tmp_path):
     modelfile.save(ckpt, doc, tensors, overwrite=True)
     resumed = Reconstructor("test-conv").fit(dirty, sky, epochs=2, progress=False, checkpoint=ckpt)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
-    with pytest.raises(radiorecon.exceptions.ModelFileError, match=r"\(noise differ\)"):
-        Reconstructor("test-conv", noise=0.3).fit(dirty, sky, epochs=3, progress=False, checkpoint=ckpt)
+    with pytest.raises(radiorecon.exceptions.ModelFileError, match=r"\(learning_rate differ\)"):
+        Reconstructor("test-conv", learning_rate=0.01).fit(dirty, sky, epochs=3, progress=False, checkpoint=ckpt)
+    # A prediction setting does not change training: the constructor's value is kept.
+    other = Reconstructor("test-conv", noise=0.3).fit(dirty, sky, epochs=3, progress=False, checkpoint=ckpt)
+    assert [h["epoch"] for h in other.history] == [1, 2, 3] and other.config["noise"] == 0.3
 
 
 def test_fit_argument_checks(pairs):

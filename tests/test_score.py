@@ -120,7 +120,7 @@ def test_posterior_sampler_on_a_gaussian_prior():
         torch.from_numpy(dirty.reshape(1, n, n)).float().expand(k, n, n),
         torch.from_numpy(psf).float().expand(k, n, n),
         torch.full((k,), noise_std),
-        edm_sigmas(6),
+        edm_sigmas(40),
         sigma_data=STD,
         noise=lambda: torch.randn(k, n, n, generator=g),
     ).reshape(k, -1).double().numpy()
@@ -256,7 +256,7 @@ def test_predict_posterior_draws(fitted):
     assert out.data.shape == (20, 20) and out.uncertainty is not None and np.isfinite(out.data).all()
     again = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu")
     np.testing.assert_array_equal(out.data, again.data)
-    assert fitted.backend.network_evaluations(3) == 3 * TINY["posterior_steps"]
+    assert fitted.backend.network_evaluations(3) == 3 * (2 * TINY["posterior_steps"] - 1)
 
 
 def test_bad_inputs(fitted):

@@ -10,9 +10,10 @@ galaxies). It serves twice:
   (`radiorecon.score_sampling.sample_edm`).
 - **Reconstruction** (`~radiorecon.backends.score.ScoreBackend.predict`): draws of ``p(sky | dirty)``,
   the prior times the likelihood of the dirty image ``d = P * sky + n``,
-  ``n`` of covariance ``noise_std**2`` times the PSF. The likelihood is
-  diagonal in Fourier space, so each annealing level takes an exact
-  Gaussian data step there (`radiorecon.score_sampling.sample_posterior`).
+  ``n`` of covariance ``noise_std**2`` times the PSF: the probability-flow
+  ODE with the denoiser replaced by the posterior mean under a Gaussian
+  approximation of ``p(sky | x)``, exact in Fourier space where the
+  likelihood is diagonal (`radiorecon.score_sampling.sample_posterior`).
   Nothing about the array is learned: the same prior reconstructs the
   dirty image of any array from its PSF.
 
@@ -36,9 +37,11 @@ Choices:
   beam, and tiles are small next to it.
 
 References: Karras, Aittala, Aila & Laine (2022), "Elucidating the design
-space of diffusion-based generative models"; Zhang et al. (2024),
+space of diffusion-based generative models"; Boys et al. (2023), "Tweedie
+moment projected diffusions for inverse problems"; Zhang et al. (2024),
 "Improving diffusion inverse problem solving with decoupled noise
-annealing" (DAPS); Chung et al. (2023), "Diffusion posterior sampling";
+annealing" (DAPS, the scheme replaced); Chung et al. (2023), "Diffusion
+posterior sampling";
 Vicanek Martinez & Brüggen, score-based generative models for radio
 galaxies.
 """
@@ -121,8 +124,8 @@ class ScoreBackend(AveragedWeights, Backend):
       how `sample` integrates; ``s_churn`` (40), ``s_tmin`` (0.05),
       ``s_tmax`` (50), ``s_noise`` (1.003): the churn of "stochastic"
       (EDM's values for ImageNet-64).
-    - ``posterior_steps`` (50): annealing levels of `predict`, one network
-      evaluation each; ``noise_sigma`` (null): the dirty images' noise per
+    - ``posterior_steps`` (25): Heun levels of `predict`'s posterior ODE,
+      ``2 N - 1`` network evaluations per draw; ``noise_sigma`` (null): the dirty images' noise per
       pixel in normalised units (Jy/beam over `~radiorecon.Reconstructor.scale`), by
       default measured on each image with a robust standard deviation.
 
@@ -159,7 +162,7 @@ class ScoreBackend(AveragedWeights, Backend):
         "s_tmin": 0.05,
         "s_tmax": 50.0,
         "s_noise": 1.003,
-        "posterior_steps": 50,
+        "posterior_steps": 25,
         "noise_sigma": None,
     }
 
@@ -199,7 +202,7 @@ class ScoreBackend(AveragedWeights, Backend):
         return {"total": count_parameters(self.net)}
 
     def network_evaluations(self, n_samples):
-        return n_samples * self.config["posterior_steps"]
+        return n_samples * (2 * self.config["posterior_steps"] - 1)
 
     # -- the denoiser ------------------------------------------------------
 
