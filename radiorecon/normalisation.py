@@ -20,6 +20,9 @@ ESTIMATORS = {
     "noise": robust_std,
     # Noise-free sparse skies (unpaired training): in units of a typical peak.
     "peak": lambda image: float(np.nanmax(np.abs(image))) if np.isfinite(image).any() else 0.0,
+    # Or of a typical root mean square: the data's standard deviation that
+    # diffusion preconditioning (EDM's sigma_data) assumes.
+    "rms": lambda image: float(np.sqrt(np.nanmean(image**2))) if np.isfinite(image).any() else 0.0,
 }
 
 
@@ -31,7 +34,7 @@ class Normalisation:
     ----------
     scale : float
         Positive scale, in the unit of the training inputs.
-    estimator : {"noise", "peak", None}
+    estimator : {"noise", "peak", "rms", None}
         How the scale was measured (`ESTIMATORS`); None for a fixed scale.
     """
 
@@ -55,7 +58,7 @@ class Normalisation:
         ----------
         images : sequence of array
             Indexable; item ``i`` is an image or an ``(image, target)`` pair.
-        estimator : {"noise", "peak", None}
+        estimator : {"noise", "peak", "rms", None}
             The backend's ``input_scale``. The median over images of the
             per-image values that are positive becomes the scale (1 if none
             is, or for None).
@@ -63,7 +66,7 @@ class Normalisation:
         if estimator is None:
             return cls(1.0, None)
         if estimator not in ESTIMATORS:
-            raise ValueError(f"Unknown input_scale {estimator!r}: use 'noise', 'peak' or None")
+            raise ValueError(f"Unknown input_scale {estimator!r}: use one of {sorted(ESTIMATORS)} or None")
         idx = np.linspace(0, len(images) - 1, min(n_max, len(images))).astype(int)
         values = []
         for i in idx:

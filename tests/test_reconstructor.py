@@ -460,6 +460,17 @@ def test_peak_scale_for_noise_free_training():
     assert rec.scale == pytest.approx(4.0, rel=1e-6)
 
 
+def test_rms_scale_for_sparse_skies():
+    from radiorecon.normalisation import Normalisation
+
+    skies = np.zeros((5, 16, 16))
+    skies[:, 8, 8] = [1.0, 2.0, 4.0, 8.0, 16.0]  # rms: value / 16
+    skies[0] = 0.0  # an empty sky has no scale and is left out
+    assert Normalisation.fit(list(skies), "rms") == Normalisation(np.median([2.0, 4.0, 8.0, 16.0]) / 16, "rms")
+    with pytest.raises(ValueError, match=r"Unknown input_scale 'max': use one of \['noise', 'peak', 'rms'\]"):
+        Normalisation.fit(list(skies), "max")
+
+
 def test_malformed_beam_cards_warn_instead_of_failing(tmp_path):
     header = celestial_header(16, 16)
     header["BMAJ"] = "abc"
