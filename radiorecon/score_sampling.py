@@ -226,14 +226,13 @@ def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
     return torch.fft.ifft2(spectrum).real.to(mean.dtype)
 
 
-def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noise, heun=True, callback=None):
+def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, noise, heun=True, callback=None):
     """Draws of the sky given its dirty image, under the denoiser's prior.
 
     The probability-flow ODE of the posterior: `sample_edm` with the
     denoiser ``D(x, sigma)`` replaced by the posterior mean
-    ``E[x0 | x, dirty]`` under the moment-matched Gaussian approximation
-    ``p(x0 | x) = N(D(x, sigma), r^2 I)``, ``r^2 = sigma^2 sigma_data^2 /
-    (sigma^2 + sigma_data^2)`` (Tweedie's first moment with an isotropic
+    ``E[x0 | x, dirty]`` under the Gaussian approximation ``p(x0 | x) =
+    N(D(x, sigma), sigma^2 I)`` (Tweedie's first moment with an isotropic
     second one, as in Boys et al. 2023, "Tweedie moment projected diffusions
     for inverse problems"). The dirty-image likelihood is Gaussian in the
     sky with a noise covariance shaped like the PSF, so in Fourier space
@@ -242,16 +241,21 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noi
     back-propagation through the network. The ODE starts from ``x =
     sigma_0 eps``; each draw's randomness is its starting noise.
 
-    Why this scheme: for a Gaussian prior of variance ``sigma_data^2`` the
-    posterior mean above is exact at every level, so the ODE transports the
-    noise to exact posterior draws (up to the solver's error, as for
-    generation). Decoupled annealing (DAPS, Zhang et al. 2024), which draws
-    ``x0`` from the same Gaussian times the likelihood and re-noises it,
-    injects the data noise of each draw into the next level's input, where
-    the denoiser takes it for sky: on simulated ALMA cut-outs it recovered
-    far less of the sky (see ``docs/score.rst``). Diffusion posterior
-    sampling (Chung et al. 2023) needs a heuristic step size and
-    back-propagation through the network.
+    Why these choices. The variance ``sigma^2`` is that of ``x0`` given
+    ``x`` where the sky is bright next to the noise (the denoiser's
+    Jacobian is the identity there), which is where the data have something
+    to say about sparse skies; the exact variance of a Gaussian prior,
+    ``sigma^2 sigma_data^2 / (sigma^2 + sigma_data^2)``, caps it at the
+    prior's variance and so keeps sources many times brighter than
+    ``sigma_data`` from being pulled up by the data (an rms-normalised ALMA
+    prior recovered nothing with it). For a Gaussian prior the ODE still
+    carries the noise to the closed-form posterior (the tests check its mean
+    and covariance). Decoupled annealing (DAPS, Zhang et al. 2024), which
+    draws ``x0`` from the Gaussian times the likelihood and re-noises it,
+    puts each draw's data noise into the next level's input, where the
+    denoiser takes it for sky. Diffusion posterior sampling (Chung et al.
+    2023) needs a heuristic step size and back-propagation through the
+    network. Measurements are in ``docs/score.rst``.
 
     Parameters
     ----------
@@ -265,8 +269,6 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noi
         ``(B,)`` noise standard deviation of a dirty-image pixel.
     sigmas : sequence of float
         From `edm_sigmas` (decreasing, ending with 0).
-    sigma_data : float
-        The prior's standard deviation per pixel (the Gaussian's ``r^2``).
     noise : callable
         ``noise()`` returns standard-normal numbers the shape of ``dirty``.
     heun : bool
@@ -284,8 +286,7 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, sigma_data, noi
     noise_var = (noise_std.double() ** 2)[:, None, None]
 
     def posterior_mean(x, sigma):
-        r2 = sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
-        return gaussian_data_step(denoiser(x, sigma), r2, dirty, transfer, noise_var, None)
+        return gaussian_data_step(denoiser(x, sigma), sigma**2, dirty, transfer, noise_var, None)
 
     sigmas = [float(s) for s in sigmas]
     return sample_edm(posterior_mean, sigmas[0] * noise(), sigmas, heun=heun, callback=callback)

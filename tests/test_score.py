@@ -121,7 +121,6 @@ def test_posterior_sampler_on_a_gaussian_prior():
         torch.from_numpy(psf).float().expand(k, n, n),
         torch.full((k,), noise_std),
         edm_sigmas(40),
-        sigma_data=STD,
         noise=lambda: torch.randn(k, n, n, generator=g),
     ).reshape(k, -1).double().numpy()
     sd = np.sqrt(np.diag(cov))

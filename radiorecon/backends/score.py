@@ -12,8 +12,8 @@ galaxies). It serves twice:
   the prior times the likelihood of the dirty image ``d = P * sky + n``,
   ``n`` of covariance ``noise_std**2`` times the PSF: the probability-flow
   ODE with the denoiser replaced by the posterior mean under a Gaussian
-  approximation of ``p(sky | x)``, exact in Fourier space where the
-  likelihood is diagonal (`radiorecon.score_sampling.sample_posterior`).
+  approximation of ``p(sky | x)`` (variance ``sigma^2``), exact in Fourier
+  space where the likelihood is diagonal (`radiorecon.score_sampling.sample_posterior`).
   Nothing about the array is learned: the same prior reconstructs the
   dirty image of any array from its PSF.
 
@@ -365,7 +365,6 @@ class ScoreBackend(AveragedWeights, Backend):
             psf.to(inputs.dtype).repeat(n_samples, 1, 1),
             self._noise_std(inputs).repeat(n_samples),
             self._sigmas(c["posterior_steps"]),
-            sigma_data=c["sigma_data"],
             noise=noise,
         )
         return Prediction(samples=out.reshape(n_samples, b, ny, nx))
