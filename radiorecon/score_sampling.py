@@ -31,7 +31,7 @@ __all__ = [
     "sample_edm",
     "sample_posterior",
     "transfer_function",
-    "gaussian_data_step",
+    "gaussian_posterior_mean",
     "SAMPLERS",
 ]
 
@@ -182,8 +182,8 @@ def transfer_function(psf, shape):
     return torch.fft.fft2(centred.double()).real.clamp(min=0)
 
 
-def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
-    """A draw of ``x`` from ``N(x; mean, var I) p(dirty | x)``, exact in Fourier space.
+def gaussian_posterior_mean(mean, var, dirty, transfer, noise_var):
+    """The mean of ``N(x; mean, var I) p(dirty | x)``, exact in Fourier space.
 
     The dirty image is ``d = P * x + n`` with ``n`` of covariance
     ``noise_var`` times the (circulant) PSF, so in Fourier space each mode
@@ -192,7 +192,7 @@ def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
     precision ``T_k / noise_var`` on ``X_k`` and the product with the
     Gaussian is Gaussian mode by mode, with precision ``1 / var + T_k /
     noise_var`` and mean ``(M_k / var + D_k / noise_var)`` over it. Modes the
-    array did not sample (``T_k = 0``) keep the prior's mean and variance.
+    array did not sample (``T_k = 0``) keep the Gaussian's mean.
 
     Parameters
     ----------
@@ -206,8 +206,6 @@ def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
         ``(B, ny, nx)`` from `transfer_function`.
     noise_var : torch.Tensor
         ``(B, 1, 1)`` noise variance of a dirty-image pixel.
-    eps : torch.Tensor or None
-        ``(B, ny, nx)`` standard-normal numbers; None returns the mean.
 
     Returns
     -------
@@ -220,9 +218,6 @@ def gaussian_data_step(mean, var, dirty, transfer, noise_var, eps):
     sampled = transfer > 1e-6 * transfer.amax(dim=(-2, -1), keepdim=True)
     data = torch.where(sampled, torch.fft.fft2(dirty.double()), 0)
     spectrum = (torch.fft.fft2(mean.double()) / var + data / noise_var) / precision
-    if eps is not None:
-        # White noise coloured by the posterior's standard deviation per mode.
-        spectrum = spectrum + torch.fft.fft2(eps.double()) * precision.rsqrt()
     return torch.fft.ifft2(spectrum).real.to(mean.dtype)
 
 
@@ -237,7 +232,7 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, noise, heun=Tru
     for inverse problems"). The dirty-image likelihood is Gaussian in the
     sky with a noise covariance shaped like the PSF, so in Fourier space
     that product is diagonal and its mean is exact and costs three FFTs
-    (`gaussian_data_step` without noise): no step size to tune and no
+    (`gaussian_posterior_mean`): no step size to tune and no
     back-propagation through the network. The ODE starts from ``x =
     sigma_0 eps``; each draw's randomness is its starting noise.
 
@@ -286,7 +281,7 @@ def sample_posterior(denoiser, dirty, psf, noise_std, sigmas, *, noise, heun=Tru
     noise_var = (noise_std.double() ** 2)[:, None, None]
 
     def posterior_mean(x, sigma):
-        return gaussian_data_step(denoiser(x, sigma), sigma**2, dirty, transfer, noise_var, None)
+        return gaussian_posterior_mean(denoiser(x, sigma), sigma**2, dirty, transfer, noise_var)
 
     sigmas = [float(s) for s in sigmas]
     return sample_edm(posterior_mean, sigmas[0] * noise(), sigmas, heun=heun, callback=callback)

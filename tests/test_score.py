@@ -14,7 +14,7 @@ from radiorecon.score_sampling import (
     edm_loss_weight,
     edm_preconditioning,
     edm_sigmas,
-    gaussian_data_step,
+    gaussian_posterior_mean,
     sample_edm,
     sample_posterior,
     transfer_function,
@@ -131,10 +131,10 @@ def test_posterior_sampler_on_a_gaussian_prior():
     assert np.abs(np.cov(draws.T) - cov).max() < 0.1 * STD**2
 
 
-def test_gaussian_data_step_keeps_unsampled_modes_at_the_prior():
+def test_gaussian_posterior_mean_keeps_unsampled_modes_at_the_prior():
     prior = torch.full((1, 8, 8), 2.0)
     zero_psf_transfer = torch.zeros(1, 8, 8)
-    out = gaussian_data_step(prior, 0.1, torch.randn(1, 8, 8), zero_psf_transfer, torch.ones(1, 1, 1), None)
+    out = gaussian_posterior_mean(prior, 0.1, torch.randn(1, 8, 8), zero_psf_transfer, torch.ones(1, 1, 1))
     assert torch.allclose(out, prior)
 
 
