@@ -44,17 +44,15 @@ import os
 import tempfile
 import time
 
-import astropy.units as u
 import numpy as np
 from scipy.stats import wasserstein_distance
 
 from radiorecon import Reconstructor
 from astropy.stats import mad_std as robust_std
 from radiorecon.backends.score import ScoreBackend, SkyImages
-from radiorecon.simulate import SimulatedPairs, make_dataset
+from radiorecon.simulate import SimulatedPairs, make_dataset, resolve_parameters
 
 STEPS = (10, 18, 25, 50)
-PIXEL = 0.1 * u.arcsec  # the default ALMA preset's pixel
 SHAPE_STATS = ("radius", "ellipticity", "orientation", "flux", "components")
 
 
@@ -162,6 +160,7 @@ def reconstruction(args):
         prior = train(skies, args)
         prior.save(os.path.join(args.out, "score-prior.rrm"), overwrite=True)
     prior.set_params(posterior_steps=5 if args.quick else args.posterior_steps)
+    pixel = resolve_parameters()["pixel_scale"]  # the default ALMA preset's
     methods = [("CLEAN", Reconstructor("clean"), 1), ("score", prior, n_samples)]
     if args.pretrained:
         methods += [("STAR (C43-3)", Reconstructor.pretrained("star"), 10),
@@ -171,8 +170,8 @@ def reconstruction(args):
         for array in args.arrays:
             # The preset places sources within 11.4" of the centre, its 512x512 field; a smaller field
             # keeps them inside (0.4 of its side from the centre).
-            data = make_dataset(n_images + args.calibration, seed=args.seed + 100, out=os.path.join(tmp, array), array=array,
-                                npix=npix, placement_radius=0.4 * npix * PIXEL, progress=False)
+            data = make_dataset(n_images + args.calibration, seed=args.seed + 100, out=os.path.join(tmp, array),
+                                array=array, npix=npix, placement_radius=0.4 * npix * pixel, progress=False)
             table, _ = run_benchmark(data, methods, progress=not args.quiet, n_images=n_images,
                                      calibration=args.calibration or None)
             tables[array] = [{k: plain(row[k]) for k in table.colnames} for row in table]

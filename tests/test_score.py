@@ -184,8 +184,8 @@ def test_flux_conditioned_prior_draws_skies_of_the_given_flux(fitted):
     faint, bright = median_flux(flux=1 * u.Jy), median_flux(flux=10000 * u.mJy)
     assert bright > 2.5 * faint  # an ignored condition would give the same skies
     assert faint < median_flux() < bright  # without flux=: the unconditional prior, between them
-    for bad, match in ((1.0, "must be a Quantity"), (1 * u.s, "cannot be a total"), ([1, 2, 3] * u.Jy, "one value or 16"),
-                       (-1 * u.Jy, "finite and non-negative, got -1.0 Jy")):
+    for bad, match in ((1.0, "must be a Quantity"), (1 * u.s, "cannot be a total"),
+                       ([1, 2, 3] * u.Jy, "one value or 16"), (-1 * u.Jy, "finite and non-negative, got -1.0 Jy")):
         with pytest.raises(InputError, match=match):
             rec.sample(16, shape=(16, 16), flux=bad, progress=False)
     with pytest.raises(InputError, match="not conditioned on flux"):

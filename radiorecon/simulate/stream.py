@@ -146,7 +146,7 @@ class SimulatedPairs:
         try:
             self._arrays = tuple(np.load(f, mmap_mode="r+") for f in files)
         except PermissionError:
-            raise
+            raise  # a read-only cache is not a damaged one: say so as it is
         except (OSError, ValueError) as exc:
             raise ValueError(f"{self.cache} is a damaged SimulatedPairs cache ({exc}); remove it") from None
         if any(len(a) != self.n for a in self._arrays):
