@@ -68,20 +68,33 @@ RECIPES = {
     "alma": (2000, 40),
 }
 
+#: Noise levels (``sigma_max``, ``p_mean``, ``p_std``) per recipe, normalised
+#: units. ``sigma_max`` is about the 90th percentile of the distances between
+#: training skies (Song & Ermon 2020: 420 for ``lotss``, 12300 for ``alma``,
+#: whose 128x128 crops hold faint Gaussian sources, bright radio galaxies or
+#: nothing); two standard deviations of the log-normal training levels span
+#: about 0.02 to ``sigma_max``. ``lotss``'s are the backend's defaults.
+NOISE_LEVELS = {
+    "lotss": (500.0, 1.0, 2.4),
+    "alma": (10000.0, 2.3, 3.2),
+}
+
 
 class Alternating:
     """Items of two data sets of images in turn: item ``2 k`` is ``a[k]``, ``2 k + 1`` is ``b[k]``.
 
-    Its ``units`` are ``a``'s (the two must share them) and it has no
-    training domain, like `~radiorecon.backends.score.SkyImages`.
+    Its ``units`` are ``a``'s (the two must share them); its training
+    domain is the pixel size they share (no preset: they have two).
     """
-
-    domain = None
 
     def __init__(self, a, b):
         if a.units != b.units:
             raise ValueError(f"the data sets have different units: {a.units} and {b.units}")
+        pixels = {(d or {}).get("pixel_scale_arcsec") for d in (a.domain, b.domain)}
+        if len(pixels) != 1:
+            raise ValueError(f"the data sets have different pixels: {sorted(map(str, pixels))} arcsec")
         self.a, self.b, self.units = a, b, a.units
+        self.domain = {**a.domain, "preset": None} if a.domain else None
 
     def __len__(self):
         return 2 * min(len(self.a), len(self.b))
@@ -153,8 +166,10 @@ def main():
     epochs = args.epochs or default_epochs
 
     stream = sky_stream(args.recipe, images * epochs, args.seed, args.crop)
+    sigma_max, p_mean, p_std = NOISE_LEVELS[args.recipe]
     rec = Reconstructor(ScoreBackend(
         base_channels=args.base_channels, channel_mult=args.channel_mult, attention_levels=args.attention_levels,
+        sigma_max=sigma_max, p_mean=p_mean, p_std=p_std,
     ))
     checkpoint = args.output + ".ckpt"
     done = modelfile.read_header(checkpoint)["training"]["epoch"] if os.path.exists(checkpoint) else 0

@@ -5,11 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import astropy.units as u
 from astropy.nddata import NDData
+from astropy.stats import mad_std
+from astropy.table import QTable
 
 from radiorecon import Reconstructor, registry
 from radiorecon.backends.score import ScoreBackend, SkyImages
-from radiorecon.exceptions import InputError
+from radiorecon.exceptions import InputError, RadioreconWarning
 from radiorecon.score_sampling import (
     edm_loss_weight,
     edm_preconditioning,
@@ -19,7 +22,7 @@ from radiorecon.score_sampling import (
     sample_posterior,
     transfer_function,
 )
-from radiorecon.simulate import SimulatedPairs
+from radiorecon.simulate import SimulatedPairs, observe
 
 MEAN, STD = 0.3, 0.5
 TINY = {"base_channels": 8, "channel_mult": [1, 2], "steps": 4, "posterior_steps": 4}
@@ -151,6 +154,19 @@ def fitted(skies):
 def test_sky_images_view(skies):
     assert len(skies) == 16 and skies[0].shape == (16, 16) and skies.units["target"] == "Jy / pix"
     assert skies[3].min() >= 0 and skies[3].max() > 0  # noise-free skies, not dirty images
+    # A prior over skies holds for any array, at the skies' resolution.
+    assert skies.domain == {"preset": "lotss", "beam_major_arcsec": None, "beam_minor_arcsec": None,
+                            "pixel_scale_arcsec": 1.5, "noise_jy_beam": None}
+
+
+def test_a_prior_warns_of_dirty_images_with_other_pixels_not_another_beam(fitted):
+    assert fitted.domain["pixel_scale_arcsec"] == 1.5
+    # filterwarnings = error: a warning here fails the test (a beam 5x the preset's is no matter).
+    lotss = observe(preset="lotss", seed=0, npix=32, restoring_beam=30 * u.arcsec)
+    fitted.predict(lotss.dirty, psf=lotss.psf, progress=False)
+    alma = observe(seed=0, npix=32)
+    with pytest.warns(RadioreconWarning, match='pixels 0.1".*against unknown beam, pixels 1.5" \\(preset lotss\\)'):
+        fitted.predict(alma.dirty, psf=alma.psf, progress=False)
 
 
 def test_training_lowers_the_loss_and_is_seeded(skies):
@@ -270,7 +286,7 @@ def test_bad_inputs(fitted):
     with pytest.raises(ValueError, match="posterior_steps must be an integer"):
         ScoreBackend(posterior_steps=1.5)
     with pytest.raises(ValueError, match="sigma_min .* must be below sigma_max"):
-        ScoreBackend(sigma_min=100.0)
+        ScoreBackend(sigma_min=600.0)
     with pytest.raises(InputError, match="Cannot measure the noise"):
         fitted.predict(np.zeros((16, 16), np.float32) + 1e-3 * np.eye(16, dtype=np.float32),
                        psf=np.ones((16, 16)), progress=False, device="cpu")
@@ -352,3 +368,4 @@ def test_prior_trained_on_jy_per_pixel_skies_takes_jy_per_beam_dirty_images(skie
     np.testing.assert_allclose(milli.data, out.data, rtol=1e-4, atol=1e-6 * np.abs(out.data).max())
     with pytest.raises(u.UnitConversionError, match="cannot be converted to Jy / beam or Jy / pix"):
         rec.predict(dirty * u.K, psf=psf, progress=False, device="cpu")
+

@@ -90,15 +90,22 @@ class SkyImages:
     The view's ``units`` are the skies' (``{"target": ...}``), which `fit`
     records for an unpaired backend as for any list of sky images: the
     trained model takes dirty images in Jy/beam for skies in Jy/pixel (the
-    PSF has a peak of 1). It declares no training domain: a prior over
-    skies holds for every array.
+    PSF has a peak of 1). Its ``domain`` is the pairs' preset and pixel
+    size without their beam and noise: a prior over skies holds for every
+    array, but at one resolution (its sources are so many pixels wide), so
+    dirty images with other pixels are warned about and generated skies get
+    a WCS with these pixels.
     """
 
-    domain = None
-
     def __init__(self, pairs):
+        from ..training import training_domain
+
         self.pairs = pairs
         self.units = {"target": (getattr(pairs, "units", None) or {}).get("target")}
+        domain = training_domain(pairs)
+        if domain is not None:
+            domain = {**domain, "beam_major_arcsec": None, "beam_minor_arcsec": None, "noise_jy_beam": None}
+        self.domain = domain
 
     def __len__(self):
         return len(self.pairs)
@@ -115,11 +122,15 @@ class ScoreBackend(AveragedWeights, Backend):
     - ``base_channels`` (16), ``channel_mult`` ([1, 2, 4]),
       ``blocks_per_level`` (1), ``attention_levels`` ([]), ``dropout`` (0):
       the U-Net (`radiorecon.nn.UNet`, conditioned on ``c_noise``).
-    - ``sigma_data`` (1), ``p_mean`` (-0.5), ``p_std`` (1.2): the data's
+    - ``sigma_data`` (1), ``p_mean`` (1.0), ``p_std`` (2.4): the data's
       standard deviation and the log-normal training noise levels, in
       normalised units (skies divided by their median root mean square, so
-      that ``sigma_data`` is 1); EDM's -1.2 and 1.2 for ``sigma_data``
-      0.5, scaled to 1 (``p_mean = -1.2 + ln 2``).
+      that ``sigma_data`` is 1). Sparse skies span a far wider range than
+      photographs: a source's peak is tens to thousands of times the
+      median rms, so the noise levels must reach as high as the distances
+      between training skies (Song & Ermon 2020) and not stop near
+      ``sigma_data`` as EDM's (-1.2, 1.2) do: two standard deviations
+      cover 0.02 to 330.
     - ``flux_condition`` (False): condition the prior on each sky's total
       flux too (embedded as ``asinh`` of the flux in normalised units, with
       the U-Net's noise level), so that `sample` can draw skies of a given
@@ -129,7 +140,7 @@ class ScoreBackend(AveragedWeights, Backend):
       use.
     - ``learning_rate`` (5e-4), ``ema_decay`` (0.999), ``augment`` (True).
     - ``sampler`` ("heun", "euler" or "stochastic"), ``steps`` (25, the
-      seed's), ``sigma_min`` (0.002), ``sigma_max`` (80), ``rho`` (7):
+      seed's), ``sigma_min`` (0.002), ``sigma_max`` (500), ``rho`` (7):
       how `sample` integrates; ``s_churn`` (40), ``s_tmin`` (0.05),
       ``s_tmax`` (50), ``s_noise`` (1.003): the churn of "stochastic"
       (EDM's values for ImageNet-64).
@@ -155,8 +166,8 @@ class ScoreBackend(AveragedWeights, Backend):
         "attention_levels": [],
         "dropout": 0.0,
         "sigma_data": 1.0,
-        "p_mean": -0.5,
-        "p_std": 1.2,
+        "p_mean": 1.0,
+        "p_std": 2.4,
         "flux_condition": False,
         "condition_dropout": 0.1,
         "learning_rate": 5e-4,
@@ -165,7 +176,7 @@ class ScoreBackend(AveragedWeights, Backend):
         "sampler": "heun",
         "steps": 25,
         "sigma_min": 0.002,
-        "sigma_max": 80.0,
+        "sigma_max": 500.0,
         "rho": 7.0,
         "s_churn": 40.0,
         "s_tmin": 0.05,
