@@ -272,6 +272,16 @@ def test_predict_posterior_draws(fitted):
     again = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu")
     np.testing.assert_array_equal(out.data, again.data)
     assert fitted.backend.network_evaluations(3) == 3 * (2 * TINY["posterior_steps"] - 1)
+    # The posterior ODE may start below sigma_max; at sigma_max it is the default schedule.
+    try:
+        fitted.set_params(posterior_sigma_max=fitted.config["sigma_max"])
+        same = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu")
+        fitted.set_params(posterior_sigma_max=5.0)
+        lower = fitted.predict(dirty, psf=psf, n_samples=3, seed=2, progress=False, device="cpu")
+    finally:
+        fitted.set_params(posterior_sigma_max=None)
+    np.testing.assert_array_equal(same.data, out.data)
+    assert not np.allclose(lower.data, out.data)
 
 
 def test_bad_inputs(fitted):
@@ -285,6 +295,10 @@ def test_bad_inputs(fitted):
         fitted.set_params(steps=0)
     with pytest.raises(ValueError, match="posterior_steps must be an integer"):
         ScoreBackend(posterior_steps=1.5)
+    with pytest.raises(ValueError, match=r"posterior_sigma_max \(0.001\) must be above sigma_min"):
+        ScoreBackend(posterior_sigma_max=0.001)
+    with pytest.raises(ValueError, match="posterior_sigma_max must be null or a positive number, not True"):
+        ScoreBackend(posterior_sigma_max=True)
     with pytest.raises(ValueError, match="sigma_min .* must be below sigma_max"):
         ScoreBackend(sigma_min=600.0)
     with pytest.raises(InputError, match="Cannot measure the noise"):

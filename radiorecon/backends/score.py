@@ -145,7 +145,10 @@ class ScoreBackend(AveragedWeights, Backend):
       ``s_tmax`` (50), ``s_noise`` (1.003): the churn of "stochastic"
       (EDM's values for ImageNet-64).
     - ``posterior_steps`` (25): Heun levels of `predict`'s posterior ODE,
-      ``2 N - 1`` network evaluations per draw; ``noise_sigma`` (null): the dirty images' noise per
+      ``2 N - 1`` network evaluations per draw; ``posterior_sigma_max``
+      (null: ``sigma_max``): the level it starts from (lower levels give
+      the data less room to put their noise into the sky before the prior
+      sees it, at the cost of fainter sources; measured in docs/score.rst); ``noise_sigma`` (null): the dirty images' noise per
       pixel in normalised units (Jy/beam over `~radiorecon.Reconstructor.scale`), by
       default measured on each image with a robust standard deviation.
 
@@ -158,7 +161,8 @@ class ScoreBackend(AveragedWeights, Backend):
     version = "1"
     input_scale = "rms"
     inference_keys = frozenset({"sampler", "steps", "sigma_min", "sigma_max", "rho", "s_churn", "s_tmin",
-                                "s_tmax", "s_noise", "posterior_steps", "noise_sigma"})
+                                "s_tmax", "s_noise", "posterior_steps", "posterior_sigma_max",
+                                "noise_sigma"})
     default_config = {
         "base_channels": 16,
         "channel_mult": [1, 2, 4],
@@ -183,6 +187,7 @@ class ScoreBackend(AveragedWeights, Backend):
         "s_tmax": 50.0,
         "s_noise": 1.003,
         "posterior_steps": 25,
+        "posterior_sigma_max": None,
         "noise_sigma": None,
     }
 
@@ -211,8 +216,11 @@ class ScoreBackend(AveragedWeights, Backend):
         if isinstance(c["condition_dropout"], bool) or not (
                 isinstance(c["condition_dropout"], (int, float)) and 0 <= c["condition_dropout"] < 1):
             raise ValueError(f"condition_dropout must be in [0, 1), not {c['condition_dropout']!r}")
-        if c["noise_sigma"] is not None and not (isinstance(c["noise_sigma"], (int, float)) and c["noise_sigma"] > 0):
-            raise ValueError(f"noise_sigma must be null or a positive number, not {c['noise_sigma']!r}")
+        for key in ("noise_sigma", "posterior_sigma_max"):
+            if c[key] is not None and (isinstance(c[key], bool) or not (isinstance(c[key], (int, float)) and c[key] > 0)):
+                raise ValueError(f"{key} must be null or a positive number, not {c[key]!r}")
+        if c["posterior_sigma_max"] is not None and c["posterior_sigma_max"] <= c["sigma_min"]:
+            raise ValueError(f"posterior_sigma_max ({c['posterior_sigma_max']}) must be above sigma_min ({c['sigma_min']})")
 
     def modules(self):
         return {"net": self.net, "ema": self.ema}
@@ -290,9 +298,9 @@ class ScoreBackend(AveragedWeights, Backend):
 
     # -- inference ---------------------------------------------------------
 
-    def _sigmas(self, steps):
+    def _sigmas(self, steps, sigma_max=None):
         c = self.config
-        return edm_sigmas(steps, c["sigma_min"], c["sigma_max"], c["rho"])
+        return edm_sigmas(steps, c["sigma_min"], c["sigma_max"] if sigma_max is None else sigma_max, c["rho"])
 
     @torch.no_grad()
     def sample(self, n, *, shape, draws=None, steps=None, sampler=None, flux=None):
@@ -375,7 +383,7 @@ class ScoreBackend(AveragedWeights, Backend):
             dirty,
             psf.to(inputs.dtype).repeat(n_samples, 1, 1),
             self._noise_std(inputs).repeat(n_samples),
-            self._sigmas(c["posterior_steps"]),
+            self._sigmas(c["posterior_steps"], c["posterior_sigma_max"]),
             noise=noise,
         )
         return Prediction(samples=out.reshape(n_samples, b, ny, nx))
