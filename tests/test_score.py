@@ -383,3 +383,35 @@ def test_prior_trained_on_jy_per_pixel_skies_takes_jy_per_beam_dirty_images(skie
     with pytest.raises(u.UnitConversionError, match="cannot be converted to Jy / beam or Jy / pix"):
         rec.predict(dirty * u.K, psf=psf, progress=False, device="cpu")
 
+
+
+def test_shipped_generator_draws_radio_sources_like_its_training_cut_outs():
+    rec = Reconstructor.pretrained("score-lotss")
+    assert rec.origin == "pretrained:score-lotss"
+    skies = rec.sample(8, shape=(80, 80), steps=10, seed=0, progress=False)
+    assert skies.unit == u.Jy / u.pix
+    assert skies.wcs.celestial.proj_plane_pixel_scales()[0].to_value(u.arcsec) == pytest.approx(1.5)
+    data = np.asarray(skies.data)
+    # Each lotss cut-out holds one source of 5-100 mJy within 6" (4 pixels) of the centre. The
+    # 12-epoch generator draws such a source most of the time, and sometimes a faint field.
+    assert 3e-3 < np.median(data.sum(axis=(1, 2))) < 0.1
+    peaks = [np.unravel_index(np.argmax(image), image.shape) for image in data]
+    central = [max(abs(y - 40), abs(x - 40)) < 16 and image.max() > 1000 * mad_std(image)
+               for image, (y, x) in zip(data, peaks)]
+    assert sum(central) >= 4
+
+
+@pytest.mark.parametrize("array", ["C43-1", "C43-5"])
+def test_shipped_prior_reconstructs_a_source_seen_by_two_arrays(array):
+    # One prior, no retraining: the arrays' beams differ by a factor of ~6. The source's peak
+    # is 36 (C43-1) and 10 (C43-5) times the noise.
+    rec = Reconstructor.pretrained("score")
+    source = QTable({"x": [35.0], "y": [30.0], "flux": [2.0e-3], "fwhm_major": [0.6], "fwhm_minor": [0.5],
+                     "pa": [0.0]})
+    obs = observe(source, seed=3, array=array, npix=64)
+    out = rec.predict(obs.dirty, psf=obs.psf, n_samples=2, seed=0, progress=False)
+    model, sky = np.asarray(out.data), np.asarray(obs.sky.data)
+    y, x = np.unravel_index(np.argmax(model), model.shape)
+    assert max(abs(y - 30), abs(x - 35)) <= 2
+    assert np.corrcoef(model.ravel(), sky.ravel())[0, 1] > 0.6
+    assert np.all(np.asarray(out.uncertainty.array) >= 0)

@@ -148,8 +148,9 @@ class ScoreBackend(AveragedWeights, Backend):
       ``2 N - 1`` network evaluations per draw; ``posterior_sigma_max``
       (null: ``sigma_max``): the level it starts from (lower levels give
       the data less room to put their noise into the sky before the prior
-      sees it, at the cost of fainter sources; measured in docs/score.rst); ``noise_sigma`` (null): the dirty images' noise per
-      pixel in normalised units (Jy/beam over `~radiorecon.Reconstructor.scale`), by
+      sees it, at the cost of fainter sources; measured in docs/score.rst);
+      ``noise_sigma`` (null): the dirty images' noise per pixel in
+      normalised units (Jy/beam over `~radiorecon.Reconstructor.scale`), by
       default measured on each image with a robust standard deviation.
 
     The sampling keys may change after training (`inference_keys`).
@@ -217,10 +218,12 @@ class ScoreBackend(AveragedWeights, Backend):
                 isinstance(c["condition_dropout"], (int, float)) and 0 <= c["condition_dropout"] < 1):
             raise ValueError(f"condition_dropout must be in [0, 1), not {c['condition_dropout']!r}")
         for key in ("noise_sigma", "posterior_sigma_max"):
-            if c[key] is not None and (isinstance(c[key], bool) or not (isinstance(c[key], (int, float)) and c[key] > 0)):
+            value = c[key]
+            if value is not None and (isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0)):
                 raise ValueError(f"{key} must be null or a positive number, not {c[key]!r}")
         if c["posterior_sigma_max"] is not None and c["posterior_sigma_max"] <= c["sigma_min"]:
-            raise ValueError(f"posterior_sigma_max ({c['posterior_sigma_max']}) must be above sigma_min ({c['sigma_min']})")
+            raise ValueError(
+                f"posterior_sigma_max ({c['posterior_sigma_max']}) must be above sigma_min ({c['sigma_min']})")
 
     def modules(self):
         return {"net": self.net, "ema": self.ema}
