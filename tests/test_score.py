@@ -161,7 +161,7 @@ def test_sky_images_view(skies):
 
 def test_a_prior_warns_of_dirty_images_with_other_pixels_not_another_beam(fitted):
     assert fitted.domain["pixel_scale_arcsec"] == 1.5
-    # filterwarnings = error: a warning here fails the test (a beam 5x the preset's is no matter).
+    # filterwarnings = error: a warning here fails the test (a beam 5x the preset's does not matter).
     lotss = observe(preset="lotss", seed=0, npix=32, restoring_beam=30 * u.arcsec)
     fitted.predict(lotss.dirty, psf=lotss.psf, progress=False)
     alma = observe(seed=0, npix=32)
@@ -384,7 +384,6 @@ def test_prior_trained_on_jy_per_pixel_skies_takes_jy_per_beam_dirty_images(skie
         rec.predict(dirty * u.K, psf=psf, progress=False, device="cpu")
 
 
-
 def test_shipped_generator_draws_radio_sources_like_its_training_cut_outs():
     rec = Reconstructor.pretrained("score-lotss")
     assert rec.origin == "pretrained:score-lotss"
@@ -403,7 +402,7 @@ def test_shipped_generator_draws_radio_sources_like_its_training_cut_outs():
 
 @pytest.mark.parametrize("array", ["C43-1", "C43-5"])
 def test_shipped_prior_reconstructs_a_source_seen_by_two_arrays(array):
-    # One prior, no retraining: the arrays' beams differ by a factor of ~6. The source's peak
+    # One prior, no retraining, for two arrays with beams several times apart. The source's peak
     # is 36 (C43-1) and 10 (C43-5) times the noise.
     rec = Reconstructor.pretrained("score")
     source = QTable({"x": [35.0], "y": [30.0], "flux": [2.0e-3], "fwhm_major": [0.6], "fwhm_minor": [0.5],
