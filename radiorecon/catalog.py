@@ -33,7 +33,32 @@ from ._validate import FWHM_PER_SIGMA, check_int
 from .exceptions import InputError, RadioreconWarning
 from .result import std_array
 
-__all__ = ["find_sources", "find_sources_in_model", "deblended_catalog", "match", "Match", "to_regions"]
+__all__ = ["find_sources", "find_sources_in_model", "deblended_catalog", "match", "Match", "to_regions",
+           "DEFAULT_THRESHOLD", "default_threshold"]
+
+#: Detection threshold (S/N) of the catalogs of a model that records no
+#: ``catalog_threshold`` (one calibrated on a split of simulated images).
+DEFAULT_THRESHOLD = 5.0
+
+
+def default_threshold(model):
+    """The detection threshold a model's catalogs use unless told otherwise.
+
+    Its ``catalog_threshold`` (`~radiorecon.Reconstructor.catalog_threshold`)
+    where it has one, else `DEFAULT_THRESHOLD`: what ``predict --catalog``,
+    the demo and the benchmark's default rows use, so that all three agree.
+
+    Parameters
+    ----------
+    model : `~radiorecon.Reconstructor` or None
+
+    Returns
+    -------
+    float
+        In units of the dirty image's noise.
+    """
+    stored = getattr(model, "catalog_threshold", None)
+    return float(stored) if stored else DEFAULT_THRESHOLD
 
 _JY_PIX = u.Jy / u.pix
 _JY_BEAM = u.Jy / u.beam
@@ -122,7 +147,9 @@ def _segment(data, noise, bad, threshold, npixels, connectivity, deblend):
         warnings.simplefilter("ignore", NoDetectionsWarning)
         warnings.simplefilter("ignore", AstropyUserWarning)
         segm = detect_sources(snr, threshold, npixels, connectivity=connectivity, mask=bad)
-        if segm is not None and deblend:
+        # An int limits deblending to maps of few segments: past it they are
+        # noise peaks, which deblending would split for a second per map.
+        if segm is not None and deblend and (deblend is True or segm.n_labels <= deblend):
             segm = deblend_sources(snr, segm, npixels, connectivity=connectivity, progress_bar=False)
     return segm
 
@@ -156,8 +183,12 @@ def find_sources(
         Detection threshold in units of the per-pixel noise (S/N), > 0.
     npixels : int, optional
         Minimum number of connected pixels above ``threshold`` in a source.
-    deblend : bool, optional
-        Whether to split blended sources with multi-thresholding.
+    deblend : bool or int, optional
+        Whether to split blended sources with multi-thresholding; an int
+        ``N`` splits them only when at most ``N`` sources were found (a
+        threshold deep in the noise finds hundreds of noise peaks, whose
+        deblending costs about a second on a 512x512 image and changes
+        nothing that matters).
     noise : float, `~numpy.ndarray` or `~astropy.units.Quantity`, optional
         Per-pixel noise (scalar > 0, or map >= 0 whose zero pixels are left
         out) in the image's unit, used when the image has no uncertainty. By
@@ -204,7 +235,8 @@ def find_sources(
         negative or not finite, or the robust noise estimate is zero, as for
         a sparse sky model without noise (pass ``noise=`` then).
     TypeError
-        If ``threshold`` is not a number or ``npixels`` not an integer.
+        If ``threshold`` is not a number, ``npixels`` not an integer or
+        ``deblend`` neither a bool nor an integer.
 
     Notes
     -----
@@ -214,6 +246,10 @@ def find_sources(
     """
     threshold = _check_threshold(threshold)
     npixels = check_int(npixels, "npixels", minimum=1)
+    if isinstance(deblend, (bool, np.bool_)):
+        deblend = bool(deblend)
+    else:
+        deblend = check_int(deblend, "deblend (True, False or a number of sources)", minimum=1)
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, not {connectivity!r}")
     data, unit, bad, wcs, sigma = _unpack(image, mask)

@@ -18,7 +18,7 @@ import traceback
 from . import __version__
 from .exceptions import CapabilityError, InputError, RadioreconError
 from ._files import check_new
-from .parallel import DEFAULT_THRESHOLD
+from .catalog import DEFAULT_THRESHOLD, default_threshold
 
 __all__ = ["main"]
 
@@ -31,10 +31,6 @@ _INPUT_PROBLEMS = (RadioreconError, OSError, ValueError, MemoryError)
 # The name of the log handler main() installs under -v, so that calling main
 # again (tests, notebooks) replaces it instead of adding a second one.
 _LOG_HANDLER = "radiorecon.cli"
-
-# Detection threshold (S/N) of predict --catalog for models that record no
-# catalog_threshold of their own (demo's is radiorecon.demo.DEFAULT_THRESHOLD).
-_PREDICT_THRESHOLD = DEFAULT_THRESHOLD
 
 _THREADS_HELP = ("torch CPU threads (default: OMP_NUM_THREADS, else one per core); "
                  "fewer than the cores is often faster on a busy machine")
@@ -73,9 +69,10 @@ def _positive_float(text):
     return value
 
 
-def _positive_floats(text):
-    """argparse type of comma-separated thresholds."""
-    return [_positive_float(t) for t in text.split(",") if t.strip()] or _positive_float(text)
+def _benchmark_thresholds(text):
+    """argparse type of the benchmark's comma-separated thresholds, 'default' among them."""
+    return [t.strip() if t.strip() == "default" else _positive_float(t) for t in text.split(",") if t.strip()] \
+        or _positive_float(text)
 
 
 def _plural(n, noun):
@@ -237,11 +234,9 @@ def _domain(domain):
 
 
 def _threshold(value):
-    from .demo import DEFAULT_THRESHOLD
-
     if value is None:
-        return f"not set (predict --catalog uses S/N {_PREDICT_THRESHOLD:g}, demo {DEFAULT_THRESHOLD:g})"
-    return f"S/N {value:g} (the default of predict --catalog and demo)"
+        return f"not set (predict --catalog, demo and benchmark use S/N {DEFAULT_THRESHOLD:g})"
+    return f"S/N {value:g} (the default of predict --catalog, demo and benchmark)"
 
 
 def _uncertainty_scale(value):
@@ -378,7 +373,7 @@ def _predict_one(args):
     )
     threshold = args.threshold
     if threshold is None:
-        threshold = rec.catalog_threshold or _PREDICT_THRESHOLD
+        threshold = default_threshold(rec)
     catalog = None
     if args.catalog:
         catalog = deblended_catalog(sky) if deblend else field_catalog(sky, image, threshold)
@@ -622,7 +617,7 @@ def _parser():
                         "COMPONENTS cube (one plane per source)")
     p.add_argument("--threshold", type=_positive_float, default=None,
                    help="detection threshold in sigma (default: the model's catalog threshold, "
-                        f"see radiorecon info; else {_PREDICT_THRESHOLD:g})")
+                        f"see radiorecon info; else {DEFAULT_THRESHOLD:g})")
     many = p.add_argument_group("many inputs (on Dask)")
     many.add_argument("--out", metavar="DIR", help="output directory: NAME.model.fits and NAME.sources.ecsv "
                       "per input NAME.fits and the merged catalog.ecsv; a rerun skips finished inputs")
@@ -656,8 +651,10 @@ def _parser():
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
     p.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
                    help="use the first N images (of those not in the calibration split)")
-    p.add_argument("--threshold", type=_positive_floats, default=[5.0],
-                   help="detection threshold(s) in sigma, comma-separated (default 5)")
+    p.add_argument("--threshold", type=_benchmark_thresholds, default=["default"],
+                   help="detection threshold(s) in sigma, comma-separated; 'default' for each model's "
+                        f"catalog_threshold, else {DEFAULT_THRESHOLD:g}, as predict --catalog and demo use "
+                        "(default: default)")
     p.add_argument("--calibration", type=_positive_int, default=None, metavar="K",
                    help="choose each method's threshold on the last K images (never scored) and add its "
                         "calibrated row, purity-completeness curves and completeness per S/N")
@@ -677,7 +674,8 @@ def _parser():
     p.add_argument("--seed", type=int, default=3,
                    help="seed of the observation and the samples (default 3: five sources)")
     p.add_argument("--threshold", type=_positive_float, default=None,
-                   help="detection threshold in sigma (default: the model's catalog_threshold, else 3)")
+                   help="detection threshold in sigma (default: the model's catalog_threshold, "
+                        f"else {DEFAULT_THRESHOLD:g})")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--threads", type=_positive_int, metavar="N", help=_THREADS_HELP)

@@ -11,12 +11,10 @@ import os
 import numpy as np
 import astropy.units as u
 
-__all__ = ["run_demo", "DEFAULT_THRESHOLD"]
+__all__ = ["run_demo"]
 
 _FILES = ("sky.fits", "sources.ecsv", "sources.reg", "demo.png")
 
-#: Detection threshold (S/N) for models that record no ``catalog_threshold``.
-DEFAULT_THRESHOLD = 3.0
 
 
 def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, threshold=None,
@@ -48,7 +46,8 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         `radiorecon.benchmark` (`radiorecon.catalog.find_sources_in_model`).
         By default the model's
         `~radiorecon.Reconstructor.catalog_threshold`, else
-        ``DEFAULT_THRESHOLD`` (3).
+        `radiorecon.catalog.DEFAULT_THRESHOLD` (5), as for ``radiorecon
+        predict --catalog`` and the benchmark.
     overwrite : bool
         Replace existing output files.
     progress : bool
@@ -66,7 +65,7 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         together at the end: a failure leaves none of them changed.
     """
     from ._files import atomic_path, check_new
-    from .catalog import find_sources_in_model, to_regions
+    from .catalog import default_threshold, find_sources_in_model, to_regions
     from .io import write_result
     from .metrics import score_catalog
     from .simulate import observe
@@ -77,7 +76,7 @@ def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, thres
         check_new(f, overwrite, "pass overwrite=True (--overwrite) to replace it")
     rec = _open(model)
     if threshold is None:
-        threshold = rec.catalog_threshold or DEFAULT_THRESHOLD
+        threshold = default_threshold(rec)
     os.makedirs(out, exist_ok=True)
 
     obs = observe(seed=seed)

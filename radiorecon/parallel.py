@@ -31,17 +31,15 @@ import uuid
 
 # Light imports only: the command line imports this module to start up.
 from ._files import atomic_path, check_new
+from .catalog import default_threshold
 from .exceptions import CapabilityError, InputError
 
 __all__ = [
     "predict_many", "predict_large", "SurveyResult", "field_name", "field_catalog", "check_catalog_input", "merge_catalogs",
-    "DEFAULT_THRESHOLD", "MERGED_CATALOG",
+    "MERGED_CATALOG",
 ]
 
 log = logging.getLogger("radiorecon")
-
-#: Detection threshold (S/N) of catalogs for models that record no ``catalog_threshold``.
-DEFAULT_THRESHOLD = 5.0
 
 #: File name of the merged catalog in the output directory.
 MERGED_CATALOG = "catalog.ecsv"
@@ -142,7 +140,9 @@ def predict_many(inputs, model, out, *, client=None, workers=None, n_samples=1, 
         and the clean beam for it.
     threshold : float, optional
         Detection threshold in sigma; default the model's
-        ``catalog_threshold``, else `DEFAULT_THRESHOLD`.
+        ``catalog_threshold``, else
+        `radiorecon.catalog.DEFAULT_THRESHOLD`
+        (`radiorecon.catalog.default_threshold`).
     overwrite : bool, optional
         Replace outputs that were made otherwise (another model, seed or
         setting). Finished outputs made the same way are kept either way.
@@ -205,7 +205,7 @@ def predict_many(inputs, model, out, *, client=None, workers=None, n_samples=1, 
     config = dict(config or {})
     rec = _checked_model(model, config, psf, n_samples)
     if threshold is None:
-        threshold = rec.catalog_threshold or DEFAULT_THRESHOLD
+        threshold = default_threshold(rec)
     settings = dict(n_samples=n_samples, aggregate=aggregate, seed=seed, batch_size=batch_size, device=device,
                     threads=threads, catalog=bool(catalog), threshold=float(threshold))
     settings["job"] = _job_digest(rec, settings)

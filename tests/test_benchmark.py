@@ -10,6 +10,7 @@ from radiorecon.benchmark import COLUMNS, plot_report, published_catalog, run_be
 from radiorecon.calibration import apparent_sources
 from radiorecon.catalog import find_sources_in_model
 from radiorecon.cli import main
+from radiorecon.exceptions import InputError
 from radiorecon.metrics import coverage, reliability, score_catalog
 
 
@@ -72,6 +73,25 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     # The published protocol's threshold comes from each image, not from the dirty image's noise.
     assert "| truth limit | published | 1 | — | 1 | 1 |" in text
     assert not np.isfinite(rows["dirty"]["coverage_1sigma"])
+
+
+def test_default_threshold_rows_use_each_models_catalog_threshold(dataset):
+    """As predict --catalog and the demo do: a model's calibrated threshold, else 5 sigma."""
+    calibrated = Reconstructor("clean", niter=500)
+    calibrated.catalog_threshold = 20.0
+    methods = [("calibrated", calibrated, 1), ("plain", Reconstructor("clean", niter=500), 1)]
+    table, examples = run_benchmark(dataset, methods, threshold="default", progress=False)
+    rows = table[table["protocol"] == "significance"]
+    assert list(rows["method"]) == ["truth limit", "dirty", "calibrated", "plain"]
+    assert list(rows["threshold"]) == [5.0, 5.0, 20.0, 5.0]
+    # Each row's counts are those of its threshold given explicitly.
+    explicit, more = run_benchmark(dataset, methods, threshold=[20.0, 5.0], progress=False)
+    assert np.array_equal(examples["counts"][("calibrated", "default")], more["counts"][("calibrated", 20.0)])
+    assert np.array_equal(examples["counts"][("plain", "default")], more["counts"][("plain", 5.0)])
+    assert not np.array_equal(more["counts"][("calibrated", 20.0)], more["counts"][("calibrated", 5.0)])
+    for bad in ("defaults", 0, [5, np.inf]):
+        with pytest.raises(InputError, match="threshold must be a positive S/N"):
+            run_benchmark(dataset, methods, threshold=bad, progress=False)
 
 
 def test_benchmark_thresholds_and_calibration(dataset, sampler, monkeypatch):

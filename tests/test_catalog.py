@@ -217,6 +217,20 @@ def test_blended_pair_is_deblended():
     np.testing.assert_allclose(np.sort(table["x"]), [44.0, 48.0], atol=0.5)
 
 
+def test_deblend_limit_splits_only_maps_of_few_sources():
+    lone = [[20.0, 80.0, 0.02]]
+    # The pair and a lone source: two islands, deblended into three sources
+    # when two are allowed, left as two islands when one is.
+    data = sky(sources=PAIR + lone)
+    assert len(find_sources(data, deblend=2)) == 3
+    assert len(find_sources(data, deblend=1)) == 2
+    assert len(find_sources(data, deblend=np.bool_(True))) == 3
+    with pytest.raises(TypeError, match="deblend"):
+        find_sources(data, deblend="yes")
+    with pytest.raises(ValueError, match="deblend"):
+        find_sources(data, deblend=0)
+
+
 def test_detection_probability_from_samples():
     rng = np.random.default_rng(5)
     steady = gaussian(30.0, 40.0, 0.02)

@@ -6,6 +6,7 @@ from astropy.io import fits
 from astropy.table import QTable
 
 from radiorecon import Reconstructor, parallel
+from radiorecon.catalog import DEFAULT_THRESHOLD
 from radiorecon.cli import main
 from radiorecon.exceptions import InputError
 from radiorecon.io import read_image
@@ -78,7 +79,7 @@ def test_results_equal_serial_predictions_and_catalogs_merge(model, fields, tmp_
         np.testing.assert_array_equal(mine.data, serial.data)
         np.testing.assert_array_equal(mine.uncertainty.array, serial.uncertainty.array)
         table = QTable.read(row["catalog"])
-        expected = parallel.field_catalog(serial, read_image(path), parallel.DEFAULT_THRESHOLD)
+        expected = parallel.field_catalog(serial, read_image(path), DEFAULT_THRESHOLD)
         np.testing.assert_allclose(table["x"], expected["x"])
         assert "detection_probability" in table.colnames and len(table) == row["n_sources"] >= 1
     # The merged catalog: every field's sources, ids unique across fields, sky positions in ICRS.
