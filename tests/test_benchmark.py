@@ -317,6 +317,19 @@ def coarse_grid(monkeypatch):
     return benchmark.CALIBRATION_GRID
 
 
+def test_curve_of_a_sampling_method_counts_what_its_rows_count(dataset, sampler, coarse_grid):
+    """The curve detects without the samples' columns; its counts are the catalogs' all the same."""
+    thresholds = [float(t) for t in coarse_grid[:3]]
+    table, examples = run_benchmark(dataset, [("prior", sampler, 4)], calibration=2, threshold=thresholds,
+                                    progress=False)
+    curve = examples["curves"]["prior"]
+    for t in thresholds:
+        k = int(np.flatnonzero(np.isclose(curve["threshold"], t))[0])
+        counts = examples["counts"][("prior", t)].sum(axis=0)
+        assert [curve["tp"][k], curve["fp"][k], curve["fn"][k]] == counts.tolist()
+    assert examples["calibration"][("prior", thresholds[0])][0].size  # rows still have detection probabilities
+
+
 def test_calibration_split_chooses_thresholds_on_its_own_images(dataset, tmp_path, coarse_grid):
     from radiorecon.benchmark import completeness_table
     from radiorecon.calibration import TARGET_PURITY
