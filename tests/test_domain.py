@@ -97,7 +97,7 @@ def test_domain_and_threshold_survive_save_and_load(trained, tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert f'domain: preset {PRESET}; beam 0.89" x 0.822"; pixels 0.1"; noise 50 uJy/beam' in out
-    assert "catalog threshold: S/N 4 (the default of predict --catalog and demo)" in out
+    assert "catalog threshold: S/N 4 (the default of predict --catalog, demo and benchmark)" in out
 
 
 def test_a_metadata_edit_keeps_the_tensors_and_the_creation_time(trained, tmp_path):
