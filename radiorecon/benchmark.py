@@ -261,13 +261,13 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         data = load_dataset(data)
     test, calib = _split(len(data), n_images, calibration)
     thresholds = [_threshold(t) for t in (np.ravel(threshold).tolist() if np.ndim(threshold) else [threshold])]
-    # Row keys: the user's thresholds, then the calibrated one (per label).
     defaults = {"truth limit": DEFAULT_THRESHOLD, "dirty": DEFAULT_THRESHOLD,
                 **{label: default_threshold(rec) for label, rec, _ in methods}}
 
     def row_threshold(label, key):
         return chosen[label]["threshold"] if key == "calibrated" else defaults[label] if key == "default" else key
 
+    # Row keys: the user's thresholds, then the calibrated one (per label).
     keys = thresholds + (["calibrated"] if calib else [])
     grid = CALIBRATION_GRID if calib else np.zeros(0)
     labels = ["truth limit", "dirty"] + [m[0] for m in methods]

@@ -16,7 +16,6 @@ __all__ = ["run_demo"]
 _FILES = ("sky.fits", "sources.ecsv", "sources.reg", "demo.png")
 
 
-
 def run_demo(out="radiorecon-demo", *, model="star", n_samples=10, seed=3, threshold=None,
              overwrite=False, progress=True, threads=None):
     """Simulate, reconstruct, catalog and score one default-preset observation.
