@@ -706,7 +706,8 @@ def _plot_reliability(table, examples, path):
     ax.set_ylim(-0.02, 1.08)
     ax.set_xlabel("mean detection_probability in bin")
     ax.set_ylabel("fraction of true positives (test images)")
-    where = "calibrated thresholds" if key == "calibrated" else f"{key:g} sigma"
+    named = {"calibrated": "calibrated thresholds", "default": "each row's default threshold"}
+    where = named[key] if isinstance(key, str) else f"{key:g} sigma"
     ax.set_title(f"Reliability of detections at {where}; numbers: detections per bin", fontsize=9)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)

@@ -75,6 +75,17 @@ def test_benchmark_scores_truth_dirty_and_clean(dataset):
     assert not np.isfinite(rows["dirty"]["coverage_1sigma"])
 
 
+def test_report_of_default_threshold_rows_with_a_sampling_method(dataset, sampler, tmp_path, monkeypatch):
+    from radiorecon import benchmark
+
+    monkeypatch.setattr(benchmark, "RELIABILITY_MIN_COUNT", 1)
+    table, examples = run_benchmark(dataset, [("prior", sampler, 4)], threshold="default", n_images=2,
+                                    progress=False)
+    plot_report(table, examples, str(tmp_path))
+    for name in ("panels.png", "fluxes.png", "reliability.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
 def test_default_threshold_rows_use_each_models_catalog_threshold(dataset):
     """As predict --catalog and the demo do: a model's calibrated threshold, else 5 sigma."""
     calibrated = Reconstructor("clean", niter=500)
