@@ -11,8 +11,9 @@ pairs is held. The networks see the field through a pixel-unshuffle stem
 channels of a 32x32 grid, 4x cheaper than the 2x2 bins of the earlier
 models at the same crop, and lossless), predict a non-negative sky
 (``nonnegative=True``) and learn the median sky rather than the mean
-(``content_loss="l1"``, weighted 10 against the composite terms), so that
-empty sky comes out empty:
+(``content_loss="l1"``, weighted 10 against the composite terms), and its
+predictions set the network's faint floor to exactly 0 (``--dead-zone``),
+so that empty sky comes out empty:
 
     python examples/train_star.py star.rrm --threads 1 --workers 1 --seed 11
 
@@ -135,6 +136,10 @@ def main():
                         help="the composite and dCor terms do not train the content net (STAR's isolate_content)")
     parser.add_argument("--sky-softening", type=float, default=None,
                         help="STAR's sky_softening (default: 0.025 with the unshuffle stem, 0.1 with bins)")
+    parser.add_argument("--dead-zone", type=float, default=0.1,
+                        help="STAR's dead_zone, applied at prediction only (default 0.1: chosen on 40 calibration "
+                             "images of seed 7, where it cut spurious sources under the published protocol from "
+                             "7.7 to 1.2 per image with the same significance-limited catalog)")
     parser.add_argument("--content-weight", type=float, default=10.0,
                         help="weight of the content loss (default 10: against the composite terms, whose "
                              "gradients would otherwise make the content carry the noise)")
@@ -169,7 +174,7 @@ def main():
     rec = Reconstructor(
         "star", preset=args.preset, stem=args.stem, downsample=args.downsample, content_loss=args.content_loss,
         nonnegative=args.nonnegative, sky_softening=softening, base_channels=args.base_channels,
-        content_weight=args.content_weight, isolate_content=args.isolate_content,
+        content_weight=args.content_weight, isolate_content=args.isolate_content, dead_zone=args.dead_zone,
     )
     start = time.perf_counter()
     rec.fit(

@@ -284,3 +284,41 @@ def test_nonnegative_content_passes_gradients_through_the_clip():
     # A source where the output is clipped still pulls the output up (a plain ReLU would give no gradient).
     torch.nn.functional.l1_loss(content, torch.ones_like(content)).backward()
     assert net.head[-1].bias.grad.item() < 0
+
+
+def test_dead_zone_changes_on_a_trained_model(pairs, tmp_path):
+    config = dict(TINY, stem="unshuffle", downsample=4, nonnegative=True, content_loss="l1+mse")
+    rec = Reconstructor("star", **config).fit(pairs, epochs=1, batch_size=8, seed=3, progress=False)
+    dirty, _ = pairs[0]
+    plain = rec.predict(dirty * JY_BEAM).data
+    positive = plain[plain > 0]
+    cut = float(np.median(positive))
+    # A dead zone in normalised units: the pixel values it removes are those
+    # below softening * noise * sinh(dead_zone), in Jy/pix.
+    scale = rec.normalisation.scale * rec.config["sky_softening"]
+    dz = float(np.arcsinh(cut / scale))
+    rec.set_params(dead_zone=dz)
+    zoned = rec.predict(dirty * JY_BEAM).data
+    assert (zoned == 0).sum() > (plain == 0).sum()
+    assert np.all(zoned[plain <= 0.999 * cut] == 0)
+    np.testing.assert_allclose(zoned[plain > 1.001 * cut], plain[plain > 1.001 * cut], rtol=1e-5)
+    assert json.loads(rec.predict(dirty * JY_BEAM).meta["RRCONFIG"])["dead_zone"] == dz
+    draws = rec.predict(dirty * JY_BEAM, n_samples=3, seed=2, return_samples=True).samples
+    assert np.all((draws == 0) | (np.abs(draws) > 0.999 * cut))
+    # Training does not see it: the same losses with or without.
+    x = torch.as_tensor(np.stack([pairs[i][0] for i in range(4)])) / rec.normalisation.scale
+    y = torch.as_tensor(np.stack([pairs[i][1] for i in range(4)])) / rec.normalisation.scale
+    losses = []
+    for zone in (0.0, dz):
+        rec.set_params(dead_zone=zone)
+        torch.manual_seed(0)
+        losses.append(rec.backend._losses(x, y)[1])
+    assert losses[0] == losses[1]
+    rec.save(tmp_path / "dz.rrm")
+    assert Reconstructor.load(tmp_path / "dz.rrm").config["dead_zone"] == dz
+    for bad in (-0.1, "0.1", True):
+        with pytest.raises(ValueError, match="dead_zone must be a finite number >= 0"):
+            rec.set_params(dead_zone=bad)
+    with pytest.raises(TypeError, match="JSON"):  # NaN cannot be stored in a model file
+        rec.set_params(dead_zone=float("nan"))
+    assert rec.config["dead_zone"] == dz
