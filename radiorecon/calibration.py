@@ -104,19 +104,24 @@ class CalibrationReport:
     Attributes
     ----------
     scale : float
-        The factor to apply to the standard deviation
-        (`~radiorecon.Reconstructor.uncertainty_scale`); it includes the
-        model's scale at the time, so it replaces that one.
+        The factor to apply to the method's standard deviation
+        (`~radiorecon.Reconstructor.uncertainty_scale`); it replaces the
+        model's scale at the time.
     before, after : dict
-        Coverage on the calibration images with the model's scale and with
-        ``scale``: ``{k: fraction}`` for each level ``k`` (in standard
-        deviations), as `radiorecon.metrics.coverage` gives it.
+        Coverage on the calibration images with the model's calibration at
+        the time and with ``scale`` and ``floor``: ``{k: fraction}`` for
+        each level ``k`` (in standard deviations), as
+        `radiorecon.metrics.coverage` gives it.
     n_images : int
         Images predicted.
     n_pixels : int
         Source pixels the scale was found on.
     n_samples : int
         Samples per prediction.
+    floor : float
+        The standard deviation added in quadrature, in the model's
+        normalised units (`~radiorecon.Reconstructor.uncertainty_floor`);
+        0 unless it was asked for.
     """
 
     scale: float
@@ -125,6 +130,7 @@ class CalibrationReport:
     n_images: int
     n_pixels: int
     n_samples: int
+    floor: float = 0.0
 
 
 def _indices(data, n_images, images):
@@ -214,17 +220,24 @@ def uncertainty_coverage(rec, data, *, n_samples, n_images=None, images=None, se
 
 
 def calibrate_uncertainty(rec, data, *, n_samples, n_images=None, images=None, seed=0, levels=(1, 2),
-                          match=(1,), progress=True):
-    """Find the scale on a model's standard deviation that gives Gaussian coverage.
+                          match=(1,), floor=False, progress=True):
+    """Find the scale (and floor) on a model's standard deviation that give Gaussian coverage.
 
     By default the scale makes the 1-sigma coverage of source pixels 0.683:
     it is that quantile of ``|estimate - sky| / std`` over them (to within
     one pixel). With several levels in ``match`` it makes the largest miss
     ``|coverage(k) - gaussian_coverage(k)| / sqrt(g (1 - g))`` over them
     smallest: each miss in units of the spread of a coverage fraction ``g``,
-    so that 0.07 at 1 sigma weighs about as much as 0.03 at 2 sigma. The
-    model is not changed: `~radiorecon.Reconstructor.calibrate_uncertainty`
-    also keeps the scale.
+    so that 0.07 at 1 sigma weighs about as much as 0.03 at 2 sigma.
+
+    One scale cannot match two levels when the errors are not spread like
+    the samples. A method that misses a faint source predicts 0 there in
+    every sample: no scale covers that error. With ``floor=True`` the
+    standard deviation becomes ``sqrt((scale * std)**2 + floor**2)``, and
+    both are chosen (on a grid, refined once) for the levels in ``match``:
+    the floor is what the model cannot see, the same everywhere. The model
+    is not changed: `~radiorecon.Reconstructor.calibrate_uncertainty` also
+    keeps the scale and floor.
 
     Parameters
     ----------
@@ -234,6 +247,9 @@ def calibrate_uncertainty(rec, data, *, n_samples, n_images=None, images=None, s
     match : sequence of float
         The levels (in standard deviations) whose coverage the scale is
         chosen for.
+    floor : bool
+        Also choose a floor (else it is 0: a calibration without one
+        replaces a model's floor).
 
     Returns
     -------
@@ -243,31 +259,87 @@ def calibrate_uncertainty(rec, data, *, n_samples, n_images=None, images=None, s
     ------
     ValueError
         If the backend draws and ``n_samples < 2``, ``match`` holds no
-        positive level, the images hold no sources, or the standard
-        deviation is zero on every source pixel with an error.
+        positive level, the images hold no sources, or (without ``floor``)
+        the standard deviation is zero on every source pixel with an error.
     CapabilityError
         If the backend gives no uncertainty.
     """
     match = [float(k) for k in match]
     if not match or min(match) <= 0:
         raise ValueError(f"match must hold positive levels, not {match!r}")
-    estimate, std, sky, n = _source_pixels(rec, data, n_samples=n_samples, n_images=n_images, images=images,
-                                           seed=seed, progress=progress)
+    # The method's own spread: the model's calibration is set aside while predicting.
+    saved = rec.uncertainty_scale, rec.uncertainty_floor
+    rec.uncertainty_scale, rec.uncertainty_floor = 1.0, 0.0
+    try:
+        estimate, std, sky, n = _source_pixels(rec, data, n_samples=n_samples, n_images=n_images, images=images,
+                                               seed=seed, progress=progress)
+    finally:
+        rec.uncertainty_scale, rec.uncertainty_floor = saved
+    good = np.isfinite(estimate) & np.isfinite(std) & np.isfinite(sky)
+    estimate, std, sky = estimate[good], std[good], sky[good]
     error = np.abs(estimate - sky)
-    # Zero spread: covered only without error (as metrics.coverage counts it).
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(std > 0, error / std, np.where(error > 0, np.inf, 0.0))
-    ratio = ratio[np.isfinite(estimate) & np.isfinite(std)]
-    factor = _best_factor(np.sort(ratio), match)
-    scale = rec.uncertainty_scale * factor
+    # Normalised units to the Jy/pixel of the source pixels.
+    unit = u.Unit(rec.units.get("target") or _JY_PIX)
+    to_jy_pix = rec.normalisation.scale * (unit.to(_JY_PIX) if unit.is_equivalent(_JY_PIX) else 1.0)
+    before_std = np.hypot(saved[0] * std, saved[1] * to_jy_pix)
+    if floor:
+        factor, added = _best_scale_and_floor(error, std, match)
+    else:
+        # Zero spread: covered only without error (as metrics.coverage counts it).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(std > 0, error / std, np.where(error > 0, np.inf, 0.0))
+        factor, added = _best_factor(np.sort(ratio), match), 0.0
     return CalibrationReport(
-        scale=scale,
-        before=metrics.coverage(estimate, std, sky, k=levels),
-        after=metrics.coverage(estimate, std * factor, sky, k=levels),
+        scale=factor,
+        before=metrics.coverage(estimate, before_std, sky, k=levels),
+        after=metrics.coverage(estimate, np.hypot(factor * std, added), sky, k=levels),
         n_images=n,
-        n_pixels=int(ratio.size),
+        n_pixels=int(error.size),
         n_samples=n_samples,
+        floor=added / to_jy_pix,
     )
+
+
+def _miss(error, total, match):
+    """Largest miss of Gaussian coverage over the levels, each in units of a fraction's spread.
+
+    ``total`` holds one standard deviation per pixel in each row (or is one row).
+    """
+    miss = 0.0
+    for k in match:
+        g = gaussian_coverage(k)
+        covered = np.mean(error <= k * total, axis=-1)
+        miss = np.maximum(miss, np.abs(covered - g) / math.sqrt(g * (1 - g)))
+    return miss
+
+
+def _best_scale_and_floor(error, std, match, steps=61):
+    """The factor on ``std`` and the floor (same unit) whose quadrature sum best matches Gaussian coverage."""
+    positive = error[error > 0]
+    if not positive.size:
+        return 1.0, 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = error / std
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    # Floors span the errors themselves, and 0; factors the ratios of errors
+    # to the spread (1 if the samples never spread: it then changes nothing).
+    lo, hi = np.quantile(positive, [0.001, 0.999]) / max(match) * [1, 4]
+    floors = np.concatenate([[0.0], np.geomspace(lo, hi, steps)])
+    factors = np.array([1.0])
+    if ratio.size:
+        lo, hi = np.quantile(ratio, [0.001, 0.999]) / max(match) * [1, 4]
+        factors = np.geomspace(lo, hi, steps)
+    for _ in range(2):  # a grid, then a finer one around its best
+        miss = np.array([_miss(error, np.hypot(k * std, floors[:, None]), match) for k in factors])
+        i, j = np.unravel_index(np.argmin(miss), miss.shape)
+        k, f = factors[i], floors[j]
+        factors, floors = _around(factors, i), _around(floors, j)
+    return float(k), float(f)
+
+
+def _around(grid, i, n=21):
+    """A grid of ``n`` points between the neighbours of ``grid[i]``."""
+    return np.unique(np.linspace(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)], n))
 
 
 def _best_factor(ratios, match):

@@ -206,6 +206,7 @@ def cmd_info(args):
         ("domain", _domain(doc.get("domain"))),
         ("catalog threshold", _threshold(doc.get("catalog_threshold"))),
         ("uncertainty scale", _uncertainty_scale(doc.get("uncertainty_scale"))),
+        ("uncertainty floor", _uncertainty_floor(doc)),
         ("epochs", len(doc.get("history", []))),
     ]
     if doc.get("history"):
@@ -243,6 +244,16 @@ def _uncertainty_scale(value):
     if value is None or value == 1:
         return "1 (not calibrated: predict gives the method's own spread)"
     return f"{value:.4g} (predict multiplies the standard deviation by it)"
+
+
+def _uncertainty_floor(doc):
+    value = doc.get("uncertainty_floor") or 0
+    if value == 0:
+        return "0 (none added)"
+    scale = (doc.get("normalisation") or {}).get("scale") or 1.0
+    unit = (doc.get("units") or {}).get("target")
+    return (f"{value:.4g} in normalised units, {value * scale:.4g}{' ' + unit if unit else ''} "
+            "(predict adds it to the standard deviation in quadrature)")
 
 
 def _tiles(path, backend):
@@ -502,8 +513,10 @@ def cmd_calibrate(args):
     print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
           f"{_plural(found.n_images, 'image')}{note}")
     if not args.no_uncertainty and ("std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)):
-        scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), **common)
-        print(f"uncertainty scale: {scaled.scale:.4g}; coverage of source pixels 1 sigma "
+        scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), floor=args.floor,
+                                           **common)
+        floor = f", floor {scaled.floor:.4g} (normalised)" if args.floor else ""
+        print(f"uncertainty scale: {scaled.scale:.4g}{floor}; coverage of source pixels 1 sigma "
               f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
               f"{scaled.after[2.0]:.3f}")
     rec.save(args.output, overwrite=args.overwrite)
@@ -707,6 +720,10 @@ def _parser():
     p.add_argument("--target-purity", type=_positive_float, default=0.9,
                    help="purity of the catalogs at the chosen threshold (default 0.9)")
     p.add_argument("--no-uncertainty", action="store_true", help="leave the uncertainty scale as it is")
+    p.add_argument("--floor", action="store_true",
+                   help="also choose a standard deviation added in quadrature (uncertainty_floor), so that both "
+                        "1- and 2-sigma coverage can match: for models whose samples agree where a faint "
+                        "source is missed")
     p.add_argument("-o", "--output", required=True, help="model file to write, with the calibration")
     p.set_defaults(func=cmd_calibrate)
 

@@ -46,6 +46,7 @@ __all__ = [
     "check_domain",
     "check_catalog_threshold",
     "check_uncertainty_scale",
+    "check_uncertainty_floor",
     "DOMAIN_KEYS",
     "flatten_state",
     "unflatten_state",
@@ -94,6 +95,11 @@ DOMAIN_KEYS = ("preset", "beam_major_arcsec", "beam_minor_arcsec", "pixel_scale_
 def _is_positive(value):
     """Whether ``value`` is a positive, finite real number (numpy's included, booleans not)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _is_nonnegative(value):
+    """Whether ``value`` is a finite real number >= 0 (numpy's included, booleans not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def check_domain(domain):
@@ -166,6 +172,25 @@ def check_uncertainty_scale(value):
     return float(value)
 
 
+def check_uncertainty_floor(value):
+    """A model's uncertainty floor as a float; None (files written before it was recorded) is 0.
+
+    The standard deviation, in the model's normalised units, that
+    `~radiorecon.Reconstructor.predict` adds in quadrature to the scaled
+    one, chosen by `~radiorecon.calibration.calibrate_uncertainty`.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not None and not a finite number >= 0.
+    """
+    if value is None:
+        return 0.0
+    if not _is_nonnegative(value):
+        raise ValueError(f"uncertainty_floor must be a finite number >= 0 (such as 0), not {value!r}")
+    return float(value)
+
+
 def _digest(tensors):
     import torch
 
@@ -203,7 +228,8 @@ def save(path, document, tensors, *, overwrite=False):
     ValueError
         If the document is beyond what `load` accepts (nested more than 64
         levels, a config of more than 1 MB of JSON, a malformed ``domain``,
-        ``catalog_threshold`` or ``uncertainty_scale``).
+        ``catalog_threshold``, ``uncertainty_scale`` or
+        ``uncertainty_floor``).
     """
     from safetensors.torch import save as st_save
 
@@ -217,6 +243,7 @@ def save(path, document, tensors, *, overwrite=False):
     check_domain(document.get("domain"))
     check_catalog_threshold(document.get("catalog_threshold"))
     check_uncertainty_scale(document.get("uncertainty_scale"))
+    check_uncertainty_floor(document.get("uncertainty_floor"))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = {
@@ -525,6 +552,7 @@ def _read(path):
         check_domain(doc.get("domain"))
         check_catalog_threshold(doc.get("catalog_threshold"))
         check_uncertainty_scale(doc.get("uncertainty_scale"))
+        check_uncertainty_floor(doc.get("uncertainty_floor"))
     except ValueError as exc:
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({exc})") from None
     return doc, table

@@ -743,6 +743,7 @@ def _job_digest(rec, settings):
         "backend": rec.backend_name, "version": str(rec.backend.version), "config": rec.config,
         "normalisation": rec.normalisation.to_dict(), "units": rec.units,
         "uncertainty_scale": rec.uncertainty_scale,
+        "uncertainty_floor": rec.uncertainty_floor,
         **{k: settings[k] for k in ("n_samples", "aggregate", "seed", "catalog")},
         "threshold": settings["threshold"] if settings["catalog"] else None,
     }

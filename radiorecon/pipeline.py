@@ -450,12 +450,14 @@ class _Stitched:
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,
-             origin, uncertainty_scale=1.0):
+             origin, uncertainty_scale=1.0, uncertainty_floor=0.0):
     """The `~radiorecon.Reconstruction` of one job from its backend outputs.
 
     The standard deviation, whether of the samples or the backend's own, is
-    multiplied by ``uncertainty_scale`` (the model's calibration, see
-    `radiorecon.calibration`); the samples and the estimate are not changed.
+    multiplied by ``uncertainty_scale`` and ``uncertainty_floor`` (in
+    normalised units) is added to it in quadrature: the model's
+    calibration, see `radiorecon.calibration`. The samples and the estimate
+    are not changed.
     """
     mask = job.mask
     samples, estimate, std = out["samples"], out["estimate"], out["std"]
@@ -475,9 +477,14 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
             how = f"none: backend {name} gives no uncertainty"
     if std is None:
         log.info("no uncertainty for this prediction (%s)", how)
-    elif uncertainty_scale != 1:
-        std = std * uncertainty_scale
-        how += f", times {uncertainty_scale:.4g} (calibrated)"
+    else:
+        if uncertainty_scale != 1:
+            std = std * uncertainty_scale
+            how += f", times {uncertainty_scale:.4g} (calibrated)"
+        if uncertainty_floor > 0:
+            floor = normalisation.inverse(uncertainty_floor)
+            std = np.hypot(std, floor)
+            how += f", with {floor:.4g} added in quadrature (calibrated floor)"
     # The maps are run's own, not shared: blank them in place.
     estimate = estimate.astype(np.float32, copy=False)
     estimate[mask] = np.nan
@@ -517,6 +524,7 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
         beam=beam,
         backend_meta=out["meta"],
         uncertainty_scale=uncertainty_scale,
+        uncertainty_floor=normalisation.inverse(uncertainty_floor),
     )
     return Reconstruction(
         estimate,

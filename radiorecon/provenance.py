@@ -103,7 +103,7 @@ def _model_cards(header, version, backend_name, backend_version, origin, comment
 
 def prediction_header(
     *, input_meta, version, backend_name, backend_version, origin, config, n_samples, aggregate, seed,
-    scale, uncertainty, beam, backend_meta, uncertainty_scale=1.0,
+    scale, uncertainty, beam, backend_meta, uncertainty_scale=1.0, uncertainty_floor=0.0,
 ):
     """The header of a `~radiorecon.Reconstructor.predict` result.
 
@@ -120,6 +120,10 @@ def prediction_header(
         The factor applied to the standard deviation
         (`~radiorecon.Reconstructor.uncertainty_scale`), written as
         ``RRUSCALE``: 1 for an uncalibrated model.
+    uncertainty_floor : float
+        The standard deviation added in quadrature, in the unit of the
+        result (`~radiorecon.Reconstructor.uncertainty_floor` times the
+        normalisation scale), written as ``RRUFLOOR``: 0 for none.
     Other parameters
         Plain values recorded as ``RR*`` cards.
     """
@@ -132,6 +136,7 @@ def prediction_header(
     _set(header, "RRSCALE", scale, "normalisation scale (input units)")
     _set(header, "RRUNCERT", uncertainty, "what the uncertainty is")
     _set(header, "RRUSCALE", float(uncertainty_scale), "calibration factor applied to the std")
+    _set(header, "RRUFLOOR", float(uncertainty_floor), "std added in quadrature (unit of the data)")
     _set(header, "RRDATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "UTC")
     if beam is not None:
         header.update(beam_cards(beam))

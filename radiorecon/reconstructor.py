@@ -90,6 +90,15 @@ class Reconstructor:
         method gives it. Chosen on a calibration split by
         `calibrate_uncertainty`, kept in model files and written into each
         result's provenance (``RRUSCALE``).
+    uncertainty_floor : float
+        A standard deviation, in the model's normalised units (times
+        ``normalisation.scale`` in the unit of its targets), that `predict`
+        adds in quadrature to the scaled one: what the model cannot see
+        (a source too faint to detect) is uncertain even where its samples
+        agree. 0 (the default, and after a new `fit`) adds none. Chosen with
+        the scale by ``calibrate_uncertainty(..., floor=True)``, kept in
+        model files and written into each result's provenance
+        (``RRUFLOOR``, in the result's unit).
 
     Examples
     --------
@@ -117,6 +126,7 @@ class Reconstructor:
         self.domain = None
         self.catalog_threshold = None
         self.uncertainty_scale = 1.0
+        self.uncertainty_floor = 0.0
         self.origin = "untrained" if not self.fitted else "no training needed"
 
     def __repr__(self):
@@ -175,6 +185,31 @@ class Reconstructor:
         if value is None:  # the model file's "not recorded", never a user's setting
             raise ValueError("uncertainty_scale must be a positive, finite number (such as 1), not None")
         self._uncertainty_scale = modelfile.check_uncertainty_scale(value)
+
+    @property
+    def uncertainty_floor(self):
+        """The standard deviation `predict` adds in quadrature, in normalised units (float, default 0).
+
+        Setting it checks that it is finite and not negative. It applies
+        where the prediction has an uncertainty (samples, or the backend's
+        own); in the unit of the model's targets it is
+        ``uncertainty_floor * normalisation.scale``.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> rec = Reconstructor("clean")
+        >>> rec.uncertainty_floor = 0.5
+        >>> rec.uncertainty_floor
+        0.5
+        """
+        return self._uncertainty_floor
+
+    @uncertainty_floor.setter
+    def uncertainty_floor(self, value):
+        if value is None:  # the model file's "not recorded", never a user's setting
+            raise ValueError("uncertainty_floor must be a finite number >= 0 (such as 0), not None")
+        self._uncertainty_floor = modelfile.check_uncertainty_floor(value)
 
     @property
     def scale(self):
@@ -328,6 +363,7 @@ class Reconstructor:
             # A threshold or calibration chosen for other weights does not carry over.
             self.catalog_threshold = None
             self.uncertainty_scale = 1.0
+            self.uncertainty_floor = 0.0
             self.normalisation = Normalisation.fit(train, self.backend.input_scale)
             self.history = []
         val = None
@@ -361,6 +397,7 @@ class Reconstructor:
             "domain": self.domain,
             "catalog_threshold": self.catalog_threshold,
             "uncertainty_scale": self.uncertainty_scale,
+            "uncertainty_floor": self.uncertainty_floor,
             "fitted": self.fitted,
             "history": self.history,
         }
@@ -463,6 +500,7 @@ class Reconstructor:
         self.domain = modelfile.check_domain(doc.get("domain"))
         self.catalog_threshold = doc.get("catalog_threshold")
         self._uncertainty_scale = modelfile.check_uncertainty_scale(doc.get("uncertainty_scale"))
+        self._uncertainty_floor = modelfile.check_uncertainty_floor(doc.get("uncertainty_floor"))
 
     # -- prediction --------------------------------------------------------
 
@@ -611,17 +649,19 @@ class Reconstructor:
             results.append(pipeline.assemble(
                 job, out, n_samples=n_samples, aggregate=aggregate, seed=seed, return_samples=return_samples,
                 normalisation=self.normalisation, units=self.units, backend=self.backend,
-                name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale))
+                name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale,
+                uncertainty_floor=self.uncertainty_floor))
         return results if many else results[0]
 
     def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
-                              progress=True):
+                              floor=False, progress=True):
         """Calibrate the uncertainty on a simulated data set and keep the scale found.
 
         Sets `uncertainty_scale` so that the 1-sigma coverage of source
         pixels on ``data`` is 0.683 (or, with ``match=(1, 2)``, so that the
         1- and 2-sigma coverage are both as near 0.683 and 0.954 as one
-        scale makes them); see
+        scale makes them); with ``floor=True`` it also sets
+        `uncertainty_floor` (else leaves it as it is); see
         `radiorecon.calibration.calibrate_uncertainty` for the parameters.
         Calibrate on images the model was not trained on, check on others,
         then `save`. The scale holds for the ``n_samples`` it was found
@@ -634,8 +674,9 @@ class Reconstructor:
         from .calibration import calibrate_uncertainty
 
         report = calibrate_uncertainty(self, data, n_samples=n_samples, n_images=n_images, images=images,
-                                       seed=seed, match=match, progress=progress)
+                                       seed=seed, match=match, floor=floor, progress=progress)
         self.uncertainty_scale = report.scale
+        self.uncertainty_floor = report.floor
         return report
 
     def calibrate_threshold(self, data, *, n_samples=1, n_images=None, images=None, seed=0, target_purity=None,

@@ -200,3 +200,84 @@ def test_cli_calibrate_writes_the_threshold_and_scale(overconfident, dataset, tm
     rec = Reconstructor.load(out)
     assert rec.catalog_threshold is not None and rec.uncertainty_scale > 1
     assert main(args) == 1 and "exists" in capsys.readouterr().err
+
+
+def test_a_floor_covers_what_no_scale_of_the_samples_can(overconfident, dataset, tmp_path, capsys):
+    def worst_miss(coverage):
+        return max(abs(coverage[k] - gaussian_coverage(k)) / np.sqrt(gaussian_coverage(k) * (1 - gaussian_coverage(k)))
+                   for k in (1.0, 2.0))
+
+    scaled = calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, match=(1, 2), progress=False)
+    both = calibrate_uncertainty(overconfident, dataset, n_samples=N_SAMPLES, match=(1, 2), floor=True,
+                                 progress=False)
+    assert scaled.floor == 0 and both.floor > 0
+    assert worst_miss(both.after) < worst_miss(scaled.after)
+    # A spread of exactly zero: no scale helps, a floor alone does.
+    zero = Reconstructor("test-conv", noise=0.0).fit(dataset, epochs=1, batch_size=4, seed=0, progress=False)
+    alone = calibrate_uncertainty(zero, dataset, n_samples=2, floor=True, progress=False)
+    assert alone.floor > 0 and alone.after[1.0] == pytest.approx(gaussian_coverage(1), abs=0.02)
+
+    image = dataset.image(0)
+    plain = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False)
+    report = overconfident.calibrate_uncertainty(dataset, n_samples=N_SAMPLES, match=(1, 2), floor=True,
+                                                 progress=False)
+    try:
+        assert (overconfident.uncertainty_scale, overconfident.uncertainty_floor) == (report.scale, report.floor)
+        calibrated = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False)
+        # The same numbers as measured afresh with both set.
+        again = uncertainty_coverage(overconfident, dataset, n_samples=N_SAMPLES, progress=False)
+        overconfident.save(tmp_path / "floor.rrm")
+    finally:
+        overconfident.uncertainty_scale, overconfident.uncertainty_floor = 1.0, 0.0
+    for k in (1.0, 2.0):
+        assert again[k] == pytest.approx(report.after[k], abs=1.5 / report.n_pixels)
+    floor = report.floor * overconfident.normalisation.scale  # in the unit of the result
+    np.testing.assert_allclose(calibrated.uncertainty.array, np.hypot(report.scale * plain.uncertainty.array, floor),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(calibrated.data, plain.data)
+    assert calibrated.meta["RRUFLOOR"] == pytest.approx(floor) and plain.meta["RRUFLOOR"] == 0
+    assert calibrated.meta["RRUNCERT"].endswith("added in quadrature (calibrated floor)")
+    loaded = Reconstructor.load(tmp_path / "floor.rrm")
+    assert loaded.uncertainty_floor == report.floor
+    assert main(["info", str(tmp_path / "floor.rrm")]) == 0
+    assert f"uncertainty floor: {report.floor:.4g} in normalised units" in capsys.readouterr().out
+    # Calibrating again without a floor replaces it.
+    assert calibrate_uncertainty(loaded, dataset, n_samples=N_SAMPLES, progress=False).floor == 0
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "2", None])
+def test_bad_floors_are_refused(bad, tmp_path, monkeypatch):
+    rec = Reconstructor("clean")
+    assert rec.uncertainty_floor == 0.0
+    with pytest.raises(ValueError, match="uncertainty_floor must be a finite number >= 0"):
+        rec.uncertainty_floor = bad
+    assert rec.uncertainty_floor == 0.0
+    if bad is None or isinstance(bad, float) and not np.isfinite(bad):
+        return
+    with monkeypatch.context() as m:
+        m.setattr(modelfile, "check_uncertainty_floor", lambda value: value)
+        rec.uncertainty_floor = bad
+        rec.save(tmp_path / "crafted.rrm")
+    with pytest.raises(ModelFileError, match="uncertainty_floor must be a finite number >= 0"):
+        Reconstructor.load(tmp_path / "crafted.rrm")
+
+
+def test_files_without_a_floor_load_with_none(overconfident, tmp_path, capsys):
+    overconfident.save(tmp_path / "new.rrm")
+    doc, tensors = modelfile.load(tmp_path / "new.rrm")
+    assert doc["uncertainty_floor"] == 0.0
+    del doc["uncertainty_floor"]
+    modelfile.save(tmp_path / "old.rrm", doc, tensors)
+    assert Reconstructor.load(tmp_path / "old.rrm").uncertainty_floor == 0.0
+    assert main(["info", str(tmp_path / "old.rrm")]) == 0
+    assert "uncertainty floor: 0 (none added)" in capsys.readouterr().out
+
+
+def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
+    model = tmp_path / "in.rrm"
+    overconfident.save(model)
+    out = tmp_path / "calibrated.rrm"
+    assert main(["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
+                 "--floor", "--no-progress"]) == 0
+    assert "floor " in capsys.readouterr().out
+    assert Reconstructor.load(out).uncertainty_floor > 0
