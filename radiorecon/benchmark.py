@@ -490,11 +490,7 @@ def _flux_coverage(runs):
 
 def _reliability_error(probability, correct):
     """Largest ``|true-positive rate - mean probability|`` over bins of at least `RELIABILITY_MIN_COUNT` detections."""
-    bins = metrics.reliability(probability, correct)
-    full = bins["n"] >= RELIABILITY_MIN_COUNT
-    if not full.any():
-        return np.nan
-    return float(np.max(np.abs(bins["true_positive_rate"][full] - bins["mean_probability"][full])))
+    return metrics.reliability_error(probability, correct, min_count=RELIABILITY_MIN_COUNT)
 
 
 def _point_response(rec, data, i, dirty):

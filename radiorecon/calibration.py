@@ -16,7 +16,13 @@ held-out images.
 
 `~radiorecon.Reconstructor.calibrate_uncertainty` keeps the scale in the
 model (`~radiorecon.Reconstructor.uncertainty_scale`), which `predict`
-applies and records (``RRUSCALE``).
+applies and records (``RRUSCALE``). Errors that every sample makes (a
+missed faint source) no scale covers: with ``floor=True`` a standard
+deviation added in quadrature is chosen with it
+(`~radiorecon.Reconstructor.uncertainty_floor`, ``RRUFLOOR``), and
+`calibrate_flux_errors` does the same for catalog flux errors, in units of
+the dirty image's noise (`~radiorecon.Reconstructor.flux_error_floor`,
+``RRFFLOOR``).
 
 The detection threshold of a model's catalogs is calibrated the same way:
 `calibrate_threshold` detects sources in the predictions of a calibration
@@ -43,7 +49,8 @@ from .result import std_array
 __all__ = ["CalibrationReport", "calibrate_uncertainty", "uncertainty_coverage", "gaussian_coverage",
            "apparent_sky", "apparent_sources", "source_mask", "SOURCE_FRACTION", "ThresholdReport",
            "calibrate_threshold", "detection_curve", "choose_threshold", "CALIBRATION_GRID", "TARGET_PURITY",
-           "DEBLEND_LIMIT"]
+           "DEBLEND_LIMIT", "FluxErrorReport", "calibrate_flux_errors", "DetectionReport",
+           "calibrate_detection_probability"]
 
 #: Pixels whose apparent sky exceeds this fraction of its image's maximum
 #: are source pixels (here and in `radiorecon.benchmark`'s coverage).
@@ -499,3 +506,254 @@ def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, s
     chosen = choose_threshold(curve, target_purity)
     return ThresholdReport(target_purity=float(target_purity), curve=curve, n_images=len(indices),
                            n_samples=n_samples, **chosen)
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxErrorReport:
+    """What `calibrate_flux_errors` found.
+
+    Attributes
+    ----------
+    floor : float
+        The flux error added in quadrature to each catalog flux error, in
+        units of the dirty image's noise (Jy per Jy/beam:
+        `~radiorecon.Reconstructor.flux_error_floor`).
+    threshold : float
+        The detection threshold (S/N) of the catalogs it was found on.
+    before, after : dict
+        Coverage of the true fluxes of the matched sources by their flux
+        errors with the model's floor at the time and with ``floor``:
+        ``{k: fraction}`` for each level and ``"n"``, the number of sources.
+    n_images : int
+    n_samples : int
+    """
+
+    floor: float
+    threshold: float
+    before: dict
+    after: dict
+    n_images: int
+    n_samples: int
+
+
+def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,
+                          levels=(1, 2), match=(1, 2), progress=True):
+    """Find the flux error, in units of the noise, that makes catalog flux errors cover the true fluxes.
+
+    A catalog's ``flux_err`` (`~radiorecon.catalog.find_sources_in_model`)
+    is the spread of a source's flux over the samples, times the model's
+    `~radiorecon.Reconstructor.uncertainty_scale`. A method that shrinks
+    faint sources does so in every sample, and one run has no spread at
+    all; the data themselves bound how well a flux is known. This adds
+    ``floor * noise`` in quadrature (``noise``: the dirty image's, Jy/beam,
+    the flux error of a point source in it) and chooses ``floor`` so that
+    the coverage of the matched sources' true apparent fluxes at the
+    levels in ``match`` is as near a Gaussian's as one floor makes it (the
+    largest miss, as for `calibrate_uncertainty`). The model is not
+    changed: `~radiorecon.Reconstructor.calibrate_flux_errors` also keeps
+    the floor.
+
+    Parameters
+    ----------
+    rec : `~radiorecon.Reconstructor`
+        A model predicting a sky model in Jy/pixel, with its
+        ``uncertainty_scale`` as it will be used.
+    data : `~radiorecon.simulate.SimulatedDataset` or str
+        Simulated images the model was not trained on.
+    n_samples : int
+        Draws per prediction, as the catalogs will be made.
+    threshold : float, optional
+        Detection threshold (S/N); by default the model's
+        (`~radiorecon.catalog.default_threshold`).
+    n_images, images, seed, levels, progress
+        As for `calibrate_uncertainty`.
+    match : sequence of float
+        The levels whose coverage the floor is chosen for.
+
+    Returns
+    -------
+    `FluxErrorReport`
+
+    Raises
+    ------
+    ValueError
+        If ``match`` holds no positive level, the backend predicts no sky
+        model, or no detection matches a true source.
+    """
+    from tqdm.auto import tqdm
+
+    from .catalog import _check_threshold, default_threshold, find_sources_in_model
+
+    match = [float(k) for k in match]
+    if not match or min(match) <= 0:
+        raise ValueError(f"match must hold positive levels, not {match!r}")
+    if isinstance(data, str):
+        from .simulate import load_dataset
+
+        data = load_dataset(data)
+    threshold = default_threshold(rec) if threshold is None else _check_threshold(threshold)
+    n_samples = check_int(n_samples, "n_samples")
+    seed = check_seed(seed)
+    indices = _indices(data, n_images, images)
+    saved = rec.flux_error_floor
+    rec.flux_error_floor = 0.0
+    found_flux, spread, true_flux, noises = [], [], [], []
+    try:
+        for i in tqdm(indices, desc="calibrate flux errors", disable=not progress, unit="image"):
+            dirty = data.image(i)
+            psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
+            result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
+                                 return_samples=n_samples > 1, progress=False)
+            if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
+                raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in "
+                                 "Jy/pixel")
+            beam = data.beam(i)
+            noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
+            fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+            found = find_sources_in_model(result, threshold=threshold, beam=beam, noise=noise,
+                                          deblend=DEBLEND_LIMIT)
+            score = metrics.score_catalog(found, apparent_sources(data, i), fwhm_px)
+            found_flux.append(u.Quantity(score["flux_found"], u.Jy).value)
+            spread.append(np.nan_to_num(u.Quantity(score["flux_err"], u.Jy).value))  # one run: no spread
+            true_flux.append(u.Quantity(score["flux_true"], u.Jy).value)
+            noises.append(np.full(len(score["flux_found"]), noise))
+    finally:
+        rec.flux_error_floor = saved
+    found_flux, spread, true_flux, noises = (np.concatenate(a) for a in (found_flux, spread, true_flux, noises))
+    if not found_flux.size:
+        raise ValueError(f"No source found at S/N {threshold:g} matches a true one: no flux errors to calibrate")
+    error = np.abs(found_flux - true_flux) / noises
+    spread = spread / noises
+    # Floors span the errors themselves, and 0.
+    grid = np.concatenate([[0.0], np.geomspace(*np.quantile(error[error > 0], [0.001, 0.999]) / max(match)
+                                               * [1, 4], 121)]) if np.any(error > 0) else np.zeros(1)
+    for _ in range(2):  # a grid, then a finer one around its best
+        miss = _miss(error, np.hypot(spread, grid[:, None]), match)
+        j = int(np.argmin(miss))
+        floor = float(grid[j])
+        grid = _around(grid, j)
+    return FluxErrorReport(
+        floor=floor, threshold=threshold,
+        before=metrics.coverage(error, np.hypot(spread, saved), np.zeros_like(error), k=levels),
+        after=metrics.coverage(error, np.hypot(spread, floor), np.zeros_like(error), k=levels),
+        n_images=len(indices), n_samples=n_samples,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionReport:
+    """What `calibrate_detection_probability` found.
+
+    Attributes
+    ----------
+    coefficients : list of float
+        ``[a, b]`` of ``p = fraction / (1 + exp(-(a + b ln(S/N))))``
+        (`~radiorecon.Reconstructor.detection_calibration`).
+    threshold : float
+        The detection threshold (S/N) of the catalogs.
+    before, after : float
+        The largest reliability error (`radiorecon.metrics.reliability_error`,
+        bins of 10 detections or more) of the fraction of samples alone (1
+        for one run) and of the calibrated probability, on the calibration
+        detections.
+    n_detections, n_images, n_samples : int
+    """
+
+    coefficients: list
+    threshold: float
+    before: float
+    after: float
+    n_detections: int
+    n_images: int
+    n_samples: int
+
+
+def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,
+                                    progress=True):
+    """Fit the probability that a detection is real, from its S/N, on a simulated calibration split.
+
+    A catalog's ``detection_probability`` is by default the fraction of the
+    samples in which a source is found. Samples that agree (STAR's styles
+    barely change its sky) give 1 to every detection, real or not. This
+    fits ``p = fraction / (1 + exp(-(a + b ln(S/N))))`` to whether each
+    detection of the model's catalogs matches a true source (maximum
+    likelihood, with a weak Gaussian prior of width 10 on ``a`` and ``b``
+    so that a split where every detection is real still gives finite
+    values), so that detections given ``p`` are real a fraction ``p`` of
+    the time.
+
+    Parameters
+    ----------
+    rec, data, n_samples, threshold, n_images, images, seed, progress
+        As for `calibrate_flux_errors`.
+
+    Returns
+    -------
+    `DetectionReport`
+
+    Raises
+    ------
+    ValueError
+        If the backend predicts no sky model, or nothing is detected.
+    """
+    from scipy.optimize import minimize
+    from tqdm.auto import tqdm
+
+    from .catalog import _check_threshold, default_threshold, find_sources_in_model
+
+    if isinstance(data, str):
+        from .simulate import load_dataset
+
+        data = load_dataset(data)
+    threshold = default_threshold(rec) if threshold is None else _check_threshold(threshold)
+    n_samples = check_int(n_samples, "n_samples")
+    seed = check_seed(seed)
+    indices = _indices(data, n_images, images)
+    saved = rec.detection_calibration
+    rec.detection_calibration = None
+    snr, fraction, real = [], [], []
+    try:
+        for i in tqdm(indices, desc="calibrate detection probability", disable=not progress, unit="image"):
+            dirty = data.image(i)
+            psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
+            result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
+                                 return_samples=n_samples > 1, progress=False)
+            if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
+                raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in "
+                                 "Jy/pixel")
+            beam = data.beam(i)
+            noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
+            fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+            found = find_sources_in_model(result, threshold=threshold, beam=beam, noise=noise,
+                                          deblend=DEBLEND_LIMIT)
+            score = metrics.score_catalog(found, apparent_sources(data, i), fwhm_px, flux=None)
+            ok = np.zeros(len(found), bool)
+            ok[score["match"].found_index] = True
+            snr.append(np.asarray(found["snr"], float))
+            fraction.append(np.asarray(found["detection_probability"], float)
+                            if "detection_probability" in found.colnames else np.ones(len(found)))
+            real.append(ok)
+    finally:
+        rec.detection_calibration = saved
+    snr, fraction, real = (np.concatenate(a) for a in (snr, fraction, real))
+    if not snr.size:
+        raise ValueError(f"Nothing is detected at S/N {threshold:g}: no detection probability to calibrate")
+    x = np.log(snr)
+
+    def loss(ab):
+        z = ab[0] + ab[1] * x
+        # log p = log fraction - log(1 + e^-z); log(1 - p) computed stably where fraction < 1.
+        log_q = -np.logaddexp(0.0, -z)
+        p = fraction * np.exp(log_q)
+        with np.errstate(divide="ignore"):
+            ll = np.where(real, np.log(np.maximum(fraction, 1e-12)) + log_q, np.log1p(-np.minimum(p, 1 - 1e-12)))
+        return -np.sum(ll) + 0.5 * np.sum(np.square(ab) / 100.0)
+
+    fit = minimize(loss, np.array([0.0, 1.0]), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
+    a, b = (float(v) for v in fit.x)
+    calibrated = fraction / (1.0 + np.exp(-(a + b * x)))
+    return DetectionReport(
+        coefficients=[a, b], threshold=threshold,
+        before=metrics.reliability_error(fraction, real), after=metrics.reliability_error(calibrated, real),
+        n_detections=int(snr.size), n_images=len(indices), n_samples=n_samples,
+    )

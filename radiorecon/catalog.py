@@ -14,6 +14,7 @@ a stable API), and public by name only so that `radiorecon.benchmark` can
 score the truth and the dirty image with the very same recipe.
 """
 
+import json
 import warnings
 from dataclasses import dataclass
 
@@ -335,8 +336,13 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         (pixels near two sources go to the nearer one; on a restored image,
         divided by the beam's share of the aperture) and ``flux_err`` (Jy)
         the standard deviation of that flux over the samples, times the
-        model's calibrated uncertainty scale (``RRUSCALE``, 1 if absent; NaN
-        without two or more samples); ``peak`` (Jy/beam) is the brightest pixel of
+        model's calibrated uncertainty scale (``RRUSCALE``, 1 if absent),
+        with the model's flux error floor times ``noise`` added in
+        quadrature (``RRFFLOOR``, 0 if absent; NaN without two or more
+        samples and without a floor); with samples, or with a calibrated
+        model (``RRDCAL``), ``detection_probability`` (the fraction of
+        samples in which the source is found, times the calibrated
+        probability that a source of its S/N is real); ``peak`` (Jy/beam) is the brightest pixel of
         the restored model and ``snr`` is ``peak / noise``. Whatever the
         units of the inputs, the catalog is in Jy and Jy/beam. ``meta`` adds
         ``noise`` (Jy/beam), ``beam_fwhm_pix`` (pix) and ``detected_in``.
@@ -401,6 +407,7 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
     if mask is not None:
         data = np.where(np.asarray(mask, bool), 0.0, data)
     extras = getattr(model, "extras", None) or {}
+    meta = getattr(model, "meta", None) or {}
     if "restored" in extras:
         restored = np.nan_to_num(_plain(extras["restored"], _JY_BEAM, to_jy))
         catalog = model_catalog(restored, wcs, noise, threshold, restored, fwhm_px, psf=kernel,
@@ -413,12 +420,29 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         restored_samples = None if models is None else [fftconvolve(m, kernel, mode="same") for m in models]
         # A calibrated model's samples spread too little by the same factor
         # as its std (RRUSCALE), so their flux spread is scaled by it too.
-        meta = getattr(model, "meta", None) or {}
         catalog = model_catalog(detect, wcs, noise, threshold, data, fwhm_px, samples=restored_samples,
                                 flux_samples=models, flux_err_scale=float(meta.get("RRUSCALE", 1.0)),
+                                flux_err_floor=float(meta.get("RRFFLOOR", 0.0)) * noise,
                                 npixels=npixels, deblend=deblend, match_radius=match_radius)
         catalog.meta["detected_in"] = "the model convolved with the clean beam"
+    if meta.get("RRDCAL"):
+        catalog["detection_probability"] = calibrated_probability(catalog, json.loads(meta["RRDCAL"]))
     return catalog
+
+
+def calibrated_probability(catalog, coefficients):
+    """The calibrated probability that each source of a catalog is real (a `detection_calibration`).
+
+    ``fraction / (1 + exp(-(a + b ln(snr))))``, with ``fraction`` the
+    catalog's ``detection_probability`` (of the samples), or 1 without it.
+    """
+    a, b = coefficients
+    snr = np.asarray(catalog["snr"], float)
+    fraction = np.asarray(catalog["detection_probability"], float) if "detection_probability" in catalog.colnames \
+        else np.ones(len(catalog))
+    with np.errstate(divide="ignore"):
+        z = a + b * np.log(snr)
+    return fraction / (1.0 + np.exp(-z))
 
 
 def deblended_catalog(result):
@@ -518,7 +542,8 @@ def _plain(values, unit, factor):
 
 
 def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None, samples=None,
-                  flux_samples=None, flux_err_scale=1.0, npixels=5, deblend=True, match_radius=2.0):
+                  flux_samples=None, flux_err_scale=1.0, flux_err_floor=0.0, npixels=5, deblend=True,
+                  match_radius=2.0):
     """Detect in ``detect`` (Jy/beam) against ``noise``; fluxes (Jy) in apertures on ``flux_image``.
 
     The one recipe behind `find_sources_in_model` and the benchmark's rows
@@ -547,6 +572,9 @@ def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None
     flux_err_scale : float
         Factor on the samples' flux spread (a model's calibrated
         ``uncertainty_scale``).
+    flux_err_floor : float
+        Flux error (Jy) added in quadrature to that spread, or alone
+        without samples; 0 for none.
     npixels, deblend, match_radius
         As for `find_sources`.
 
@@ -570,7 +598,9 @@ def model_catalog(detect, wcs, noise, threshold, flux_image, radius, *, psf=None
     found["flux"] = _aperture_sum(flux_image, found["x"], found["y"], radius) / share * u.Jy
     if flux_samples is not None and len(flux_samples) >= 2 and len(found):
         sums = [_aperture_sum(f, found["x"], found["y"], radius) / share for f in flux_samples]
-        found["flux_err"] = flux_err_scale * np.std(sums, axis=0, ddof=1) * u.Jy
+        found["flux_err"] = np.hypot(flux_err_scale * np.std(sums, axis=0, ddof=1), flux_err_floor) * u.Jy
+    elif flux_err_floor > 0:
+        found["flux_err"] = np.full(len(found), float(flux_err_floor)) * u.Jy
     else:
         found["flux_err"] = np.full(len(found), np.nan) * u.Jy
     found["snr"] = np.asarray(u.Quantity(found["peak"]).value, float) / noise

@@ -207,6 +207,8 @@ def cmd_info(args):
         ("catalog threshold", _threshold(doc.get("catalog_threshold"))),
         ("uncertainty scale", _uncertainty_scale(doc.get("uncertainty_scale"))),
         ("uncertainty floor", _uncertainty_floor(doc)),
+        ("flux error floor", _flux_error_floor(doc.get("flux_error_floor"))),
+        ("detection probability", _detection_calibration(doc.get("detection_calibration"))),
         ("epochs", len(doc.get("history", []))),
     ]
     if doc.get("history"):
@@ -254,6 +256,19 @@ def _uncertainty_floor(doc):
     unit = (doc.get("units") or {}).get("target")
     return (f"{value:.4g} in normalised units, {value * scale:.4g}{' ' + unit if unit else ''} "
             "(predict adds it to the standard deviation in quadrature)")
+
+
+def _flux_error_floor(value):
+    if not value:
+        return "0 (catalog flux errors are the samples' spread alone)"
+    return f"{value:.4g} x the dirty image's noise (catalogs add it to flux errors in quadrature)"
+
+
+def _detection_calibration(value):
+    if value is None:
+        return "the fraction of samples a source is found in (not calibrated)"
+    a, b = value
+    return f"fraction of samples / (1 + exp(-({a:.4g} + {b:.4g} ln S/N))) (calibrated)"
 
 
 def _tiles(path, backend):
@@ -519,6 +534,16 @@ def cmd_calibrate(args):
         print(f"uncertainty scale: {scaled.scale:.4g}{floor}; coverage of source pixels 1 sigma "
               f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
               f"{scaled.after[2.0]:.3f}")
+    if args.reliability:
+        found = rec.calibrate_detection_probability(args.data, n_samples=args.samples, **common)
+        print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g} on "
+              f"{found.n_detections} detections; largest reliability error {found.before:.3f} -> "
+              f"{found.after:.3f}")
+    if args.floor:
+        fluxes = rec.calibrate_flux_errors(args.data, n_samples=args.samples, **common)
+        print(f"flux error floor: {fluxes.floor:.4g} x the noise; coverage of {fluxes.after['n']} matched "
+              f"sources' fluxes 1 sigma {fluxes.before[1.0]:.3f} -> {fluxes.after[1.0]:.3f}, 2 sigma "
+              f"{fluxes.before[2.0]:.3f} -> {fluxes.after[2.0]:.3f}")
     rec.save(args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0
@@ -723,7 +748,11 @@ def _parser():
     p.add_argument("--floor", action="store_true",
                    help="also choose a standard deviation added in quadrature (uncertainty_floor), so that both "
                         "1- and 2-sigma coverage can match: for models whose samples agree where a faint "
-                        "source is missed")
+                        "source is missed; and a flux error in units of the noise added to catalog flux errors "
+                        "(flux_error_floor)")
+    p.add_argument("--reliability", action="store_true",
+                   help="also calibrate catalogs' detection_probability as the probability that a source is real, "
+                        "from its S/N (detection_calibration)")
     p.add_argument("-o", "--output", required=True, help="model file to write, with the calibration")
     p.set_defaults(func=cmd_calibrate)
 

@@ -42,6 +42,7 @@ from .catalog import Match, match
 
 __all__ = [
     "detection_scores",
+    "reliability_error",
     "r_squared",
     "pearson_r",
     "mse",
@@ -586,6 +587,20 @@ def reliability(probability, correct, bins=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0)):
                      float(p[sel].mean()) if sel.any() else np.nan,
                      float(ok[sel].mean()) if sel.any() else np.nan))
     return QTable(rows=rows, names=["p_low", "p_high", "n", "mean_probability", "true_positive_rate"])
+
+
+def reliability_error(probability, correct, *, min_count=10):
+    """Largest ``|true-positive rate - mean probability|`` over the `reliability` bins of ``min_count`` or more.
+
+    Bins of fewer detections are too noisy to tell an error of 0.1. NaN if
+    no bin holds enough.
+    """
+    bins = reliability(probability, correct)
+    full = np.asarray(bins["n"]) >= min_count
+    if not full.any():
+        return np.nan
+    return float(np.max(np.abs(np.asarray(bins["true_positive_rate"])[full]
+                               - np.asarray(bins["mean_probability"])[full])))
 
 
 def bootstrap_f1(counts, *, reference=None, n_boot=2000, seed=0):

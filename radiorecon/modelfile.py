@@ -47,6 +47,8 @@ __all__ = [
     "check_catalog_threshold",
     "check_uncertainty_scale",
     "check_uncertainty_floor",
+    "check_flux_error_floor",
+    "check_detection_calibration",
     "DOMAIN_KEYS",
     "flatten_state",
     "unflatten_state",
@@ -191,6 +193,43 @@ def check_uncertainty_floor(value):
     return float(value)
 
 
+def check_flux_error_floor(value):
+    """A model's flux error floor as a float; None (files written before it was recorded) is 0.
+
+    The flux error, in units of the dirty image's noise, that catalogs add
+    in quadrature, chosen by `~radiorecon.calibration.calibrate_flux_errors`.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not None and not a finite number >= 0.
+    """
+    if value is None:
+        return 0.0
+    if not _is_nonnegative(value):
+        raise ValueError(f"flux_error_floor must be a finite number >= 0 (such as 0), not {value!r}")
+    return float(value)
+
+
+def check_detection_calibration(value):
+    """A model's detection-probability calibration as a list ``[a, b]``, or None.
+
+    The coefficients of ``p = fraction * 1 / (1 + exp(-(a + b ln(S/N))))``
+    (`~radiorecon.calibration.calibrate_detection_probability`).
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not None and not two finite numbers.
+    """
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise ValueError(f"detection_calibration must be two finite numbers [a, b] or None, not {value!r}")
+    return [float(v) for v in value]
+
+
 def _digest(tensors):
     import torch
 
@@ -228,8 +267,9 @@ def save(path, document, tensors, *, overwrite=False):
     ValueError
         If the document is beyond what `load` accepts (nested more than 64
         levels, a config of more than 1 MB of JSON, a malformed ``domain``,
-        ``catalog_threshold``, ``uncertainty_scale`` or
-        ``uncertainty_floor``).
+        ``catalog_threshold``, ``uncertainty_scale``,
+        ``uncertainty_floor``, ``flux_error_floor`` or
+        ``detection_calibration``).
     """
     from safetensors.torch import save as st_save
 
@@ -244,6 +284,8 @@ def save(path, document, tensors, *, overwrite=False):
     check_catalog_threshold(document.get("catalog_threshold"))
     check_uncertainty_scale(document.get("uncertainty_scale"))
     check_uncertainty_floor(document.get("uncertainty_floor"))
+    check_flux_error_floor(document.get("flux_error_floor"))
+    check_detection_calibration(document.get("detection_calibration"))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = {
@@ -553,6 +595,8 @@ def _read(path):
         check_catalog_threshold(doc.get("catalog_threshold"))
         check_uncertainty_scale(doc.get("uncertainty_scale"))
         check_uncertainty_floor(doc.get("uncertainty_floor"))
+        check_flux_error_floor(doc.get("flux_error_floor"))
+        check_detection_calibration(doc.get("detection_calibration"))
     except ValueError as exc:
         raise ModelFileError(f"{path}: radiorecon metadata is corrupted ({exc})") from None
     return doc, table

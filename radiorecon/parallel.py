@@ -744,6 +744,8 @@ def _job_digest(rec, settings):
         "normalisation": rec.normalisation.to_dict(), "units": rec.units,
         "uncertainty_scale": rec.uncertainty_scale,
         "uncertainty_floor": rec.uncertainty_floor,
+        "flux_error_floor": rec.flux_error_floor,
+        "detection_calibration": rec.detection_calibration,
         **{k: settings[k] for k in ("n_samples", "aggregate", "seed", "catalog")},
         "threshold": settings["threshold"] if settings["catalog"] else None,
     }

@@ -450,14 +450,16 @@ class _Stitched:
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,
-             origin, uncertainty_scale=1.0, uncertainty_floor=0.0):
+             origin, uncertainty_scale=1.0, uncertainty_floor=0.0, flux_error_floor=0.0,
+             detection_calibration=None):
     """The `~radiorecon.Reconstruction` of one job from its backend outputs.
 
     The standard deviation, whether of the samples or the backend's own, is
     multiplied by ``uncertainty_scale`` and ``uncertainty_floor`` (in
     normalised units) is added to it in quadrature: the model's
     calibration, see `radiorecon.calibration`. The samples and the estimate
-    are not changed.
+    are not changed. ``flux_error_floor`` and ``detection_calibration`` are
+    recorded for catalogs.
     """
     mask = job.mask
     samples, estimate, std = out["samples"], out["estimate"], out["std"]
@@ -525,6 +527,8 @@ def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisat
         backend_meta=out["meta"],
         uncertainty_scale=uncertainty_scale,
         uncertainty_floor=normalisation.inverse(uncertainty_floor),
+        flux_error_floor=flux_error_floor,
+        detection_calibration=detection_calibration,
     )
     return Reconstruction(
         estimate,

@@ -103,7 +103,8 @@ def _model_cards(header, version, backend_name, backend_version, origin, comment
 
 def prediction_header(
     *, input_meta, version, backend_name, backend_version, origin, config, n_samples, aggregate, seed,
-    scale, uncertainty, beam, backend_meta, uncertainty_scale=1.0, uncertainty_floor=0.0,
+    scale, uncertainty, beam, backend_meta, uncertainty_scale=1.0, uncertainty_floor=0.0, flux_error_floor=0.0,
+    detection_calibration=None,
 ):
     """The header of a `~radiorecon.Reconstructor.predict` result.
 
@@ -124,6 +125,14 @@ def prediction_header(
         The standard deviation added in quadrature, in the unit of the
         result (`~radiorecon.Reconstructor.uncertainty_floor` times the
         normalisation scale), written as ``RRUFLOOR``: 0 for none.
+    flux_error_floor : float
+        The flux error catalogs add in quadrature, in units of the dirty
+        image's noise (`~radiorecon.Reconstructor.flux_error_floor`),
+        written as ``RRFFLOOR``: 0 for none.
+    detection_calibration : list of float or None
+        ``[a, b]`` of the calibrated detection probability
+        (`~radiorecon.Reconstructor.detection_calibration`), written as
+        ``RRDCAL`` (JSON) when set.
     Other parameters
         Plain values recorded as ``RR*`` cards.
     """
@@ -137,6 +146,10 @@ def prediction_header(
     _set(header, "RRUNCERT", uncertainty, "what the uncertainty is")
     _set(header, "RRUSCALE", float(uncertainty_scale), "calibration factor applied to the std")
     _set(header, "RRUFLOOR", float(uncertainty_floor), "std added in quadrature (unit of the data)")
+    _set(header, "RRFFLOOR", float(flux_error_floor), "catalog flux error added (units of the noise)")
+    if detection_calibration is not None:
+        _set(header, "RRDCAL", json.dumps([float(v) for v in detection_calibration]),
+             "detection probability: a, b of logistic in ln S/N")
     _set(header, "RRDATE", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "UTC")
     if beam is not None:
         header.update(beam_cards(beam))

@@ -99,6 +99,21 @@ class Reconstructor:
         the scale by ``calibrate_uncertainty(..., floor=True)``, kept in
         model files and written into each result's provenance
         (``RRUFLOOR``, in the result's unit).
+    flux_error_floor : float
+        A flux error, in units of the dirty image's noise (Jy per Jy/beam),
+        that catalogs of this model's predictions
+        (`~radiorecon.catalog.find_sources_in_model`) add in quadrature to
+        the samples' flux spread; 0 (the default, and after a new `fit`)
+        adds none. Chosen by `calibrate_flux_errors`, kept in model files
+        and written into each result (``RRFFLOOR``).
+    detection_calibration : list of float or None
+        ``[a, b]``: catalogs of this model's predictions give each source
+        the ``detection_probability`` ``fraction / (1 + exp(-(a + b
+        ln(S/N))))`` (``fraction``: of the samples in which it is found, 1
+        for one run), the probability that it is real as measured on a
+        calibration split by `calibrate_detection_probability`. None (the
+        default, and after a new `fit`): the fraction of samples alone.
+        Kept in model files and written into each result (``RRDCAL``).
 
     Examples
     --------
@@ -127,6 +142,8 @@ class Reconstructor:
         self.catalog_threshold = None
         self.uncertainty_scale = 1.0
         self.uncertainty_floor = 0.0
+        self.flux_error_floor = 0.0
+        self.detection_calibration = None
         self.origin = "untrained" if not self.fitted else "no training needed"
 
     def __repr__(self):
@@ -210,6 +227,40 @@ class Reconstructor:
         if value is None:  # the model file's "not recorded", never a user's setting
             raise ValueError("uncertainty_floor must be a finite number >= 0 (such as 0), not None")
         self._uncertainty_floor = modelfile.check_uncertainty_floor(value)
+
+    @property
+    def flux_error_floor(self):
+        """The flux error catalogs add in quadrature, in units of the dirty image's noise (float, default 0).
+
+        Setting it checks that it is finite and not negative.
+
+        Examples
+        --------
+        >>> from radiorecon import Reconstructor
+        >>> rec = Reconstructor("clean")
+        >>> rec.flux_error_floor = 1.5
+        >>> rec.flux_error_floor
+        1.5
+        """
+        return self._flux_error_floor
+
+    @flux_error_floor.setter
+    def flux_error_floor(self, value):
+        if value is None:  # the model file's "not recorded", never a user's setting
+            raise ValueError("flux_error_floor must be a finite number >= 0 (such as 0), not None")
+        self._flux_error_floor = modelfile.check_flux_error_floor(value)
+
+    @property
+    def detection_calibration(self):
+        """Coefficients ``[a, b]`` of catalogs' calibrated detection probability, or None.
+
+        Setting it checks that it holds two finite numbers.
+        """
+        return self._detection_calibration
+
+    @detection_calibration.setter
+    def detection_calibration(self, value):
+        self._detection_calibration = modelfile.check_detection_calibration(value)
 
     @property
     def scale(self):
@@ -364,6 +415,8 @@ class Reconstructor:
             self.catalog_threshold = None
             self.uncertainty_scale = 1.0
             self.uncertainty_floor = 0.0
+            self.flux_error_floor = 0.0
+            self.detection_calibration = None
             self.normalisation = Normalisation.fit(train, self.backend.input_scale)
             self.history = []
         val = None
@@ -398,6 +451,8 @@ class Reconstructor:
             "catalog_threshold": self.catalog_threshold,
             "uncertainty_scale": self.uncertainty_scale,
             "uncertainty_floor": self.uncertainty_floor,
+            "flux_error_floor": self.flux_error_floor,
+            "detection_calibration": self.detection_calibration,
             "fitted": self.fitted,
             "history": self.history,
         }
@@ -501,6 +556,8 @@ class Reconstructor:
         self.catalog_threshold = doc.get("catalog_threshold")
         self._uncertainty_scale = modelfile.check_uncertainty_scale(doc.get("uncertainty_scale"))
         self._uncertainty_floor = modelfile.check_uncertainty_floor(doc.get("uncertainty_floor"))
+        self._flux_error_floor = modelfile.check_flux_error_floor(doc.get("flux_error_floor"))
+        self._detection_calibration = modelfile.check_detection_calibration(doc.get("detection_calibration"))
 
     # -- prediction --------------------------------------------------------
 
@@ -650,7 +707,8 @@ class Reconstructor:
                 job, out, n_samples=n_samples, aggregate=aggregate, seed=seed, return_samples=return_samples,
                 normalisation=self.normalisation, units=self.units, backend=self.backend,
                 name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale,
-                uncertainty_floor=self.uncertainty_floor))
+                uncertainty_floor=self.uncertainty_floor, flux_error_floor=self.flux_error_floor,
+                detection_calibration=self.detection_calibration))
         return results if many else results[0]
 
     def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
@@ -677,6 +735,48 @@ class Reconstructor:
                                        seed=seed, match=match, floor=floor, progress=progress)
         self.uncertainty_scale = report.scale
         self.uncertainty_floor = report.floor
+        return report
+
+    def calibrate_flux_errors(self, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,
+                              match=(1, 2), progress=True):
+        """Choose the flux error floor of this model's catalogs on a simulated data set and keep it.
+
+        Sets `flux_error_floor` so that catalog flux errors cover the true
+        fluxes of the matched sources as a Gaussian's would at the levels
+        in ``match``; see `radiorecon.calibration.calibrate_flux_errors`.
+        Calibrate the threshold and the uncertainty scale first: the
+        catalogs are made as they will be, at `catalog_threshold` with
+        the scaled spread. Then `save`.
+
+        Returns
+        -------
+        `~radiorecon.calibration.FluxErrorReport`
+        """
+        from .calibration import calibrate_flux_errors
+
+        report = calibrate_flux_errors(self, data, n_samples=n_samples, threshold=threshold, n_images=n_images,
+                                       images=images, seed=seed, match=match, progress=progress)
+        self.flux_error_floor = report.floor
+        return report
+
+    def calibrate_detection_probability(self, data, *, n_samples=1, threshold=None, n_images=None, images=None,
+                                        seed=0, progress=True):
+        """Calibrate the ``detection_probability`` of this model's catalogs on a simulated data set and keep it.
+
+        Sets `detection_calibration`; see
+        `radiorecon.calibration.calibrate_detection_probability`. Calibrate
+        the threshold first: the catalogs are made at `catalog_threshold`.
+        Then `save`.
+
+        Returns
+        -------
+        `~radiorecon.calibration.DetectionReport`
+        """
+        from .calibration import calibrate_detection_probability
+
+        report = calibrate_detection_probability(self, data, n_samples=n_samples, threshold=threshold,
+                                                 n_images=n_images, images=images, seed=seed, progress=progress)
+        self.detection_calibration = report.coefficients
         return report
 
     def calibrate_threshold(self, data, *, n_samples=1, n_images=None, images=None, seed=0, target_purity=None,

@@ -1,5 +1,7 @@
 """Calibrated uncertainty: the scale on the standard deviation, its model-file field and provenance."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -279,5 +281,109 @@ def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
     out = tmp_path / "calibrated.rrm"
     assert main(["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
                  "--floor", "--no-progress"]) == 0
-    assert "floor " in capsys.readouterr().out
-    assert Reconstructor.load(out).uncertainty_floor > 0
+    printed = capsys.readouterr().out
+    assert "floor " in printed and "flux error floor:" in printed
+    loaded = Reconstructor.load(out)
+    assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor > 0
+
+
+def test_flux_error_floor_is_chosen_kept_and_used_by_catalogs(overconfident, dataset, tmp_path, capsys):
+    from radiorecon.calibration import calibrate_flux_errors
+    from radiorecon.catalog import find_sources_in_model
+
+    report = calibrate_flux_errors(overconfident, dataset, n_samples=N_SAMPLES, threshold=4.0, progress=False)
+    assert overconfident.flux_error_floor == 0.0  # the function alone changes nothing
+    assert report.threshold == 4.0 and report.n_images == 4 and report.after["n"] >= 4
+    # The samples' spread (0.01 of the noise) covers almost none of the flux errors; a floor does.
+    assert report.before[1.0] < 0.3 and report.floor > 0.1
+    assert abs(report.after[1.0] - gaussian_coverage(1)) < abs(report.before[1.0] - gaussian_coverage(1))
+    # One run has no spread: the floor alone, still chosen.
+    alone = calibrate_flux_errors(overconfident, dataset, n_samples=1, threshold=4.0, progress=False)
+    assert alone.floor > 0 and alone.after["n"] == report.after["n"]
+
+    image = dataset.image(0)
+    plain = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+    try:
+        assert overconfident.calibrate_flux_errors(dataset, n_samples=N_SAMPLES, threshold=4.0,
+                                                   progress=False).floor == report.floor
+        floored = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+        direct = overconfident.predict(image, progress=False)
+        overconfident.save(tmp_path / "f.rrm")
+    finally:
+        overconfident.flux_error_floor = 0.0
+    assert plain.meta["RRFFLOOR"] == 0 and floored.meta["RRFFLOOR"] == report.floor
+    a, b = (find_sources_in_model(r, image, 4.0) for r in (plain, floored))
+    assert len(a) == len(b) > 0
+    noise = a.meta["noise"].to_value("Jy / beam")
+    np.testing.assert_allclose(b["flux_err"].value, np.hypot(a["flux_err"].value, report.floor * noise), rtol=1e-6)
+    # Without samples, the floor is the flux error.
+    c = find_sources_in_model(direct, image, 4.0)
+    np.testing.assert_allclose(c["flux_err"].value, report.floor * noise)
+    assert np.all(np.isnan(find_sources_in_model(overconfident.predict(image, progress=False), image,
+                                                 4.0)["flux_err"]))
+    assert Reconstructor.load(tmp_path / "f.rrm").flux_error_floor == report.floor
+    assert main(["info", str(tmp_path / "f.rrm")]) == 0
+    assert f"flux error floor: {report.floor:.4g} x the dirty image's noise" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="match must hold positive levels"):
+        calibrate_flux_errors(overconfident, dataset, match=(0,), progress=False)
+    with pytest.raises(ValueError, match="threshold must be a positive"):
+        calibrate_flux_errors(overconfident, dataset, threshold=-1, progress=False)
+
+
+@pytest.mark.parametrize("bad", [-1.0, True, "2", None])
+def test_bad_flux_error_floors_are_refused(bad):
+    rec = Reconstructor("clean")
+    assert rec.flux_error_floor == 0.0
+    with pytest.raises(ValueError, match="flux_error_floor must be a finite number >= 0"):
+        rec.flux_error_floor = bad
+    assert rec.flux_error_floor == 0.0
+
+
+def test_detection_probability_is_calibrated_on_snr_and_kept(overconfident, dataset, tmp_path, capsys):
+    from radiorecon.calibration import calibrate_detection_probability
+    from radiorecon.catalog import calibrated_probability, find_sources_in_model
+
+    # A low threshold, so that some detections are noise.
+    report = calibrate_detection_probability(overconfident, dataset, n_samples=N_SAMPLES, threshold=2.0,
+                                             progress=False)
+    assert overconfident.detection_calibration is None
+    assert report.n_detections > 4 and report.threshold == 2.0
+    a, b = report.coefficients
+    assert b > 0  # brighter detections are likelier real
+    image = dataset.image(0)
+    plain = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+    try:
+        assert overconfident.calibrate_detection_probability(
+            dataset, n_samples=N_SAMPLES, threshold=2.0, progress=False).coefficients == report.coefficients
+        calibrated = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
+        direct = overconfident.predict(image, progress=False)
+        overconfident.save(tmp_path / "p.rrm")
+    finally:
+        overconfident.detection_calibration = None
+    assert "RRDCAL" not in plain.meta and json.loads(calibrated.meta["RRDCAL"]) == report.coefficients
+    before, after = (find_sources_in_model(r, image, 2.0) for r in (plain, calibrated))
+    assert len(before) == len(after) > 0
+    expected = before["detection_probability"] / (1 + np.exp(-(a + b * np.log(np.asarray(before["snr"])))))
+    np.testing.assert_allclose(after["detection_probability"], expected)
+    np.testing.assert_allclose(calibrated_probability(before, report.coefficients), expected)
+    # One run: the calibrated probability alone.
+    one = find_sources_in_model(direct, image, 2.0)
+    np.testing.assert_allclose(one["detection_probability"],
+                               1 / (1 + np.exp(-(a + b * np.log(np.asarray(one["snr"]))))))
+    assert Reconstructor.load(tmp_path / "p.rrm").detection_calibration == report.coefficients
+    assert main(["info", str(tmp_path / "p.rrm")]) == 0
+    assert "(calibrated)" in capsys.readouterr().out.split("detection probability:")[1].splitlines()[0]
+    for bad in ([1.0], [1.0, float("nan")], "ab", [True, 1.0]):
+        with pytest.raises(ValueError, match="detection_calibration must be two finite numbers"):
+            overconfident.detection_calibration = bad
+    assert overconfident.detection_calibration is None
+
+
+def test_cli_calibrate_reliability(overconfident, dataset, tmp_path, capsys):
+    model = tmp_path / "in.rrm"
+    overconfident.save(model)
+    out = tmp_path / "calibrated.rrm"
+    assert main(["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
+                 "--reliability", "--no-uncertainty", "--no-progress"]) == 0
+    assert "detection probability: a " in capsys.readouterr().out
+    assert Reconstructor.load(out).detection_calibration is not None
