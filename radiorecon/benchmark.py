@@ -207,7 +207,8 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         (`radiorecon.metrics.coverage`; 0.683 and 0.954 when calibrated).
         For methods whose catalogs have flux errors (``flux_err`` of
         `~radiorecon.catalog.find_sources_in_model`: the spread of the
-        samples' aperture fluxes, so two or more samples),
+        samples' aperture fluxes, so two or more samples, and a model's
+        calibrated flux error floor),
         ``flux_coverage_1sigma`` and ``flux_coverage_2sigma`` are the
         fractions of the row's matched sources, all test images pooled,
         whose found flux lies within 1 and 2 ``flux_err`` of the true
@@ -216,7 +217,8 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         ``|true-positive rate - mean detection_probability|`` over the bins
         of `radiorecon.metrics.reliability` holding at least
         `RELIABILITY_MIN_COUNT` of the row's detections (NaN without
-        ``detection_probability``, or without such a bin): at most 0.1 for
+        ``detection_probability``, from samples or a model's
+        ``detection_calibration``, or without such a bin): at most 0.1 for
         a reliable detection probability.
         ``f1_err`` is the bootstrap standard deviation of ``f1`` over
         images (`radiorecon.metrics.bootstrap_f1`, seeded by ``seed``);

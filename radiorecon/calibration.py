@@ -537,7 +537,7 @@ class FluxErrorReport:
 
 
 def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,
-                          levels=(1, 2), match=(1, 2), progress=True):
+                          levels=(1, 2), match=(1,), progress=True):
     """Find the flux error, in units of the noise, that makes catalog flux errors cover the true fluxes.
 
     A catalog's ``flux_err`` (`~radiorecon.catalog.find_sources_in_model`)
@@ -548,8 +548,9 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
     ``floor * noise`` in quadrature (``noise``: the dirty image's, Jy/beam,
     the flux error of a point source in it) and chooses ``floor`` so that
     the coverage of the matched sources' true apparent fluxes at the
-    levels in ``match`` is as near a Gaussian's as one floor makes it (the
-    largest miss, as for `calibrate_uncertainty`). The model is not
+    levels in ``match`` is as near a Gaussian's as one floor makes it (by
+    default 0.683 at 1 sigma; with several levels, the largest miss, as
+    for `calibrate_uncertainty`). The model is not
     changed: `~radiorecon.Reconstructor.calibrate_flux_errors` also keeps
     the floor.
 

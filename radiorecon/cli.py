@@ -472,13 +472,20 @@ def cmd_simulate(args):
 
 
 def _methods(specs, samples):
-    """(label, Reconstructor, n_samples) rows from backend names or model files."""
+    """(label, Reconstructor, n_samples) rows from backend names or model files, each optionally ``@N`` samples."""
     methods = []
     for spec in specs:
+        counts = samples
+        name, _, count = spec.rpartition("@")
+        if name and count.isdigit() and not os.path.isfile(spec):
+            if int(count) < 1:
+                raise ValueError(f"{spec!r}: the number of samples after @ must be positive")
+            counts = [int(count)]
+            spec = name
         rec = _open_model(spec, {})
         label = os.path.basename(spec) if os.path.isfile(spec) else spec
         sampling = "draws" in rec.capabilities
-        for n in samples if sampling else [1]:
+        for n in counts if sampling else [1]:
             methods.append((f"{label} ({n})" if sampling else label, rec, n))
     return methods
 
@@ -685,7 +692,9 @@ def _parser():
 
     p = sub.add_parser("benchmark", help="score methods on a simulated data set, as the papers do")
     p.add_argument("--data", required=True, help="data set directory (radiorecon simulate)")
-    p.add_argument("--backends", default="clean", help="comma-separated backend names or model files")
+    p.add_argument("--backends", default="clean",
+                   help="comma-separated backend names or model files; NAME@N draws N samples for that one "
+                        "instead of --samples (e.g. ablation.rrm@1,star.rrm@10)")
     p.add_argument("--samples", default="1", help="comma-separated sample counts for sampling backends")
     p.add_argument("--n-images", type=_positive_int, default=None, metavar="N",
                    help="use the first N images (of those not in the calibration split)")

@@ -738,12 +738,12 @@ class Reconstructor:
         return report
 
     def calibrate_flux_errors(self, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,
-                              match=(1, 2), progress=True):
+                              match=(1,), progress=True):
         """Choose the flux error floor of this model's catalogs on a simulated data set and keep it.
 
         Sets `flux_error_floor` so that catalog flux errors cover the true
         fluxes of the matched sources as a Gaussian's would at the levels
-        in ``match``; see `radiorecon.calibration.calibrate_flux_errors`.
+        in ``match`` (0.683 of them at 1 sigma by default); see `radiorecon.calibration.calibrate_flux_errors`.
         Calibrate the threshold and the uncertainty scale first: the
         catalogs are made as they will be, at `catalog_threshold` with
         the scaled spread. Then `save`.

@@ -421,6 +421,11 @@ def registered():
 def test_benchmark_samples_backends_that_draw(registered):
     labels = [label for label, _, _ in _methods(["test-draws", "clean"], [1, 4])]
     assert labels == ["test-draws (1)", "test-draws (4)", "clean"]
+    # NAME@N: that many samples for that one (a backend without draws ignores it).
+    rows = _methods(["test-draws@10", "test-draws@1", "clean@3"], [1, 4])
+    assert [(label, n) for label, _, n in rows] == [("test-draws (10)", 10), ("test-draws (1)", 1), ("clean", 1)]
+    with pytest.raises(ValueError, match="test-draws@0.*must be positive"):
+        _methods(["test-draws@0"], [1])
 
 
 def test_info_reads_shipped_models_and_shows_the_tiles(registered, tmp_path, capsys):
