@@ -470,8 +470,6 @@ def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, s
         If ``target_purity`` is outside (0, 1], the grid is empty, or the
         backend predicts no sky model.
     """
-    from tqdm.auto import tqdm
-
     from .catalog import find_sources_in_model
 
     if not 0 < target_purity <= 1:
@@ -487,16 +485,9 @@ def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, s
     seed = check_seed(seed)
     indices = _indices(data, n_images, images)
     counts = np.zeros((len(grid), 3), np.int64)
-    for i in tqdm(indices, desc="calibrate threshold", disable=not progress, unit="image"):
-        dirty = data.image(i)
-        psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
-        result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
-                             progress=False)
-        if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
-            raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in Jy/pixel")
-        beam = data.beam(i)
-        noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
-        fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+    for i, result, beam, noise, fwhm_px in _predictions(rec, data, indices, n_samples=n_samples, seed=seed,
+                                                        progress=progress, desc="calibrate threshold",
+                                                        return_samples=False):
         truth = apparent_sources(data, i)
         for k, t in enumerate(grid):
             found = find_sources_in_model(result, threshold=t, beam=beam, noise=noise, deblend=DEBLEND_LIMIT)
@@ -506,6 +497,46 @@ def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, s
     chosen = choose_threshold(curve, target_purity)
     return ThresholdReport(target_purity=float(target_purity), curve=curve, n_images=len(indices),
                            n_samples=n_samples, **chosen)
+
+
+def _predictions(rec, data, indices, *, n_samples, seed, progress, desc, return_samples):
+    """Predict each image of a simulated data set: yields ``(i, result, beam, noise, fwhm_px)``.
+
+    Image ``i`` is predicted with seed ``seed + i``; ``noise`` is the dirty
+    image's robust noise (Jy/beam) and ``fwhm_px`` the beam's major axis
+    in pixels, for `radiorecon.catalog.find_sources_in_model` and
+    `radiorecon.metrics.score_catalog`.
+    """
+    from tqdm.auto import tqdm
+
+    for i in tqdm(indices, desc=desc, disable=not progress, unit="image"):
+        dirty = data.image(i)
+        psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
+        result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
+                             return_samples=return_samples, progress=False)
+        if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
+            raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in Jy/pixel")
+        beam = data.beam(i)
+        noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
+        fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
+        yield i, result, beam, noise, fwhm_px
+
+
+def _scored_catalogs(rec, data, indices, *, n_samples, threshold, seed, progress, desc, flux=True):
+    """The catalog of each prediction at ``threshold``, scored: yields ``(found, score, noise)``.
+
+    With the samples when ``n_samples > 1`` (for flux errors and detection
+    probabilities); ``score`` is `radiorecon.metrics.score_catalog`
+    against the apparent sources, with fluxes unless ``flux`` is False.
+    """
+    from .catalog import find_sources_in_model
+
+    for i, result, beam, noise, fwhm_px in _predictions(rec, data, indices, n_samples=n_samples, seed=seed,
+                                                        progress=progress, desc=desc,
+                                                        return_samples=n_samples > 1):
+        found = find_sources_in_model(result, threshold=threshold, beam=beam, noise=noise, deblend=DEBLEND_LIMIT)
+        yield found, metrics.score_catalog(found, apparent_sources(data, i), fwhm_px,
+                                           flux="flux" if flux else None), noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,9 +612,7 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
         If ``match`` holds no positive level, the backend predicts no sky
         model, or no detection matches a true source.
     """
-    from tqdm.auto import tqdm
-
-    from .catalog import _check_threshold, default_threshold, find_sources_in_model
+    from .catalog import _check_threshold, default_threshold
 
     match = [float(k) for k in match]
     if not match or min(match) <= 0:
@@ -600,20 +629,8 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
     rec.flux_error_floor = 0.0
     found_flux, spread, true_flux, noises = [], [], [], []
     try:
-        for i in tqdm(indices, desc="calibrate flux errors", disable=not progress, unit="image"):
-            dirty = data.image(i)
-            psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
-            result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
-                                 return_samples=n_samples > 1, progress=False)
-            if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
-                raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in "
-                                 "Jy/pixel")
-            beam = data.beam(i)
-            noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
-            fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
-            found = find_sources_in_model(result, threshold=threshold, beam=beam, noise=noise,
-                                          deblend=DEBLEND_LIMIT)
-            score = metrics.score_catalog(found, apparent_sources(data, i), fwhm_px)
+        for _, score, noise in _scored_catalogs(rec, data, indices, n_samples=n_samples, threshold=threshold,
+                                                seed=seed, progress=progress, desc="calibrate flux errors"):
             found_flux.append(u.Quantity(score["flux_found"], u.Jy).value)
             spread.append(np.nan_to_num(u.Quantity(score["flux_err"], u.Jy).value))  # one run: no spread
             true_flux.append(u.Quantity(score["flux_true"], u.Jy).value)
@@ -630,7 +647,10 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
                                                * [1, 4], 121)]) if np.any(error > 0) else np.zeros(1)
     for _ in range(2):  # a grid, then a finer one around its best
         miss = _miss(error, np.hypot(spread, grid[:, None]), match)
-        j = int(np.argmin(miss))
+        # Coverage of a few dozen sources steps: of the floors that tie,
+        # the middle one, not the smallest.
+        best = np.flatnonzero(miss == miss.min())
+        j = int(best[len(best) // 2])
         floor = float(grid[j])
         grid = _around(grid, j)
     return FluxErrorReport(
@@ -698,9 +718,8 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
         If the backend predicts no sky model, or nothing is detected.
     """
     from scipy.optimize import minimize
-    from tqdm.auto import tqdm
 
-    from .catalog import _check_threshold, default_threshold, find_sources_in_model
+    from .catalog import _check_threshold, default_threshold
 
     if isinstance(data, str):
         from .simulate import load_dataset
@@ -714,20 +733,9 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
     rec.detection_calibration = None
     snr, fraction, real = [], [], []
     try:
-        for i in tqdm(indices, desc="calibrate detection probability", disable=not progress, unit="image"):
-            dirty = data.image(i)
-            psf = data.psf(i, full=True) if "needs_psf" in rec.capabilities else None
-            result = rec.predict(dirty, psf=psf, n_samples=n_samples, seed=None if seed is None else seed + i,
-                                 return_samples=n_samples > 1, progress=False)
-            if result.unit is None or not result.unit.is_equivalent(_JY_PIX):
-                raise ValueError(f"Backend {rec.backend_name!r} predicts in {result.unit}, not a sky model in "
-                                 "Jy/pixel")
-            beam = data.beam(i)
-            noise = robust_std(dirty.data, mask=dirty.mask) * dirty.unit.to(u.Jy / u.beam)
-            fwhm_px = float((beam.major / (proj_plane_pixel_scales(dirty.wcs)[1] * u.deg)).decompose())
-            found = find_sources_in_model(result, threshold=threshold, beam=beam, noise=noise,
-                                          deblend=DEBLEND_LIMIT)
-            score = metrics.score_catalog(found, apparent_sources(data, i), fwhm_px, flux=None)
+        for found, score, _ in _scored_catalogs(rec, data, indices, n_samples=n_samples, threshold=threshold,
+                                                seed=seed, progress=progress, flux=False,
+                                                desc="calibrate detection probability"):
             ok = np.zeros(len(found), bool)
             ok[score["match"].found_index] = True
             snr.append(np.asarray(found["snr"], float))
