@@ -698,7 +698,8 @@ def test_an_image_larger_than_the_largest_tile_goes_through_in_tiles(star, tmp_p
     with _nothing_changes(tmp_path):
         result = star.predict(image, batch_size=2, progress=False, threads=1)
     assert result.data.shape == (40, 40) and np.isfinite(result.data).all()
-    assert all(s[1:] == (32, 32) for s in shapes) and sum(s[0] for s in shapes) == 4
+    # Two or more tiles a side (how many depends on the model's grid: 16 pixels for the shipped STAR).
+    assert all(s[1:] == (32, 32) for s in shapes) and sum(s[0] for s in shapes) >= 4
 
 
 # == 8. The command line: one line for input problems, tracebacks for bugs ==============

@@ -202,11 +202,15 @@ def test_demo_defaults_to_the_models_threshold(trained, tmp_path, monkeypatch):
                     overwrite=True, progress=False)["catalog"].meta["threshold"] == 2.0
 
 
-@pytest.mark.parametrize("name", ["star", "ddpm"])
-def test_shipped_models_carry_their_domain(name):
+@pytest.mark.parametrize("name, fields", [
+    # What examples/train_star.py trains on: 128x128 cut-outs of full fields.
+    ("star", dict(crop=128)),
+    # The 64x64 fields of examples/train_ddpm.py.
+    ("ddpm", dict(npix=64, placement_radius=3.0 * u.arcsec)),
+])
+def test_shipped_models_carry_their_domain(name, fields):
     doc = modelfile.read_header(resolve_model_path(f"pretrained:{name}"))
-    # The cut-outs examples/train_*.py train on, by default.
-    pairs = simulate.SimulatedPairs(1, seed=11, npix=64, placement_radius=3.0 * u.arcsec)
+    pairs = simulate.SimulatedPairs(1, seed=11, **fields)
     assert doc["domain"] == training_domain(pairs)
     assert doc["domain"]["preset"] == simulate.DEFAULT_PRESET
     assert Reconstructor.pretrained(name).domain == doc["domain"]
