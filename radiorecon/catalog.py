@@ -342,8 +342,9 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
         samples and without a floor); with samples, or with a calibrated
         model (``RRDCAL``), ``detection_probability`` (the fraction of
         samples in which the source is found, times the calibrated
-        probability that a source of its S/N is real); ``peak`` (Jy/beam) is the brightest pixel of
-        the restored model and ``snr`` is ``peak / noise``. Whatever the
+        probability that a source of its S/N is real); ``peak``
+        (Jy/beam) is the brightest pixel of the restored model and ``snr``
+        is ``peak / noise``. Whatever the
         units of the inputs, the catalog is in Jy and Jy/beam. ``meta`` adds
         ``noise`` (Jy/beam), ``beam_fwhm_pix`` (pix) and ``detected_in``.
 
@@ -411,7 +412,8 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
     if "restored" in extras:
         restored = np.nan_to_num(_plain(extras["restored"], _JY_BEAM, to_jy))
         catalog = model_catalog(restored, wcs, noise, threshold, restored, fwhm_px, psf=kernel,
-                                npixels=npixels, deblend=deblend, match_radius=match_radius)
+                                flux_err_floor=float(meta.get("RRFFLOOR", 0.0)) * noise, npixels=npixels,
+                                deblend=deblend, match_radius=match_radius)
         catalog.meta["detected_in"] = "the method's restored image"
     else:
         samples = getattr(model, "samples", None)

@@ -387,3 +387,17 @@ def test_cli_calibrate_reliability(overconfident, dataset, tmp_path, capsys):
                  "--reliability", "--no-uncertainty", "--no-progress"]) == 0
     assert "detection probability: a " in capsys.readouterr().out
     assert Reconstructor.load(out).detection_calibration is not None
+
+
+def test_a_restored_image_catalog_takes_the_flux_error_floor(dataset):
+    from radiorecon.catalog import find_sources_in_model
+
+    rec = Reconstructor("clean", niter=50)
+    image, psf = dataset.image(0), dataset.psf(0, full=True)
+    plain = rec.predict(image, psf=psf, progress=False)
+    rec.flux_error_floor = 1.5
+    floored = rec.predict(image, psf=psf, progress=False)
+    a, b = (find_sources_in_model(r, image, 4.0) for r in (plain, floored))
+    assert len(a) == len(b) > 0 and a.meta["detected_in"] == "the method's restored image"
+    assert np.all(np.isnan(a["flux_err"]))
+    np.testing.assert_allclose(b["flux_err"].value, 1.5 * b.meta["noise"].to_value("Jy / beam"))
