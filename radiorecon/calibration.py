@@ -33,6 +33,7 @@ pooled purity reaches `TARGET_PURITY`;
 --catalog``, the demo and the benchmark.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -276,12 +277,9 @@ def calibrate_uncertainty(rec, data, *, n_samples, n_images=None, images=None, s
         raise ValueError(f"match must hold positive levels, not {match!r}")
     # The method's own spread: the model's calibration is set aside while predicting.
     saved = rec.uncertainty_scale, rec.uncertainty_floor
-    rec.uncertainty_scale, rec.uncertainty_floor = 1.0, 0.0
-    try:
+    with _set_aside(rec, uncertainty_scale=1.0, uncertainty_floor=0.0):
         estimate, std, sky, n = _source_pixels(rec, data, n_samples=n_samples, n_images=n_images, images=images,
                                                seed=seed, progress=progress)
-    finally:
-        rec.uncertainty_scale, rec.uncertainty_floor = saved
     good = np.isfinite(estimate) & np.isfinite(std) & np.isfinite(sky)
     estimate, std, sky = estimate[good], std[good], sky[good]
     error = np.abs(estimate - sky)
@@ -499,6 +497,35 @@ def calibrate_threshold(rec, data, *, n_samples=1, n_images=None, images=None, s
                            n_samples=n_samples, **chosen)
 
 
+@contextlib.contextmanager
+def _set_aside(rec, **values):
+    """Give ``rec`` these attribute values while predicting, and its own back after."""
+    saved = {name: getattr(rec, name) for name in values}
+    for name, value in values.items():
+        setattr(rec, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(rec, name, value)
+
+
+def _catalog_setup(rec, data, *, n_samples, threshold, n_images, images, seed):
+    """Checked ``(data, n_samples, threshold, seed, indices)`` of a catalog calibration.
+
+    ``threshold`` None is the model's (`radiorecon.catalog.default_threshold`).
+    """
+    from .catalog import _check_threshold, default_threshold
+
+    if isinstance(data, str):
+        from .simulate import load_dataset
+
+        data = load_dataset(data)
+    threshold = default_threshold(rec) if threshold is None else _check_threshold(threshold)
+    return (data, check_int(n_samples, "n_samples"), threshold, check_seed(seed),
+            _indices(data, n_images, images))
+
+
 def _predictions(rec, data, indices, *, n_samples, seed, progress, desc, return_samples):
     """Predict each image of a simulated data set: yields ``(i, result, beam, noise, fwhm_px)``.
 
@@ -612,31 +639,20 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
         If ``match`` holds no positive level, the backend predicts no sky
         model, or no detection matches a true source.
     """
-    from .catalog import _check_threshold, default_threshold
-
     match = [float(k) for k in match]
     if not match or min(match) <= 0:
         raise ValueError(f"match must hold positive levels, not {match!r}")
-    if isinstance(data, str):
-        from .simulate import load_dataset
-
-        data = load_dataset(data)
-    threshold = default_threshold(rec) if threshold is None else _check_threshold(threshold)
-    n_samples = check_int(n_samples, "n_samples")
-    seed = check_seed(seed)
-    indices = _indices(data, n_images, images)
+    data, n_samples, threshold, seed, indices = _catalog_setup(
+        rec, data, n_samples=n_samples, threshold=threshold, n_images=n_images, images=images, seed=seed)
     saved = rec.flux_error_floor
-    rec.flux_error_floor = 0.0
     found_flux, spread, true_flux, noises = [], [], [], []
-    try:
+    with _set_aside(rec, flux_error_floor=0.0):
         for _, score, noise in _scored_catalogs(rec, data, indices, n_samples=n_samples, threshold=threshold,
                                                 seed=seed, progress=progress, desc="calibrate flux errors"):
             found_flux.append(u.Quantity(score["flux_found"], u.Jy).value)
             spread.append(np.nan_to_num(u.Quantity(score["flux_err"], u.Jy).value))  # one run: no spread
             true_flux.append(u.Quantity(score["flux_true"], u.Jy).value)
             noises.append(np.full(len(score["flux_found"]), noise))
-    finally:
-        rec.flux_error_floor = saved
     found_flux, spread, true_flux, noises = (np.concatenate(a) for a in (found_flux, spread, true_flux, noises))
     if not found_flux.size:
         raise ValueError(f"No source found at S/N {threshold:g} matches a true one: no flux errors to calibrate")
@@ -719,20 +735,10 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
     """
     from scipy.optimize import minimize
 
-    from .catalog import _check_threshold, default_threshold
-
-    if isinstance(data, str):
-        from .simulate import load_dataset
-
-        data = load_dataset(data)
-    threshold = default_threshold(rec) if threshold is None else _check_threshold(threshold)
-    n_samples = check_int(n_samples, "n_samples")
-    seed = check_seed(seed)
-    indices = _indices(data, n_images, images)
-    saved = rec.detection_calibration
-    rec.detection_calibration = None
+    data, n_samples, threshold, seed, indices = _catalog_setup(
+        rec, data, n_samples=n_samples, threshold=threshold, n_images=n_images, images=images, seed=seed)
     snr, fraction, real = [], [], []
-    try:
+    with _set_aside(rec, detection_calibration=None):
         for found, score, _ in _scored_catalogs(rec, data, indices, n_samples=n_samples, threshold=threshold,
                                                 seed=seed, progress=progress, flux=False,
                                                 desc="calibrate detection probability"):
@@ -742,8 +748,6 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
             fraction.append(np.asarray(found["detection_probability"], float)
                             if "detection_probability" in found.colnames else np.ones(len(found)))
             real.append(ok)
-    finally:
-        rec.detection_calibration = saved
     snr, fraction, real = (np.concatenate(a) for a in (snr, fraction, real))
     if not snr.size:
         raise ValueError(f"Nothing is detected at S/N {threshold:g}: no detection probability to calibrate")

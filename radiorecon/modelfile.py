@@ -186,11 +186,7 @@ def check_uncertainty_floor(value):
     ValueError
         If ``value`` is not None and not a finite number >= 0.
     """
-    if value is None:
-        return 0.0
-    if not _is_nonnegative(value):
-        raise ValueError(f"uncertainty_floor must be a finite number >= 0 (such as 0), not {value!r}")
-    return float(value)
+    return _floor(value, "uncertainty_floor")
 
 
 def check_flux_error_floor(value):
@@ -204,10 +200,15 @@ def check_flux_error_floor(value):
     ValueError
         If ``value`` is not None and not a finite number >= 0.
     """
+    return _floor(value, "flux_error_floor")
+
+
+def _floor(value, name):
+    """A floor as a float: 0 for None (not recorded), else a finite number >= 0."""
     if value is None:
         return 0.0
     if not _is_nonnegative(value):
-        raise ValueError(f"flux_error_floor must be a finite number >= 0 (such as 0), not {value!r}")
+        raise ValueError(f"{name} must be a finite number >= 0 (such as 0), not {value!r}")
     return float(value)
 
 
