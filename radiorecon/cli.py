@@ -530,27 +530,31 @@ def cmd_calibrate(args):
     rec = _open_model(args.model, _config_pairs(args.set))
     common = dict(n_images=args.n_images, seed=0 if args.seed is None else args.seed,
                   progress=not args.no_progress)
-    found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity, **common)
-    note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
-    print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
-          f"{_plural(found.n_images, 'image')}{note}")
-    if not args.no_uncertainty and ("std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)):
-        scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), floor=args.floor,
-                                           **common)
-        floor = f", floor {scaled.floor:.4g} (normalised)" if args.floor else ""
-        print(f"uncertainty scale: {scaled.scale:.4g}{floor}; coverage of source pixels 1 sigma "
-              f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
-              f"{scaled.after[2.0]:.3f}")
-    if args.reliability:
-        found = rec.calibrate_detection_probability(args.data, n_samples=args.samples, **common)
-        print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g} on "
-              f"{found.n_detections} detections; largest reliability error {found.before:.3f} -> "
-              f"{found.after:.3f}")
-    if args.floor:
-        fluxes = rec.calibrate_flux_errors(args.data, n_samples=args.samples, **common)
-        print(f"flux error floor: {fluxes.floor:.4g} x the noise; coverage of {fluxes.after['n']} matched "
-              f"sources' fluxes 1 sigma {fluxes.before[1.0]:.3f} -> {fluxes.after[1.0]:.3f}, 2 sigma "
-              f"{fluxes.before[2.0]:.3f} -> {fluxes.after[2.0]:.3f}")
+    # Each image is predicted once for all the calibrations below.
+    with rec.reusing_predictions():
+        found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity,
+                                        **common)
+        note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
+        print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
+              f"{_plural(found.n_images, 'image')}{note}")
+        spread = "std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)
+        if not args.no_uncertainty and spread:
+            scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), floor=args.floor,
+                                               **common)
+            floor = f", floor {scaled.floor:.4g} (normalised)" if args.floor else ""
+            print(f"uncertainty scale: {scaled.scale:.4g}{floor}; coverage of source pixels 1 sigma "
+                  f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
+                  f"{scaled.after[2.0]:.3f}")
+        if args.reliability:
+            found = rec.calibrate_detection_probability(args.data, n_samples=args.samples, **common)
+            print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g} on "
+                  f"{found.n_detections} detections; largest reliability error {found.before:.3f} -> "
+                  f"{found.after:.3f}")
+        if args.floor:
+            fluxes = rec.calibrate_flux_errors(args.data, n_samples=args.samples, **common)
+            print(f"flux error floor: {fluxes.floor:.4g} x the noise; coverage of {fluxes.after['n']} matched "
+                  f"sources' fluxes 1 sigma {fluxes.before[1.0]:.3f} -> {fluxes.after[1.0]:.3f}, 2 sigma "
+                  f"{fluxes.before[2.0]:.3f} -> {fluxes.after[2.0]:.3f}")
     rec.save(args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0

@@ -26,6 +26,8 @@ __all__ = [
     "distance_correlation",
     "sky_stretch",
     "sky_unstretch",
+    "dead_zone",
+    "check_dead_zone",
     "bin_image",
     "unbin_image",
     "pad_to_multiple",
@@ -383,6 +385,32 @@ def sky_unstretch(t, *, kind="asinh", softening=1.0, power=0.5, scale=1.0):
     if kind == "power":
         return torch.sign(t) * (t.abs() * scale).pow(1.0 / power) * softening
     raise ValueError(f"Unknown sky stretch {kind!r}; choose 'asinh' or 'power'")
+
+
+def dead_zone(t, width):
+    """Set values of a normalised sky within ``width`` of 0 to exactly 0.
+
+    A network's output is not exactly 0 where it sees nothing, and the
+    published scoring protocol, whose threshold falls to 1e-3 of a model's
+    peak, counts the ripples of that faint floor as sources. Applied at
+    prediction only, so it can be chosen on a trained model.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Normalised (stretched) sky, dimensionless.
+    width : float
+        Half-width of the zone, in the same units; 0 leaves ``t`` as it is.
+    """
+    if width > 0:
+        t = torch.where(t.abs() > width, t, torch.zeros_like(t))
+    return t
+
+
+def check_dead_zone(width):
+    """Raise `ValueError` unless ``width`` is a finite number >= 0 (a config's ``dead_zone``)."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 <= width < float("inf"):
+        raise ValueError(f"dead_zone must be a finite number >= 0, not {width!r}")
 
 
 def bin_image(x, factor, *, reduce="mean"):

@@ -15,6 +15,8 @@ provenance and makes the `~radiorecon.Reconstruction`.
 
 import collections
 import dataclasses
+import hashlib
+import json
 import logging
 import warnings
 
@@ -447,6 +449,23 @@ class _Stitched:
             extras[key[1]][rows] = values
         else:
             put(key, values)
+
+
+def prediction_key(jobs, backend, **settings):
+    """A digest of everything a `run` of ``jobs`` depends on, for reusing its outputs.
+
+    The images and masks as the networks see them, the PSFs, the tiling,
+    the backend's configuration and trained weights (by identity: the same
+    backend object), and ``settings`` (``n_samples``, ``seed``, ...).
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps([id(backend), backend.config, repr(sorted(settings.items()))],
+                             sort_keys=True, default=repr).encode())
+    for job in jobs:
+        digest.update(repr((job.index, job.data.shape, job.tiler.tile_shape, job.normalisation.scale)).encode())
+        for array in (job.data, job.mask, job.psf):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,

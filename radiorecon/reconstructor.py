@@ -6,6 +6,8 @@ units, history) and delegates the work: `radiorecon.pipeline` predicts,
 `radiorecon.provenance` records how results were made.
 """
 
+import contextlib
+import copy
 import logging
 import os
 
@@ -145,6 +147,8 @@ class Reconstructor:
         self.flux_error_floor = 0.0
         self.detection_calibration = None
         self.origin = "untrained" if not self.fitted else "no training needed"
+        # Backend outputs kept by `reusing_predictions` (None: predict afresh every time).
+        self._kept_outputs = None
 
     def __repr__(self):
         state = "fitted" if self.fitted else "not fitted"
@@ -695,12 +699,23 @@ class Reconstructor:
         if positions is not None:
             for job, xy in zip(jobs, positions):
                 _check_inside(xy, job.mask.shape, "" if not many else f" of image {job.index}")
-        pipeline.check_sample_memory(jobs, n_samples, return_samples, batch_size)
+        key = outputs = None
+        keep = return_samples
+        if self._kept_outputs is not None and seed is not None:
+            # Kept outputs hold the samples, so that they serve calls with and without them.
+            keep = return_samples or n_samples > 1
+            key = pipeline.prediction_key(jobs, self.backend, n_samples=n_samples, seed=seed, aggregate=aggregate,
+                                          positions=positions)
+            outputs = copy.deepcopy(self._kept_outputs.get(key))  # assemble blanks maps in place
+        pipeline.check_sample_memory(jobs, n_samples, keep, batch_size)
         dev = self._to_device(device)
-        with torch_threads(threads):
-            outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
-                                   batch_size=batch_size, seed=seed, device=dev, progress=progress,
-                                   aggregate=aggregate, return_samples=return_samples, positions=positions)
+        if outputs is None:
+            with torch_threads(threads):
+                outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
+                                       batch_size=batch_size, seed=seed, device=dev, progress=progress,
+                                       aggregate=aggregate, return_samples=keep, positions=positions)
+            if key is not None:
+                self._kept_outputs[key] = copy.deepcopy(outputs)
         results = []
         for job, out in zip(jobs, outputs):  # a loop, not a comprehension: warnings point at the caller
             results.append(pipeline.assemble(
@@ -710,6 +725,45 @@ class Reconstructor:
                 uncertainty_floor=self.uncertainty_floor, flux_error_floor=self.flux_error_floor,
                 detection_calibration=self.detection_calibration))
         return results if many else results[0]
+
+    @contextlib.contextmanager
+    def reusing_predictions(self):
+        """Predict each seeded input once within the block, however often it is asked for.
+
+        Calibrating a model's threshold, uncertainty, detection probability
+        and flux errors on the same images asks for the same predictions four
+        times (``radiorecon calibrate`` does); within this block a call to
+        `predict` with a ``seed`` whose images, PSFs, settings (``n_samples``,
+        ``aggregate``, positions) and backend configuration are those of an
+        earlier call reuses that call's network outputs, with or without
+        ``return_samples``, and
+        only the model's calibration (`uncertainty_scale` and the other
+        attributes it may have changed since) is applied afresh. Unseeded
+        calls are never reused. The outputs, samples included, stay in
+        memory until the block ends (about ``4 * n_samples`` bytes per pixel
+        of each image with ``return_samples``).
+
+        Examples
+        --------
+        Calibrate a sampling model on 40 images of ``radiorecon simulate 120
+        cal120 --seed 7``, drawing 20 samples of each image once, not four
+        times (what ``radiorecon calibrate --floor --reliability`` does)::
+
+            with rec.reusing_predictions():
+                rec.calibrate_threshold("cal120", n_samples=20, n_images=40)
+                rec.calibrate_uncertainty("cal120", n_samples=20, n_images=40, match=(1, 2), floor=True)
+                rec.calibrate_detection_probability("cal120", n_samples=20, n_images=40)
+                rec.calibrate_flux_errors("cal120", n_samples=20, n_images=40)
+            rec.save("calibrated.rrm")
+        """
+        if self._kept_outputs is not None:  # nested: the outer block keeps them
+            yield self
+            return
+        self._kept_outputs = {}
+        try:
+            yield self
+        finally:
+            self._kept_outputs = None
 
     def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
                               floor=False, progress=True):

@@ -401,3 +401,58 @@ def test_a_restored_image_catalog_takes_the_flux_error_floor(dataset):
     assert len(a) == len(b) > 0 and a.meta["detected_in"] == "the method's restored image"
     assert np.all(np.isnan(a["flux_err"]))
     np.testing.assert_allclose(b["flux_err"].value, 1.5 * b.meta["noise"].to_value("Jy / beam"))
+
+
+def test_reusing_predictions_runs_each_seeded_prediction_once(overconfident, dataset, monkeypatch):
+    from radiorecon import pipeline
+
+    runs = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: runs.append(k["seed"]) or real_run(*a, **k))
+    dirty = dataset.image(0)
+    kept = (overconfident.uncertainty_scale, overconfident.uncertainty_floor)
+    try:
+        with overconfident.reusing_predictions() as rec:
+            a = rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            a.data[:] = 0  # the caller's arrays are its own: nothing kept changes
+            rec.uncertainty_scale, rec.uncertainty_floor = 3.0, 0.0
+            b = rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            assert runs == [5]
+            assert np.array_equal(b.samples, a.samples) and not np.array_equal(b.data, a.data)
+            np.testing.assert_allclose(b.data, np.median(b.samples, axis=0), rtol=1e-6)
+            # The calibration is applied afresh to the kept outputs.
+            np.testing.assert_allclose(b.uncertainty.array, 3.0 * np.std(b.samples, axis=0, ddof=1), rtol=1e-5)
+            # Another seed, sample count or setting, another image, or no seed: predicted again.
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=6, return_samples=True, progress=False)
+            rec.predict(dirty, n_samples=N_SAMPLES + 1, seed=5, return_samples=True, progress=False)
+            rec.predict(dataset.image(1), n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=None, return_samples=True, progress=False)
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=None, return_samples=True, progress=False)
+            rec.set_params(noise=0.02)
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            assert runs == [5, 6, 5, 5, None, None, 5]
+            with rec.reusing_predictions():  # nested: it keeps to the outer block's outputs
+                rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+            assert len(runs) == 7
+        rec.predict(dirty, n_samples=N_SAMPLES, seed=5, return_samples=True, progress=False)
+        assert len(runs) == 8  # the block is over: nothing is kept
+    finally:
+        overconfident.set_params(noise=0.01)
+        overconfident.uncertainty_scale, overconfident.uncertainty_floor = kept
+
+
+def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path, monkeypatch, capsys):
+    from radiorecon import pipeline
+
+    runs = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: runs.append(k["seed"]) or real_run(*a, **k))
+    model = tmp_path / "in.rrm"
+    overconfident.save(model)
+    out = tmp_path / "calibrated.rrm"
+    assert main(["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
+                 "--floor", "--reliability", "--no-progress"]) == 0
+    # Threshold, uncertainty, reliability and flux errors: one prediction per image.
+    assert sorted(runs) == list(range(len(dataset)))
+    assert "flux error floor:" in capsys.readouterr().out

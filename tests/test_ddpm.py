@@ -178,3 +178,22 @@ def test_unshuffle_stem_trains_and_predicts_every_pixel(pairs):
     result = rec.predict(dirty[:30, :27] * JY_BEAM, n_samples=2, seed=0, return_samples=True)
     samples = np.asarray(result.samples)
     assert samples.shape == (2, 30, 27) and samples.min() >= 0  # denoised skies are clipped at 0
+
+    # A dead zone empties each draw's faint pixels and keeps the rest. It is
+    # in the diffusion data space, asinh(x / softening) / scale with x in
+    # units of the input noise (one native pixel per channel of the
+    # unshuffled grid), so it removes pixels below softening * sinh(scale *
+    # zone) * noise (Jy/pix).
+    cut = float(np.median(samples[samples > 0]))
+    c = rec.config
+    zone = float(np.arcsinh(cut / (rec.normalisation.scale * c["sky_softening"])) / c["sky_scale"])
+    rec.set_params(dead_zone=zone)
+    zoned = np.asarray(rec.predict(dirty[:30, :27] * JY_BEAM, n_samples=2, seed=0, return_samples=True).samples)
+    assert (zoned == 0).sum() > (samples == 0).sum()
+    assert np.all(zoned[samples <= 0.999 * cut] == 0)
+    np.testing.assert_allclose(zoned[samples > 1.001 * cut], samples[samples > 1.001 * cut], rtol=1e-5)
+    for bad in (-0.1, True):
+        with pytest.raises(ValueError, match="dead_zone must be a finite number >= 0"):
+            rec.set_params(dead_zone=bad)
+    assert rec.config["dead_zone"] == zone
+

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from ..backend import Backend, Prediction
 from ..diffusion import SAMPLERS, linear_beta_schedule, sampling_schedule
 from ..nn import (
-    AveragedWeights, count_parameters, from_grid, grid_channels, sky_stretch, sky_unstretch, square_symmetry,
-    to_grid,
+    AveragedWeights, check_dead_zone, count_parameters, dead_zone, from_grid, grid_channels, sky_stretch,
+    sky_unstretch, square_symmetry, to_grid,
 )
 
 __all__ = ["DdpmBackend"]
@@ -71,6 +71,12 @@ class DdpmBackend(AveragedWeights, Backend):
     - ``sampler`` ("dpm++2m", "ddim" or "ddpm"), ``steps`` (20), ``eta``
       (0, DDIM only): how `predict` samples; these may change after
       training (`inference_keys`).
+    - ``dead_zone`` (0): values of each draw within this of 0 in the
+      diffusion data space (that of ``clip_denoised``) are set to exactly 0
+      (`radiorecon.nn.dead_zone`), so that a draw is empty where the sky
+      is; with the ``asinh`` stretch a zone ``d`` removes pixels below
+      ``sky_softening * sinh(sky_scale * d)`` times the input noise. Also
+      an inference key.
     """
 
     capabilities = {"reconstruct", "draws", "needs_training", "paired"}
@@ -80,7 +86,7 @@ class DdpmBackend(AveragedWeights, Backend):
     tile_margin = 64
     version = "1"
     input_scale = "noise"
-    inference_keys = frozenset({"sampler", "steps", "eta", "clip_denoised"})
+    inference_keys = frozenset({"sampler", "steps", "eta", "clip_denoised", "dead_zone"})
     default_config = {
         "downsample": 2,
         "stem": "bin",
@@ -106,6 +112,7 @@ class DdpmBackend(AveragedWeights, Backend):
         "sampler": "dpm++2m",
         "steps": 20,
         "eta": 0.0,
+        "dead_zone": 0.0,
     }
     presets = {
         # The reference U-Net (that of Ho et al. 2020 for 32x32 images):
@@ -148,6 +155,7 @@ class DdpmBackend(AveragedWeights, Backend):
             raise ValueError(f"Unknown sky_stretch {c['sky_stretch']!r}; choose 'asinh' or 'power'")
         if not 0 < c["sky_power"] <= 1:
             raise ValueError(f"sky_power must be in (0, 1], not {c['sky_power']!r}")
+        check_dead_zone(c["dead_zone"])
         clip = c["clip_denoised"]
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and clip[0] < clip[1]):
             raise ValueError(f"clip_denoised must be null or [low, high] with low < high, not {clip!r}")
@@ -235,6 +243,6 @@ class DdpmBackend(AveragedWeights, Backend):
         sampler, spacing = SAMPLERS[c["sampler"]]
         schedule = sampling_schedule(self.alphas_cumprod, c["steps"], spacing)
         clip = tuple(c["clip_denoised"]) if c["clip_denoised"] is not None else None
-        x0 = sampler(eps_model, noise(), schedule, eta=c["eta"], clip=clip, noise=noise)
+        x0 = dead_zone(sampler(eps_model, noise(), schedule, eta=c["eta"], clip=clip, noise=noise), c["dead_zone"])
         sky = from_grid(self.sky_inverse(x0), c["downsample"], size, reduce="sum", stem=c["stem"])
         return Prediction(samples=sky.reshape(n_samples, b, *sky.shape[1:]))

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from ..backend import Backend, Prediction
 from ..seeding import Draws
 from ..nn import (
-    PatchDiscriminator, UNet, count_parameters, distance_correlation, from_grid, grid_channels, sky_stretch,
-    sky_unstretch, to_grid,
+    PatchDiscriminator, UNet, check_dead_zone, count_parameters, dead_zone, distance_correlation, from_grid,
+    grid_channels, sky_stretch, sky_unstretch, to_grid,
 )
 
 __all__ = ["StarBackend"]
@@ -216,9 +216,7 @@ class StarBackend(Backend):
         self.tile_multiple = self._multiple = c["downsample"] * self.content_net.multiple
 
     def check_config(self):
-        dz = self.config["dead_zone"]
-        if isinstance(dz, bool) or not isinstance(dz, (int, float)) or not 0 <= dz < float("inf"):
-            raise ValueError(f"dead_zone must be a finite number >= 0, not {dz!r}")
+        check_dead_zone(self.config["dead_zone"])
 
     def modules(self):
         mods = {
@@ -391,9 +389,7 @@ class StarBackend(Backend):
         styles = self._styles(mu, logvar, n_samples, draws)
         k, b = styles.shape[:2]
         t_c = self.content(x.repeat(k, 1, 1, 1), styles.reshape(k * b, *styles.shape[2:]))
-        dz = self.config["dead_zone"]
-        if dz > 0:
-            t_c = torch.where(t_c.abs() > dz, t_c, torch.zeros_like(t_c))
+        t_c = dead_zone(t_c, self.config["dead_zone"])
         sky = self._from_grid(self.sky_inverse(t_c), size, "sum")
         return Prediction(samples=sky.reshape(k, b, *sky.shape[1:]))
 
