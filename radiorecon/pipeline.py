@@ -14,6 +14,7 @@ provenance and makes the `~radiorecon.Reconstruction`.
 """
 
 import collections
+import copy
 import dataclasses
 import hashlib
 import json
@@ -466,6 +467,21 @@ def prediction_key(jobs, backend, **settings):
         for array in (job.data, job.mask, job.psf):
             digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def first_samples(outputs, n_samples):
+    """Copies of `run` outputs kept with their samples, cut to the first ``n_samples`` draws.
+
+    The estimate and standard deviation are left for `assemble` to make
+    from those draws. None when the outputs cannot be cut: without samples,
+    or with maps a backend made from all its draws (extras, components).
+    """
+    cut = []
+    for out in outputs:
+        if out["samples"] is None or len(out["samples"]) < n_samples or out["extras"] or out["components"]:
+            return None
+        cut.append(copy.deepcopy(dict(out, samples=out["samples"][:n_samples], estimate=None, std=None)))
+    return cut
 
 
 def assemble(job, out, *, n_samples, aggregate, seed, return_samples, normalisation, units, backend, name,

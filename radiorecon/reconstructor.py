@@ -704,9 +704,17 @@ class Reconstructor:
         if self._kept_outputs is not None and seed is not None:
             # Kept outputs hold the samples, so that they serve calls with and without them.
             keep = return_samples or n_samples > 1
-            key = pipeline.prediction_key(jobs, self.backend, n_samples=n_samples, seed=seed, aggregate=aggregate,
-                                          positions=positions)
-            outputs = copy.deepcopy(self._kept_outputs.get(key))  # assemble blanks maps in place
+            # One entry for every sample count from 2 up: draw k of an image comes from
+            # its own seeded stream (radiorecon.seeding.Draws), so the first n of more
+            # draws are the n draws. One draw is apart: STAR's is its mean style.
+            key = pipeline.prediction_key(jobs, self.backend, seed=seed, aggregate=aggregate, positions=positions,
+                                          several=n_samples > 1)
+            n_kept, kept = self._kept_outputs.get(key, (0, None))
+            # Copies: assemble blanks maps in place.
+            if n_kept == n_samples:
+                outputs = copy.deepcopy(kept)
+            elif n_kept > n_samples:
+                outputs = pipeline.first_samples(kept, n_samples)
         pipeline.check_sample_memory(jobs, n_samples, keep, batch_size)
         dev = self._to_device(device)
         if outputs is None:
@@ -714,8 +722,8 @@ class Reconstructor:
                 outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
                                        batch_size=batch_size, seed=seed, device=dev, progress=progress,
                                        aggregate=aggregate, return_samples=keep, positions=positions)
-            if key is not None:
-                self._kept_outputs[key] = copy.deepcopy(outputs)
+            if key is not None and n_samples >= n_kept:
+                self._kept_outputs[key] = (n_samples, copy.deepcopy(outputs))
         results = []
         for job, out in zip(jobs, outputs):  # a loop, not a comprehension: warnings point at the caller
             results.append(pipeline.assemble(
@@ -733,10 +741,12 @@ class Reconstructor:
         Calibrating a model's threshold, uncertainty, detection probability
         and flux errors on the same images asks for the same predictions four
         times (``radiorecon calibrate`` does); within this block a call to
-        `predict` with a ``seed`` whose images, PSFs, settings (``n_samples``,
-        ``aggregate``, positions) and backend configuration are those of an
-        earlier call reuses that call's network outputs, with or without
-        ``return_samples``, and
+        `predict` with a ``seed`` whose images, PSFs, settings (``aggregate``,
+        positions) and backend configuration are those of an earlier call
+        reuses that call's network outputs, with or without
+        ``return_samples``, and with ``n_samples`` of 2 or more up to the
+        earlier call's (the first ``n_samples`` of its draws, each from its own
+        seeded stream, are those a call for ``n_samples`` would draw); and
         only the model's calibration (`uncertainty_scale` and the other
         attributes it may have changed since) is applied afresh. Unseeded
         calls are never reused. The outputs, samples included, stay in

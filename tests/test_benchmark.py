@@ -402,3 +402,24 @@ def test_cli_benchmark_with_calibration(dataset, tmp_path, capsys, coarse_grid):
     assert main(["benchmark", "--data", str(dataset.path), "--calibration", "4", "--out", str(tmp_path / "r2"),
                  "--no-progress"]) == 1
     assert "calibration must be at most 3" in capsys.readouterr().err
+
+
+def test_rows_of_one_model_share_its_draws(dataset, sampler, monkeypatch):
+    from radiorecon import pipeline
+
+    alone, _ = run_benchmark(dataset, [("x2", sampler, 2)], n_images=2, threshold=3, progress=False)
+    calls = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: calls.append(k["n_samples"]) or real_run(*a, **k))
+    table, _ = run_benchmark(dataset, [("x2", sampler, 2), ("x5", sampler, 5)], n_images=2, threshold=3,
+                             progress=False)
+    assert calls == [5, 5]  # one prediction per image, for the larger count
+    assert list(table["method"]) == ["truth limit", "dirty", "x2", "x5"] * 2
+    shared = table[table["method"] == "x2"]
+    own = alone[alone["method"] == "x2"]
+    # The first 2 of 5 draws are the 2 draws: the same scores, but no time of their own.
+    for name in ("purity", "completeness", "f1", "fp_per_image", "coverage_1sigma", "coverage_2sigma", "l2"):
+        np.testing.assert_allclose(shared[name], own[name], rtol=1e-6, equal_nan=True)
+    assert np.isnan(shared["seconds_per_image"]).all() and np.isfinite(own["seconds_per_image"]).all()
+    assert np.isfinite(table[table["method"] == "x5"]["seconds_per_image"]).all()
+    assert list(shared["network_runs"]) == list(own["network_runs"])

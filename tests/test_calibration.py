@@ -456,3 +456,24 @@ def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path
     # Threshold, uncertainty, reliability and flux errors: one prediction per image.
     assert sorted(runs) == list(range(len(dataset)))
     assert "flux error floor:" in capsys.readouterr().out
+
+
+def test_reused_draws_serve_fewer_samples(overconfident, dataset, monkeypatch):
+    from radiorecon import pipeline
+
+    dirty = dataset.image(2)
+    two = overconfident.predict(dirty, n_samples=2, seed=3, return_samples=True, progress=False)
+    runs = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: runs.append(k["n_samples"]) or real_run(*a, **k))
+    with overconfident.reusing_predictions() as rec:
+        five = rec.predict(dirty, n_samples=5, seed=3, return_samples=True, progress=False)
+        cut = rec.predict(dirty, n_samples=2, seed=3, progress=False)
+        rec.predict(dirty, n_samples=1, seed=3, progress=False)  # one draw is not the first of several
+        rec.predict(dirty, n_samples=6, seed=3, progress=False)  # more than were drawn
+        rec.predict(dirty, n_samples=6, seed=3, progress=False)
+    assert runs == [5, 1, 6]
+    np.testing.assert_array_equal(five.samples[:2], two.samples)
+    np.testing.assert_allclose(cut.data, two.data, rtol=1e-6)
+    np.testing.assert_allclose(cut.uncertainty.array, two.uncertainty.array, rtol=1e-5)
+    assert cut.meta["RRNSAMP"] == 2
