@@ -57,6 +57,12 @@ def main():
     parser.add_argument("--downsample", type=int, default=4)
     parser.add_argument("--sky-softening", type=float, default=None,
                         help="the DDPM's sky_softening (default: 0.025 with the unshuffle stem, 0.1 with bins)")
+    parser.add_argument("--prediction", choices=("x0", "eps"), default="x0",
+                        help="what the network predicts (default x0, the clean sky: a 16-channel network on the "
+                             "16 channels of the unshuffle stem cannot carry the noise through, eps-prediction "
+                             "kept a noise error of 0.13 at every step and drew half-noise skies)")
+    parser.add_argument("--dead-zone", type=float, default=0.0,
+                        help="the DDPM's dead_zone, applied at prediction only (default 0)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache", metavar="DIR",
                         help="where the simulated pairs are kept (SimulatedPairs cache=; default <output>.pairs, "
@@ -86,7 +92,7 @@ def main():
     # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
     softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
     rec = Reconstructor("ddpm", preset=args.preset, stem=args.stem, downsample=args.downsample,
-                        sky_softening=softening)
+                        sky_softening=softening, prediction=args.prediction, dead_zone=args.dead_zone)
     rec.fit(
         pairs,
         epochs=args.epochs,

@@ -7,7 +7,8 @@ data ``x0`` at step ``t`` (0 to ``T - 1``) as
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,    eps ~ N(0, 1),
 
 with ``abar_t`` the cumulative product of ``1 - beta``. A network is trained
-to predict ``eps`` from ``(x_t, t)``; every sampler here calls it as
+to predict ``eps`` from ``(x_t, t)`` (or ``x0``, with ``prediction="x0"``:
+each follows from the other and ``x_t``); every sampler here calls it as
 ``eps_model(x, t)`` with ``t`` a ``(B,)`` float tensor of times in units of
 training steps, so a model trained with ``T`` steps can be sampled with any
 subset of them ("respacing", Nichol & Dhariwal 2021) or between them.
@@ -108,11 +109,17 @@ def sampling_schedule(alphas_cumprod, steps, spacing="time"):
     raise ValueError(f"Unknown spacing {spacing!r}; choose 'time' or 'logsnr'")
 
 
-def _denoise(eps_model, x, t, a_t, clip):
+def _denoise(eps_model, x, t, a_t, clip, prediction="eps"):
     """Predicted noise and data at one step."""
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
-    eps = eps_model(x, tt)
-    x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    if prediction == "x0":
+        x0 = eps_model(x, tt)
+        eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+    elif prediction == "eps":
+        eps = eps_model(x, tt)
+        x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    else:
+        raise ValueError(f"Unknown prediction {prediction!r}; choose 'eps' or 'x0'")
     if clip is not None:
         x0 = x0.clamp(*clip)
         # Keep eps consistent with the clipped data, as the step mixes both.
@@ -120,7 +127,7 @@ def _denoise(eps_model, x, t, a_t, clip):
     return eps, x0
 
 
-def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, noise=None):
+def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, noise=None, prediction="eps"):
     """DDIM sampling, from pure noise ``x`` to data.
 
     Parameters
@@ -141,6 +148,9 @@ def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, no
     noise : callable or None
         ``noise()`` returns standard-normal numbers the shape of ``x`` for
         the ancestral steps (``eta > 0``); by default ``torch.randn_like``.
+    prediction : {"eps", "x0"}
+        What ``eps_model`` predicts: the noise, or the data itself (the
+        noise then follows from ``x``).
 
     Returns
     -------
@@ -151,7 +161,7 @@ def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, no
         raise ValueError(f"eta must be non-negative, not {eta}")
     ts, abs_t = schedule
     for i, (t, a_t, a_s) in enumerate(zip(ts, abs_t, abs_t[1:] + [1.0])):
-        eps, x0 = _denoise(eps_model, x, t, a_t, clip)
+        eps, x0 = _denoise(eps_model, x, t, a_t, clip, prediction)
         sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
         x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -161,12 +171,13 @@ def sample_ddim(eps_model, x, schedule, *, eta=0.0, clip=None, callback=None, no
     return x
 
 
-def sample_ddpm(eps_model, x, schedule, *, clip=None, callback=None, eta=1.0, noise=None):
+def sample_ddpm(eps_model, x, schedule, *, clip=None, callback=None, eta=1.0, noise=None, prediction="eps"):
     """Ancestral DDPM sampling with respacing (`sample_ddim` with ``eta=1``; ``eta`` is ignored)."""
-    return sample_ddim(eps_model, x, schedule, eta=1.0, clip=clip, callback=callback, noise=noise)
+    return sample_ddim(eps_model, x, schedule, eta=1.0, clip=clip, callback=callback, noise=noise,
+                       prediction=prediction)
 
 
-def sample_dpmpp_2m(eps_model, x, schedule, *, clip=None, callback=None, eta=0.0, noise=None):
+def sample_dpmpp_2m(eps_model, x, schedule, *, clip=None, callback=None, eta=0.0, noise=None, prediction="eps"):
     """DPM-Solver++(2M): deterministic, second order, one evaluation per step.
 
     Same parameters as `sample_ddim` (``eta`` and ``noise`` are ignored). The first step is
@@ -178,7 +189,7 @@ def sample_dpmpp_2m(eps_model, x, schedule, *, clip=None, callback=None, eta=0.0
     ts, abs_t = schedule
     x0_prev = h_prev = None
     for i, (t, a_t, a_s) in enumerate(zip(ts, abs_t, abs_t[1:] + [1.0])):
-        _, x0 = _denoise(eps_model, x, t, a_t, clip)
+        _, x0 = _denoise(eps_model, x, t, a_t, clip, prediction)
         if callback is not None:
             callback(i, x0)
         if a_s >= 1.0:

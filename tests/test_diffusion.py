@@ -107,3 +107,30 @@ def test_clipping_bounds_the_draws_and_callback_sees_every_step(name):
     x = draw(name, 8, n=2000, clip=(0.45, 0.55), callback=lambda i, x0: seen.append(i))
     assert seen == list(range(8))
     assert float(x.min()) >= 0.45 - 1e-4 and float(x.max()) <= 0.55 + 1e-4
+
+
+def exact_x0(x, t):
+    """The optimal data prediction for data ~ N(MEAN, STD**2): the same denoiser as `exact_eps`."""
+    log_ab = torch.log(ABAR)
+    i0 = t.floor().long().clamp(0, len(ABAR) - 2)
+    w = (t - i0).double()
+    a = torch.exp(log_ab[i0] * (1 - w) + log_ab[i0 + 1] * w).float()[:, None]
+    return (x - (1 - a).sqrt() * exact_eps(x, t)) / a.sqrt()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_data_predicting_model_samples_the_same(name):
+    # The same exact denoiser, predicting the data instead of the noise:
+    # the same draws, up to the interpolation of abar between steps.
+    sampler, spacing = SAMPLERS[name]
+    schedule = sampling_schedule(ABAR, 20, spacing)
+    torch.manual_seed(0)
+    x = torch.randn(20000, 1)
+    torch.manual_seed(1)
+    by_eps = sampler(exact_eps, x, schedule)
+    torch.manual_seed(1)
+    by_x0 = sampler(exact_x0, x, schedule, prediction="x0")
+    assert float((by_eps - by_x0).abs().max()) < 0.02
+    assert float(by_x0.mean()) == pytest.approx(MEAN, abs=0.01)
+    with pytest.raises(ValueError, match="Unknown prediction 'v'"):
+        sampler(exact_x0, x[:4], schedule, prediction="v")
