@@ -708,7 +708,7 @@ class Reconstructor:
             # its own seeded stream (radiorecon.seeding.Draws), so the first n of more
             # draws are the n draws. One draw is apart: STAR's is its mean style.
             key = pipeline.prediction_key(jobs, self.backend, seed=seed, aggregate=aggregate, positions=positions,
-                                          several=n_samples > 1)
+                                          several=n_samples > 1, samples=keep)
             n_kept, kept = self._kept_outputs.get(key, (0, None))
             # Copies: assemble blanks maps in place.
             if n_kept == n_samples:

@@ -477,3 +477,12 @@ def test_reused_draws_serve_fewer_samples(overconfident, dataset, monkeypatch):
     np.testing.assert_allclose(cut.data, two.data, rtol=1e-6)
     np.testing.assert_allclose(cut.uncertainty.array, two.uncertainty.array, rtol=1e-5)
     assert cut.meta["RRNSAMP"] == 2
+
+
+def test_a_reused_single_draw_keeps_its_samples_when_asked(overconfident, dataset):
+    dirty = dataset.image(3)
+    with overconfident.reusing_predictions() as rec:
+        bare = rec.predict(dirty, seed=2, progress=False)
+        kept = rec.predict(dirty, seed=2, return_samples=True, progress=False)
+    assert bare.samples is None and kept.samples.shape == (1, *dirty.data.shape)
+    np.testing.assert_array_equal(kept.samples[0], bare.data)
