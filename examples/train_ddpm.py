@@ -22,8 +22,25 @@ domain (preset, beam, pixel size, noise; see ``radiorecon info``), against
 which ``predict`` checks images. The training seed is never the
 benchmark's (2026).
 
-The model shipped before this recipe (``Reconstructor.pretrained("ddpm")``,
-``radiorecon/data/models/ddpm.rrm``) was trained with ``--crop 0 --npix 64
+The shipped model (``Reconstructor.pretrained("ddpm")``,
+``radiorecon/data/models/ddpm.rrm``) is this recipe stopped after 36
+epochs (``--pairs 6000 --seed 11 --threads 1 --epochs 36``, with
+``--cache``: 6768 optimisation steps, 216000 pair visits, 34.3 minutes of
+wall time on one thread of a 2-core AMD EPYC, torch 2.13.0+cpu, next to
+other work; last epoch's loss 0.00069), given ``dead_zone=0.05`` and
+calibrated on 40 images of ``radiorecon simulate 120 cal120 --seed 7``::
+
+    radiorecon calibrate ddpm.rrm --set dead_zone=0.05 --data cal120 --n-images 40 \
+        --samples 20 --floor --reliability -o ddpm.rrm
+
+and its detection calibration then removed (``detection_calibration =
+None``: fitted to 35 detections it was less reliable than the fraction of
+draws). docs/ddpm.rst has its benchmark. An earlier run of this recipe
+predicting the noise (``--prediction eps``, 60 epochs) drew half-noise
+skies and was not shipped.
+
+The model shipped before (``radiorecon/data/models/ddpm.rrm`` at commit abf6290)
+was trained with ``--crop 0 --npix 64
 --placement 3 --stem bin --downsample 2 --pairs 4000 --epochs 60 --batch-size
 32``: 64x64 fields with the sources within 3" of the centre, 7500
 optimisation steps, 240000 pair visits, 37.9 minutes of wall time on a
