@@ -36,7 +36,7 @@ calibrated on 40 images of ``radiorecon simulate 120 cal120 --seed 7``::
 and its detection calibration then removed (``detection_calibration =
 None``: fitted to 35 detections it was less reliable than the fraction of
 draws). docs/ddpm.rst has its benchmark. An earlier run of this recipe
-predicting the noise (``--prediction eps``, 60 epochs) drew half-noise
+predicting the noise (``--prediction eps``, measured after 53 epochs) drew half-noise
 skies and was not shipped.
 
 The model shipped before (``radiorecon/data/models/ddpm.rrm`` at commit abf6290)
