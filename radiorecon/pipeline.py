@@ -457,7 +457,7 @@ def prediction_key(jobs, backend, **settings):
 
     The images and masks as the networks see them, the PSFs, the tiling,
     the backend's configuration and trained weights (by identity: the same
-    backend object), and ``settings`` (``n_samples``, ``seed``, ...).
+    backend object), and ``settings`` (``seed``, ``aggregate``, ...).
     """
     digest = hashlib.blake2b(digest_size=20)
     digest.update(json.dumps([id(backend), backend.config, repr(sorted(settings.items()))],
