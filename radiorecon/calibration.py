@@ -677,6 +677,53 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
     )
 
 
+def fit_detection_probability(snr, fraction, real):
+    """Coefficients of ``p = fraction**c / (1 + exp(-(a + b ln(snr))))`` fitted to whether detections are real.
+
+    The maximum-likelihood fit of `calibrate_detection_probability`, on
+    detections already made.
+
+    Parameters
+    ----------
+    snr : array-like
+        Each detection's S/N (> 0).
+    fraction : array-like
+        The fraction of the samples in which it is found (in (0, 1]; 1 for
+        one run).
+    real : array-like of bool
+        Whether it matches a true source.
+
+    Returns
+    -------
+    list of float
+        ``[a, b, c]``, or ``[a, b]`` (``c`` = 1) when every fraction is the
+        same, which says nothing about ``c``.
+    """
+    from scipy.optimize import minimize
+
+    x = np.log(np.asarray(snr, float))
+    log_fraction = np.log(np.maximum(np.asarray(fraction, float), 1e-12))
+    real = np.asarray(real, bool)
+    with_c = np.ptp(log_fraction) > 0 if log_fraction.size else False
+
+    def loss(p):
+        c = p[2] if with_c else 1.0
+        # log p = c log fraction - log(1 + e^-z); log(1 - p) computed stably.
+        log_p = c * log_fraction - np.logaddexp(0.0, -(p[0] + p[1] * x))
+        ll = np.where(real, log_p, np.log1p(-np.minimum(np.exp(log_p), 1 - 1e-12)))
+        prior = p[0] ** 2 + p[1] ** 2 + ((c - 1.0) ** 2 if with_c else 0.0)
+        return -np.sum(ll) + 0.5 * prior / 100.0
+
+    start = np.array([0.0, 1.0, 1.0] if with_c else [0.0, 1.0])
+    fit = minimize(loss, start, method="Nelder-Mead",
+                   options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000 * start.size})
+    coefficients = [float(v) for v in fit.x]
+    if with_c:
+        # A negative power would make rarer detections likelier real.
+        coefficients[2] = max(coefficients[2], 0.0)
+    return coefficients
+
+
 @dataclasses.dataclass(frozen=True)
 class DetectionReport:
     """What `calibrate_detection_probability` found.
@@ -684,7 +731,8 @@ class DetectionReport:
     Attributes
     ----------
     coefficients : list of float
-        ``[a, b]`` of ``p = fraction / (1 + exp(-(a + b ln(S/N))))``
+        ``[a, b, c]`` of ``p = fraction**c / (1 + exp(-(a + b ln(S/N))))``,
+        or ``[a, b]`` (``c`` = 1) where the fractions do not vary
         (`~radiorecon.Reconstructor.detection_calibration`).
     threshold : float
         The detection threshold (S/N) of the catalogs.
@@ -712,12 +760,15 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
     A catalog's ``detection_probability`` is by default the fraction of the
     samples in which a source is found. Samples that agree (STAR's styles
     barely change its sky) give 1 to every detection, real or not. This
-    fits ``p = fraction / (1 + exp(-(a + b ln(S/N))))`` to whether each
+    fits ``p = fraction**c / (1 + exp(-(a + b ln(S/N))))`` to whether each
     detection of the model's catalogs matches a true source (maximum
-    likelihood, with a weak Gaussian prior of width 10 on ``a`` and ``b``
-    so that a split where every detection is real still gives finite
-    values), so that detections given ``p`` are real a fraction ``p`` of
-    the time.
+    likelihood, with a weak Gaussian prior of width 10 on ``a``, ``b`` and
+    ``c - 1``, so that a split where every detection is real still gives
+    finite values), so that detections given ``p`` are real a fraction
+    ``p`` of the time. ``c`` says how much the fraction of samples tells:
+    draws that disagree too often about real sources give ``c < 1``. It is
+    fitted only where the fractions differ (not for one run, or samples
+    that always agree: then the coefficients are ``[a, b]``).
 
     Parameters
     ----------
@@ -733,7 +784,9 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
     ValueError
         If the backend predicts no sky model, or nothing is detected.
     """
-    from scipy.optimize import minimize
+    from astropy.table import Table
+
+    from .catalog import calibrated_probability
 
     data, n_samples, threshold, seed, indices = _catalog_setup(
         rec, data, n_samples=n_samples, threshold=threshold, n_images=n_images, images=images, seed=seed)
@@ -751,22 +804,10 @@ def calibrate_detection_probability(rec, data, *, n_samples=1, threshold=None, n
     snr, fraction, real = (np.concatenate(a) for a in (snr, fraction, real))
     if not snr.size:
         raise ValueError(f"Nothing is detected at S/N {threshold:g}: no detection probability to calibrate")
-    x = np.log(snr)
-
-    def loss(ab):
-        z = ab[0] + ab[1] * x
-        # log p = log fraction - log(1 + e^-z); log(1 - p) computed stably where fraction < 1.
-        log_q = -np.logaddexp(0.0, -z)
-        p = fraction * np.exp(log_q)
-        with np.errstate(divide="ignore"):
-            ll = np.where(real, np.log(np.maximum(fraction, 1e-12)) + log_q, np.log1p(-np.minimum(p, 1 - 1e-12)))
-        return -np.sum(ll) + 0.5 * np.sum(np.square(ab) / 100.0)
-
-    fit = minimize(loss, np.array([0.0, 1.0]), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
-    a, b = (float(v) for v in fit.x)
-    calibrated = fraction / (1.0 + np.exp(-(a + b * x)))
+    coefficients = fit_detection_probability(snr, fraction, real)
+    calibrated = calibrated_probability(Table({"snr": snr, "detection_probability": fraction}), coefficients)
     return DetectionReport(
-        coefficients=[a, b], threshold=threshold,
+        coefficients=coefficients, threshold=threshold,
         before=metrics.reliability_error(fraction, real), after=metrics.reliability_error(calibrated, real),
         n_detections=int(snr.size), n_images=len(indices), n_samples=n_samples,
     )

@@ -435,16 +435,17 @@ def find_sources_in_model(model, dirty=None, threshold=3.0, *, beam=None, noise=
 def calibrated_probability(catalog, coefficients):
     """The calibrated probability that each source of a catalog is real (a `detection_calibration`).
 
-    ``fraction / (1 + exp(-(a + b ln(snr))))``, with ``fraction`` the
-    catalog's ``detection_probability`` (of the samples), or 1 without it.
+    ``fraction**c / (1 + exp(-(a + b ln(snr))))`` for coefficients ``[a,
+    b, c]`` (``c`` = 1 for ``[a, b]``), with ``fraction`` the catalog's
+    ``detection_probability`` (of the samples), or 1 without it.
     """
-    a, b = coefficients
+    a, b, c = (*coefficients, 1.0) if len(coefficients) == 2 else coefficients
     snr = np.asarray(catalog["snr"], float)
     fraction = np.asarray(catalog["detection_probability"], float) if "detection_probability" in catalog.colnames \
         else np.ones(len(catalog))
     with np.errstate(divide="ignore"):
         z = a + b * np.log(snr)
-    return fraction / (1.0 + np.exp(-z))
+    return fraction ** c / (1.0 + np.exp(-z))
 
 
 def deblended_catalog(result):

@@ -267,8 +267,9 @@ def _flux_error_floor(value):
 def _detection_calibration(value):
     if value is None:
         return "the fraction of samples a source is found in (not calibrated)"
-    a, b = value
-    return f"fraction of samples / (1 + exp(-({a:.4g} + {b:.4g} ln S/N))) (calibrated)"
+    a, b, c = (*value, 1.0) if len(value) == 2 else value
+    fraction = "fraction of samples" if c == 1 else f"(fraction of samples)^{c:.4g}"
+    return f"{fraction} / (1 + exp(-({a:.4g} + {b:.4g} ln S/N))) (calibrated)"
 
 
 def _tiles(path, backend):
@@ -547,7 +548,8 @@ def cmd_calibrate(args):
                   f"{scaled.after[2.0]:.3f}")
         if args.reliability:
             found = rec.calibrate_detection_probability(args.data, n_samples=args.samples, **common)
-            print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g} on "
+            power = f", c {found.coefficients[2]:.4g}" if len(found.coefficients) == 3 else ""
+            print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g}{power} on "
                   f"{found.n_detections} detections; largest reliability error {found.before:.3f} -> "
                   f"{found.after:.3f}")
         if args.floor:

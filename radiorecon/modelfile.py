@@ -213,21 +213,26 @@ def _floor(value, name):
 
 
 def check_detection_calibration(value):
-    """A model's detection-probability calibration as a list ``[a, b]``, or None.
+    """A model's detection-probability calibration as a list ``[a, b]`` or ``[a, b, c]``, or None.
 
-    The coefficients of ``p = fraction * 1 / (1 + exp(-(a + b ln(S/N))))``
-    (`~radiorecon.calibration.calibrate_detection_probability`).
+    The coefficients of ``p = fraction**c / (1 + exp(-(a + b ln(S/N))))``
+    (`~radiorecon.calibration.calibrate_detection_probability`); ``c`` is
+    1 when only ``[a, b]`` are given (the form calibrations took before
+    ``c`` was fitted).
 
     Raises
     ------
     ValueError
-        If ``value`` is not None and not two finite numbers.
+        If ``value`` is not None and not two or three finite numbers, the
+        third one >= 0.
     """
     if value is None:
         return None
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-        raise ValueError(f"detection_calibration must be two finite numbers [a, b] or None, not {value!r}")
+    if (not isinstance(value, (list, tuple)) or len(value) not in (2, 3)
+            or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or (len(value) == 3 and value[2] < 0)):
+        raise ValueError("detection_calibration must be two or three finite numbers [a, b] or [a, b, c] with "
+                         f"c >= 0, or None, not {value!r}")
     return [float(v) for v in value]
 
 

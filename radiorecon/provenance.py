@@ -130,7 +130,7 @@ def prediction_header(
         image's noise (`~radiorecon.Reconstructor.flux_error_floor`),
         written as ``RRFFLOOR``: 0 for none.
     detection_calibration : list of float or None
-        ``[a, b]`` of the calibrated detection probability
+        ``[a, b]`` or ``[a, b, c]`` of the calibrated detection probability
         (`~radiorecon.Reconstructor.detection_calibration`), written as
         ``RRDCAL`` (JSON) when set.
     Other parameters

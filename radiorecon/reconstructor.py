@@ -109,10 +109,10 @@ class Reconstructor:
         adds none. Chosen by `calibrate_flux_errors`, kept in model files
         and written into each result (``RRFFLOOR``).
     detection_calibration : list of float or None
-        ``[a, b]``: catalogs of this model's predictions give each source
-        the ``detection_probability`` ``fraction / (1 + exp(-(a + b
-        ln(S/N))))`` (``fraction``: of the samples in which it is found, 1
-        for one run), the probability that it is real as measured on a
+        ``[a, b, c]`` (or ``[a, b]``, meaning ``c`` = 1): catalogs of this
+        model's predictions give each source the ``detection_probability``
+        ``fraction**c / (1 + exp(-(a + b ln(S/N))))`` (``fraction``: of the
+        samples in which it is found, 1 for one run), the probability that it is real as measured on a
         calibration split by `calibrate_detection_probability`. None (the
         default, and after a new `fit`): the fraction of samples alone.
         Kept in model files and written into each result (``RRDCAL``).
@@ -256,9 +256,10 @@ class Reconstructor:
 
     @property
     def detection_calibration(self):
-        """Coefficients ``[a, b]`` of catalogs' calibrated detection probability, or None.
+        """Coefficients ``[a, b]`` or ``[a, b, c]`` of catalogs' calibrated detection probability, or None.
 
-        Setting it checks that it holds two finite numbers.
+        Setting it checks that it holds two or three finite numbers, the
+        third (a power) >= 0.
         """
         return self._detection_calibration
 

@@ -348,8 +348,8 @@ def test_detection_probability_is_calibrated_on_snr_and_kept(overconfident, data
                                              progress=False)
     assert overconfident.detection_calibration is None
     assert report.n_detections > 4 and report.threshold == 2.0
-    a, b = report.coefficients
-    assert b > 0  # brighter detections are likelier real
+    a, b, c = (*report.coefficients, 1.0)[:3]
+    assert b > 0 and c >= 0  # brighter detections are likelier real
     image = dataset.image(0)
     plain = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
     try:
@@ -363,7 +363,7 @@ def test_detection_probability_is_calibrated_on_snr_and_kept(overconfident, data
     assert "RRDCAL" not in plain.meta and json.loads(calibrated.meta["RRDCAL"]) == report.coefficients
     before, after = (find_sources_in_model(r, image, 2.0) for r in (plain, calibrated))
     assert len(before) == len(after) > 0
-    expected = before["detection_probability"] / (1 + np.exp(-(a + b * np.log(np.asarray(before["snr"])))))
+    expected = before["detection_probability"] ** c / (1 + np.exp(-(a + b * np.log(np.asarray(before["snr"])))))
     np.testing.assert_allclose(after["detection_probability"], expected)
     np.testing.assert_allclose(calibrated_probability(before, report.coefficients), expected)
     # One run: the calibrated probability alone.
@@ -373,10 +373,32 @@ def test_detection_probability_is_calibrated_on_snr_and_kept(overconfident, data
     assert Reconstructor.load(tmp_path / "p.rrm").detection_calibration == report.coefficients
     assert main(["info", str(tmp_path / "p.rrm")]) == 0
     assert "(calibrated)" in capsys.readouterr().out.split("detection probability:")[1].splitlines()[0]
-    for bad in ([1.0], [1.0, float("nan")], "ab", [True, 1.0]):
-        with pytest.raises(ValueError, match="detection_calibration must be two finite numbers"):
+    for bad in ([1.0], [1.0, float("nan")], "ab", [True, 1.0], [1.0, 2.0, -0.5], [1.0, 2.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="detection_calibration must be two or three finite numbers"):
             overconfident.detection_calibration = bad
     assert overconfident.detection_calibration is None
+
+
+def test_detection_probability_fit_recovers_how_much_the_fraction_of_samples_tells():
+    from astropy.table import Table
+
+    from radiorecon.calibration import fit_detection_probability
+    from radiorecon.catalog import calibrated_probability
+
+    rng = np.random.default_rng(3)
+    n = 20000
+    snr = rng.uniform(2.0, 8.0, n)
+    fraction = rng.integers(1, 21, n) / 20
+    truth = [-2.0, 2.5, 0.4]
+    catalog = Table({"snr": snr, "detection_probability": fraction})
+    real = rng.random(n) < calibrated_probability(catalog, truth)
+    a, b, c = fit_detection_probability(snr, fraction, real)
+    assert abs(a - truth[0]) < 0.4 and abs(b - truth[1]) < 0.25 and abs(c - truth[2]) < 0.05, (a, b, c)
+    # The old form, fraction times the logistic, is c = 1.
+    np.testing.assert_allclose(calibrated_probability(catalog, [a, b]), calibrated_probability(catalog, [a, b, 1.0]))
+    # Fractions that never vary say nothing about c: two coefficients, as before.
+    ones = fit_detection_probability(snr, np.ones(n), real)
+    assert len(ones) == 2 and ones[1] > 0
 
 
 def test_cli_calibrate_reliability(overconfident, dataset, tmp_path, capsys):
