@@ -23,8 +23,10 @@ every epoch); the fields are simulated in the first epoch and kept in
 ``<output>.pairs/`` (``--cache DIR`` elsewhere, 0.8 GB; ``--no-cache``
 simulates them in every epoch, which costs more than the training steps),
 so later epochs and resumed runs read them; the same command resumes an
-interrupted run from ``<output>.ckpt`` to the same weights, and a larger
-``--epochs`` extends a finished checkpoint. The model file records the
+interrupted run from ``<output>.ckpt`` to the same weights, and the
+checkpoint is kept once the model is written, so that a larger
+``--epochs`` (with ``--overwrite``) extends a finished run to the weights
+of a longer one. The model file records the
 training domain (preset, beam, pixel size, noise; see ``radiorecon info``),
 against which ``predict`` checks images. The training seed is never the
 benchmark's (2026).
@@ -198,7 +200,7 @@ def main():
         **({"workers": args.workers} if args.workers else {}),
     )
     rec.save(args.output, overwrite=args.overwrite)
-    os.remove(args.output + ".ckpt")
+    # The checkpoint stays, with the optimiser's state: a larger --epochs extends this run.
     minutes = (time.perf_counter() - start) / 60
     print(f"wrote {args.output}: {args.epochs} epochs of {args.pairs} pairs ({args.epochs * args.pairs} pair "
           f"visits) in {minutes:.1f} min this run; last epoch {rec.history[-1] if rec.history else 'resumed'}")
