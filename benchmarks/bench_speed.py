@@ -77,8 +77,8 @@ def main(argv=None):
         t = times[name]
         median = statistics.median(t)
         target = f"{TARGETS[name]:g}" if name in TARGETS else ""
-        print(f"{name:22s} {median:9.3f} {f"{min(t):.3f}-{max(t):.3f}":>15s} {runs:8d} {median / reference:7.2f} "
-              f"{target:>8s}")
+        spread = f"{min(t):.3f}-{max(t):.3f}"
+        print(f"{name:22s} {median:9.3f} {spread:>15s} {runs:8d} {median / reference:7.2f} {target:>8s}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

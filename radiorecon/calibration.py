@@ -51,7 +51,7 @@ __all__ = ["CalibrationReport", "calibrate_uncertainty", "uncertainty_coverage",
            "apparent_sky", "apparent_sources", "source_mask", "SOURCE_FRACTION", "ThresholdReport",
            "calibrate_threshold", "detection_curve", "choose_threshold", "CALIBRATION_GRID", "TARGET_PURITY",
            "DEBLEND_LIMIT", "FluxErrorReport", "calibrate_flux_errors", "DetectionReport",
-           "calibrate_detection_probability"]
+           "calibrate_detection_probability", "fit_detection_probability"]
 
 #: Pixels whose apparent sky exceeds this fraction of its image's maximum
 #: are source pixels (here and in `radiorecon.benchmark`'s coverage).
