@@ -47,7 +47,6 @@ per image and threshold and leaves purity near 0 there either way.
 
 import collections
 import contextlib
-import time
 import warnings
 
 import numpy as np
@@ -161,7 +160,8 @@ def published_catalog(image, *, nsigma=3.0, floor=1e-3, npixels=5, deblend=True)
     return table
 
 
-def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progress=True, calibration=None):
+def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progress=True, calibration=None,
+                  cache=None):
     """Score methods on a simulated data set.
 
     Parameters
@@ -198,6 +198,13 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         reaches `~radiorecon.calibration.TARGET_PURITY`;
         the one of highest purity if none does) and the test images are
         scored at it, as one more row per method.
+    cache : str or path-like, optional
+        A directory where each method's predictions are kept on disk
+        (`~radiorecon.Reconstructor.reusing_predictions` with ``cache``):
+        the same call again, after an interruption or with more rows, reads
+        the predictions it has and makes only the others, and gives the
+        same table. A prediction read from it reports the seconds it took
+        when it was made (so those rows' times may come from another run).
 
     Returns
     -------
@@ -290,7 +297,9 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
     cover = {label: np.zeros(3) for label in labels}  # within 1 sigma, within 2 sigma, pixels
     examples = {"fluxes": {label: [] for label in labels}, "results": {}, "calibration": {}, "recovered": {}}
     rows_of = collections.Counter(id(rec) for _, rec, _ in methods)
-    shared = list({id(rec): rec for _, rec, _ in methods if rows_of[id(rec)] > 1}.values())
+    # Models whose outputs are kept while an image is scored: those of
+    # several rows, and with a cache every model (kept on disk too).
+    shared = list({id(rec): rec for _, rec, _ in methods if cache is not None or rows_of[id(rec)] > 1}.values())
     # Calibration images first: each row's threshold is fixed before any
     # test image is scored at it.
     for i in tqdm(calib + test, desc="benchmark", disable=not progress, unit="image"):
@@ -365,16 +374,18 @@ def run_benchmark(data, methods, *, n_images=None, threshold=5.0, seed=0, progre
         drawn = {}
         with contextlib.ExitStack() as stack:
             for rec in shared:
-                stack.enter_context(rec.reusing_predictions())
+                stack.enter_context(rec.reusing_predictions(cache=cache))
             for label, rec, n_samples in sorted(methods, key=lambda m: -m[2]):
                 reused = 1 < n_samples <= drawn.get(id(rec), 0)
                 drawn[id(rec)] = max(n_samples, drawn.get(id(rec), 0))
                 needs_psf = "needs_psf" in rec.capabilities
-                start = time.perf_counter()
                 result = rec.predict(dirty, psf=data.psf(i, full=True) if needs_psf else None,
                                      n_samples=n_samples, seed=seed + i, progress=False,
                                      return_samples=n_samples > 1)
-                elapsed = np.nan if reused else time.perf_counter() - start
+                # The time of the call that made these outputs (with a cache,
+                # perhaps in an earlier run), not of reading them.
+                made = rec._last_run[0]
+                elapsed = np.nan if reused or made is None else made
                 if result.wcs is None:
                     result.wcs = wcs
                 runs = rec.backend.network_evaluations(n_samples)

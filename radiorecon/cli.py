@@ -504,7 +504,7 @@ def cmd_benchmark(args):
     with threads(args.threads):
         table, examples = run_benchmark(
             args.data, methods, n_images=args.n_images, threshold=thresholds, seed=args.seed,
-            progress=not args.no_progress, calibration=args.calibration,
+            progress=not args.no_progress, calibration=args.calibration, cache=args.cache,
         )
     os.makedirs(args.out, exist_ok=True)
     table.write(os.path.join(args.out, "benchmark.ecsv"), overwrite=True)
@@ -532,7 +532,7 @@ def cmd_calibrate(args):
     common = dict(n_images=args.n_images, seed=0 if args.seed is None else args.seed,
                   progress=not args.no_progress)
     # Each image is predicted once for all the calibrations below.
-    with rec.reusing_predictions():
+    with rec.reusing_predictions(cache=args.cache):
         found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity,
                                         **common)
         note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
@@ -712,6 +712,9 @@ def _parser():
                    help="choose each method's threshold on the last K images (never scored) and add its "
                         "calibrated row, purity-completeness curves and completeness per S/N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", metavar="DIR",
+                   help="keep every prediction in DIR: the same command again (after an interruption, or with "
+                        "more backends) reads them instead of predicting again, to the same report")
     p.add_argument("--out", required=True, help="report directory (ECSV, Markdown, PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -768,6 +771,8 @@ def _parser():
     p.add_argument("--reliability", action="store_true",
                    help="also calibrate catalogs' detection_probability as the probability that a source is real, "
                         "from its S/N (detection_calibration)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="keep the predictions in DIR, so that an interrupted calibration resumes")
     p.add_argument("-o", "--output", required=True, help="model file to write, with the calibration")
     p.set_defaults(func=cmd_calibrate)
 

@@ -236,7 +236,8 @@ def check_detection_calibration(value):
     return [float(v) for v in value]
 
 
-def _digest(tensors):
+def tensor_digest(tensors):
+    """SHA-256 (hex) of named tensors: their names, dtypes, shapes and bytes, in name order."""
     import torch
 
     sha = hashlib.sha256()
@@ -300,7 +301,7 @@ def save(path, document, tensors, *, overwrite=False):
         "format_version": FORMAT_VERSION,
         # Kept when a file's own document is saved again (a metadata edit): the weights are that old.
         "created": document.get("created") or now,
-        "sha256": _digest(tensors),
+        "sha256": tensor_digest(tensors),
     }
     doc["document_sha256"] = _document_digest(doc)
     payload = st_save(tensors, metadata={_KEY: json.dumps(doc, allow_nan=False)})
@@ -648,7 +649,7 @@ def _load_tensors(path, doc):
         tensors = st_load(blob)
     except Exception as exc:  # safetensors raises its own error types
         raise ModelFileError(f"{path}: tensors cannot be read ({exc})") from None
-    if _digest(tensors) != doc["sha256"]:
+    if tensor_digest(tensors) != doc["sha256"]:
         raise ModelFileError(f"{path}: file is corrupted (tensor checksum mismatch)")
     if "training" in doc:
         try:

@@ -20,12 +20,14 @@ import hashlib
 import json
 import logging
 import warnings
+import zipfile
 
 import numpy as np
 import astropy.units as u
 from astropy.nddata import StdDevUncertainty
 
 from . import __version__, provenance
+from ._files import atomic_path
 from .exceptions import InputError, RadioreconWarning
 from .result import Reconstruction
 from .runtime import check_memory
@@ -452,21 +454,81 @@ class _Stitched:
             put(key, values)
 
 
-def prediction_key(jobs, backend, **settings):
+def prediction_key(jobs, backend, *, model=None, **settings):
     """A digest of everything a `run` of ``jobs`` depends on, for reusing its outputs.
 
     The images and masks as the networks see them, the PSFs, the tiling,
-    the backend's configuration and trained weights (by identity: the same
-    backend object), and ``settings`` (``seed``, ``aggregate``, ...).
+    the backend's configuration and trained weights (by identity, the same
+    backend object, unless ``model`` names them: a digest of the weights,
+    the same in every process), and ``settings`` (``seed``, ``aggregate``,
+    ...).
     """
     digest = hashlib.blake2b(digest_size=20)
-    digest.update(json.dumps([id(backend), backend.config, repr(sorted(settings.items()))],
+    digest.update(json.dumps([model or id(backend), backend.config, repr(sorted(settings.items()))],
                              sort_keys=True, default=repr).encode())
     for job in jobs:
         digest.update(repr((job.index, job.data.shape, job.tiler.tile_shape, job.normalisation.scale)).encode())
         for array in (job.data, job.mask, job.psf):
             digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def save_outputs(path, outputs, *, n_samples, seconds):
+    """Write `run` outputs to an ``.npz`` file, for `load_outputs` in a later process.
+
+    Arrays are stored as they are (float32) and everything else as JSON:
+    no pickle. ``seconds`` is what the run took. The file is written
+    under a temporary name and then renamed, so that an interrupted write
+    never leaves a truncated file under ``path``.
+    """
+    arrays, jobs = {}, []
+    for j, out in enumerate(outputs):
+        for name in ("estimate", "std", "samples"):
+            if out[name] is not None:
+                arrays[f"{j}.{name}"] = out[name]
+        for name, value in out["extras"].items():
+            arrays[f"{j}.extra.{name}"] = value
+        for k, value in enumerate(out["components"]):
+            arrays[f"{j}.component.{k}"] = value
+        jobs.append({"maps": [name for name in ("estimate", "std", "samples") if out[name] is not None],
+                     "sampled": bool(out["sampled"]), "extras": list(out["extras"]),
+                     "components": len(out["components"]), "units": out["units"], "meta": out["meta"]})
+    header = {"format": "radiorecon prediction outputs", "version": __version__, "n_samples": int(n_samples),
+              "seconds": float(seconds), "jobs": jobs}
+    arrays["header"] = np.frombuffer(json.dumps(header, default=_plain).encode(), dtype=np.uint8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _plain(value):
+    # Backends' meta values may be numpy scalars: stored as the Python numbers they hold.
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a prediction file")
+
+
+def load_outputs(path):
+    """Read outputs written by `save_outputs`: ``(n_samples, outputs, seconds)``, or None if unreadable.
+
+    A file that is missing, truncated or not of this format is treated as
+    absent (the outputs are then computed again), never as an error.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(npz["header"].tobytes().decode())
+            if header.get("format") != "radiorecon prediction outputs":
+                return None
+            outputs = []
+            for j, job in enumerate(header["jobs"]):
+                out = {name: None for name in ("estimate", "std", "samples")}
+                out.update({name: npz[f"{j}.{name}"] for name in job["maps"]})
+                out.update(sampled=job["sampled"], units=job["units"], meta=job["meta"],
+                           extras={name: npz[f"{j}.extra.{name}"] for name in job["extras"]},
+                           components=[npz[f"{j}.component.{k}"] for k in range(job["components"])])
+                outputs.append(out)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError):
+        return None
+    return header["n_samples"], outputs, header["seconds"]
 
 
 def first_samples(outputs, n_samples):

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -147,8 +148,15 @@ class Reconstructor:
         self.flux_error_floor = 0.0
         self.detection_calibration = None
         self.origin = "untrained" if not self.fitted else "no training needed"
-        # Backend outputs kept by `reusing_predictions` (None: predict afresh every time).
+        # Backend outputs kept by `reusing_predictions` (None: predict afresh every time),
+        # the directory they are also written to, and the model's digest that names them there.
         self._kept_outputs = None
+        self._kept_cache = None
+        self._kept_model = None
+        # Seconds that the `predict` call which made the last call's outputs
+        # took (None when they were cut from more draws), and whether they were
+        # read from the cache: for `radiorecon.benchmark`'s timings.
+        self._last_run = (None, False)
 
     def __repr__(self):
         state = "fitted" if self.fitted else "not fitted"
@@ -656,6 +664,7 @@ class Reconstructor:
         MemoryError
             Before any work, when the samples asked for cannot fit in memory.
         """
+        start = time.perf_counter()
         self._require("reconstruct", "reconstruct images")
         self._require_fitted()
         n_samples = check_int(n_samples, "n_samples")
@@ -708,23 +717,31 @@ class Reconstructor:
             # One entry for every sample count from 2 up: draw k of an image comes from
             # its own seeded stream (radiorecon.seeding.Draws), so the first n of more
             # draws are the n draws. One draw is apart: STAR's is its mean style.
-            key = pipeline.prediction_key(jobs, self.backend, seed=seed, aggregate=aggregate, positions=positions,
-                                          several=n_samples > 1, samples=keep)
-            n_kept, kept = self._kept_outputs.get(key, (0, None))
+            key = pipeline.prediction_key(jobs, self.backend, model=self._kept_model, seed=seed, aggregate=aggregate,
+                                          positions=positions, several=n_samples > 1, samples=keep)
+            stored = os.path.join(self._kept_cache, key + ".npz") if self._kept_cache else None
+            if key not in self._kept_outputs and stored and os.path.exists(stored):
+                loaded = pipeline.load_outputs(stored)
+                if loaded is not None:
+                    self._kept_outputs[key] = (*loaded, True)
+            n_kept, kept, seconds, from_cache = self._kept_outputs.get(key, (0, None, None, False))
             # Copies: assemble blanks maps in place.
             if n_kept == n_samples:
                 outputs = copy.deepcopy(kept)
+                self._last_run = (seconds, from_cache)
             elif n_kept > n_samples:
                 outputs = pipeline.first_samples(kept, n_samples)
+                self._last_run = (None, from_cache)
         pipeline.check_sample_memory(jobs, n_samples, keep, batch_size)
         dev = self._to_device(device)
+        made = kept = None
         if outputs is None:
             with torch_threads(threads):
-                outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
-                                       batch_size=batch_size, seed=seed, device=dev, progress=progress,
-                                       aggregate=aggregate, return_samples=keep, positions=positions)
+                made = outputs = pipeline.run(jobs, self.backend, self.backend_name, n_samples=n_samples,
+                                              batch_size=batch_size, seed=seed, device=dev, progress=progress,
+                                              aggregate=aggregate, return_samples=keep, positions=positions)
             if key is not None and n_samples >= n_kept:
-                self._kept_outputs[key] = (n_samples, copy.deepcopy(outputs))
+                kept = copy.deepcopy(outputs)  # assemble blanks maps in place
         results = []
         for job, out in zip(jobs, outputs):  # a loop, not a comprehension: warnings point at the caller
             results.append(pipeline.assemble(
@@ -733,10 +750,18 @@ class Reconstructor:
                 name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale,
                 uncertainty_floor=self.uncertainty_floor, flux_error_floor=self.flux_error_floor,
                 detection_calibration=self.detection_calibration))
+        if made is not None:
+            # The whole call, as a user waits for it.
+            seconds = time.perf_counter() - start
+            self._last_run = (seconds, False)
+            if kept is not None:
+                self._kept_outputs[key] = (n_samples, kept, seconds, False)
+                if stored:
+                    pipeline.save_outputs(stored, kept, n_samples=n_samples, seconds=seconds)
         return results if many else results[0]
 
     @contextlib.contextmanager
-    def reusing_predictions(self):
+    def reusing_predictions(self, cache=None):
         """Predict each seeded input once within the block, however often it is asked for.
 
         Calibrating a model's threshold, uncertainty, detection probability
@@ -754,6 +779,24 @@ class Reconstructor:
         memory until the block ends (about ``4 * n_samples`` bytes per pixel
         of each image with ``return_samples``).
 
+        Parameters
+        ----------
+        cache : str or path-like, optional
+            A directory (made if missing) where the kept outputs are also
+            written, one ``.npz`` file (no pickle) per call, named by a
+            digest of its images, PSFs, settings, the backend's
+            configuration and the SHA-256 of its weights, with the seconds
+            the backend took; a later block with the same ``cache``, in this
+            process or another, reads them instead of predicting again. So
+            a long run (``radiorecon benchmark --cache``) that is stopped
+            resumes where it was, and gives the same results. Files of a
+            different model or configuration are never read; unreadable
+            ones are predicted again. The files are what the backend
+            returned: clear the directory when radiorecon's code changes.
+            About ``4 * n_samples`` bytes per pixel per call (20 MB per
+            512x512 image with 20 samples). An inner block keeps to the
+            outer block's ``cache``.
+
         Examples
         --------
         Calibrate a sampling model on 40 images of ``radiorecon simulate 120
@@ -766,15 +809,29 @@ class Reconstructor:
                 rec.calibrate_detection_probability("cal120", n_samples=20, n_images=40)
                 rec.calibrate_flux_errors("cal120", n_samples=20, n_images=40)
             rec.save("calibrated.rrm")
+
+        Keep the draws on disk as well, so that an interrupted calibration
+        resumes::
+
+            with rec.reusing_predictions(cache="cal120-draws"):
+                ...
         """
         if self._kept_outputs is not None:  # nested: the outer block keeps them
             yield self
             return
-        self._kept_outputs = {}
+        if cache is not None:
+            cache = os.fspath(cache)
+            os.makedirs(cache, exist_ok=True)
+            self._kept_model = self._weights_digest()
+        self._kept_outputs, self._kept_cache = {}, cache
         try:
             yield self
         finally:
-            self._kept_outputs = None
+            self._kept_outputs = self._kept_cache = self._kept_model = None
+
+    def _weights_digest(self):
+        """SHA-256 of the backend's name and trained tensors: the same model in every process."""
+        return f"{self.backend_name}:{modelfile.tensor_digest(self.backend.state_dict())}"
 
     def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
                               floor=False, progress=True):

@@ -423,3 +423,36 @@ def test_rows_of_one_model_share_its_draws(dataset, sampler, monkeypatch):
     assert np.isnan(shared["seconds_per_image"]).all() and np.isfinite(own["seconds_per_image"]).all()
     assert np.isfinite(table[table["method"] == "x5"]["seconds_per_image"]).all()
     assert list(shared["network_runs"]) == list(own["network_runs"])
+
+
+def test_a_cached_benchmark_resumes_to_the_same_table(dataset, sampler, tmp_path, monkeypatch):
+    from radiorecon import pipeline
+
+    calls = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: calls.append(k["seed"]) or real_run(*a, **k))
+    clean = Reconstructor("clean", niter=50)
+    cache = tmp_path / "predictions"
+    # Interrupted after the second image: its predictions are on disk.
+    first, _ = run_benchmark(dataset, [("x3", sampler, 3)], n_images=2, threshold=3, progress=False, cache=cache)
+    assert calls == [0, 1]
+    # The same call with one more image and one more row predicts only what is new.
+    calls.clear()
+    table, _ = run_benchmark(dataset, [("x3", sampler, 3), ("clean", clean, 1)], n_images=3, threshold=3,
+                             progress=False, cache=cache)
+    assert sorted(calls) == [0, 1, 2, 2]
+    calls.clear()
+    again, _ = run_benchmark(dataset, [("x3", sampler, 3), ("clean", clean, 1)], n_images=3, threshold=3,
+                             progress=False, cache=cache)
+    assert calls == []
+    # The table of predictions read back is the one of predictions made,
+    # seconds included (those recorded when they were made).
+    for name in COLUMNS[3:]:
+        np.testing.assert_array_equal(again[name], table[name], err_msg=name)
+    assert np.isfinite(again["seconds_per_image"][again["method"] == "x3"]).all()
+    # And the same as without a cache, but for the times.
+    fresh, _ = run_benchmark(dataset, [("x3", sampler, 3), ("clean", clean, 1)], n_images=3, threshold=3,
+                             progress=False)
+    for name in COLUMNS[3:-2]:
+        np.testing.assert_array_equal(again[name], fresh[name], err_msg=name)
+    assert list(first["method"]) == ["truth limit", "dirty", "x3"] * 2

@@ -464,6 +464,52 @@ def test_reusing_predictions_runs_each_seeded_prediction_once(overconfident, dat
         overconfident.uncertainty_scale, overconfident.uncertainty_floor = kept
 
 
+def test_predictions_kept_on_disk_serve_a_later_block(overconfident, dataset, tmp_path, monkeypatch):
+    import torch
+
+    from radiorecon import pipeline
+
+    runs = []
+    real_run = pipeline.run
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: runs.append(k["n_samples"]) or real_run(*a, **k))
+    dirty, cache = dataset.image(1), tmp_path / "draws"
+    fresh = overconfident.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+    with overconfident.reusing_predictions(cache=cache) as rec:
+        rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+    (stored,) = cache.iterdir()
+    assert runs == [N_SAMPLES, N_SAMPLES] and stored.suffix == ".npz"
+    # Another block (as another process would be): read from disk, not predicted;
+    # the same draws and, after the model's calibration, the same result.
+    with overconfident.reusing_predictions(cache=cache) as rec:
+        again = rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+        fewer = rec.predict(dirty, n_samples=2, seed=4, return_samples=True, progress=False)
+        seconds, from_cache = rec._last_run
+    assert runs == [N_SAMPLES, N_SAMPLES] and from_cache and seconds is None  # cut from the stored draws
+    np.testing.assert_array_equal(again.samples, fresh.samples)
+    np.testing.assert_array_equal(again.data, fresh.data)
+    np.testing.assert_array_equal(again.uncertainty.array, fresh.uncertainty.array)
+    np.testing.assert_array_equal(fewer.samples, fresh.samples[:2])
+    assert again.meta == fresh.meta
+    # Other weights are another model: predicted again, beside the first file.
+    net = overconfident.backend.net
+    kept = net.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            net.bias.add_(1e-3)
+        with overconfident.reusing_predictions(cache=cache) as rec:
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=4, progress=False)
+    finally:
+        with torch.no_grad():
+            net.bias.copy_(kept)
+    assert runs == [N_SAMPLES] * 3 and len(list(cache.iterdir())) == 2
+    # A damaged file is predicted again, and replaced.
+    stored.write_bytes(b"not a prediction")
+    with overconfident.reusing_predictions(cache=cache) as rec:
+        again = rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+    assert runs == [N_SAMPLES] * 4 and stored.read_bytes().startswith(b"PK")
+    np.testing.assert_array_equal(again.samples, fresh.samples)
+
+
 def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path, monkeypatch, capsys):
     from radiorecon import pipeline
 
@@ -477,7 +523,19 @@ def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path
                  "--floor", "--reliability", "--no-progress"]) == 0
     # Threshold, uncertainty, reliability and flux errors: one prediction per image.
     assert sorted(runs) == list(range(len(dataset)))
-    assert "flux error floor:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "flux error floor:" in printed
+    # With a cache, the same command again (as after an interruption) predicts nothing.
+    cached = [str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "--floor", "--reliability",
+              "--no-progress", "--cache", str(tmp_path / "draws")]
+    assert main(["calibrate", *cached, "-o", str(tmp_path / "a.rrm")]) == 0
+    assert len(runs) == 2 * len(dataset) and len(list((tmp_path / "draws").iterdir())) == len(dataset)
+    assert main(["calibrate", *cached, "-o", str(tmp_path / "b.rrm")]) == 0
+    assert len(runs) == 2 * len(dataset)
+    # The same calibration each time (all but the line naming the file written).
+    report = printed.splitlines()[:-1]
+    assert capsys.readouterr().out.splitlines() == [*report, f"wrote {tmp_path / 'a.rrm'}", *report,
+                                                    f"wrote {tmp_path / 'b.rrm'}"]
 
 
 def test_reused_draws_serve_fewer_samples(overconfident, dataset, monkeypatch):
