@@ -510,13 +510,15 @@ def _plain(value):
 def load_outputs(path):
     """Read outputs written by `save_outputs`: ``(n_samples, outputs, seconds)``, or None if unreadable.
 
-    A file that is missing, truncated or not of this format is treated as
-    absent (the outputs are then computed again), never as an error.
+    A file that is missing, truncated, not of this format or written by
+    another version of radiorecon is treated as absent (the outputs are
+    then computed again), never as an error.
     """
     try:
         with np.load(path, allow_pickle=False) as npz:
             header = json.loads(npz["header"].tobytes().decode())
-            if header.get("format") != "radiorecon prediction outputs":
+            # Another version's backends may have computed otherwise.
+            if header.get("format") != "radiorecon prediction outputs" or header.get("version") != __version__:
                 return None
             outputs = []
             for j, job in enumerate(header["jobs"]):

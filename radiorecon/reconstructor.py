@@ -791,8 +791,9 @@ class Reconstructor:
             a long run (``radiorecon benchmark --cache``) that is stopped
             resumes where it was, and gives the same results. Files of a
             different model or configuration are never read; unreadable
-            ones are predicted again. The files are what the backend
-            returned: clear the directory when radiorecon's code changes.
+            ones, and those of another radiorecon version, are predicted
+            again (a development install keeps its version: clear the
+            directory when its code changes).
             About ``4 * n_samples`` bytes per pixel per call (20 MB per
             512x512 image with 20 samples). An inner block keeps to the
             outer block's ``cache``.

@@ -508,6 +508,11 @@ def test_predictions_kept_on_disk_serve_a_later_block(overconfident, dataset, tm
         again = rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
     assert runs == [N_SAMPLES] * 4 and stored.read_bytes().startswith(b"PK")
     np.testing.assert_array_equal(again.samples, fresh.samples)
+    # So is a file of another radiorecon version.
+    monkeypatch.setattr(pipeline, "__version__", "0.0.1")
+    with overconfident.reusing_predictions(cache=cache) as rec:
+        rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+    assert runs == [N_SAMPLES] * 5
 
 
 def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path, monkeypatch, capsys):
