@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import warnings
-import zipfile
 
 import numpy as np
 import astropy.units as u
@@ -477,9 +476,16 @@ def save_outputs(path, outputs, *, n_samples, seconds):
     """Write `run` outputs to an ``.npz`` file, for `load_outputs` in a later process.
 
     Arrays are stored as they are (float32, compressed) and everything
-    else as JSON: no pickle. ``seconds`` is what the run took. The file is written
-    under a temporary name and then renamed, so that an interrupted write
-    never leaves a truncated file under ``path``.
+    else as JSON: no pickle. ``seconds`` is what the `predict` call that
+    made them took. An interrupted write never leaves a truncated file
+    under ``path``.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be written.
+    TypeError
+        For backend meta values that are not JSON numbers, strings or lists.
     """
     arrays, jobs = {}, []
     for j, out in enumerate(outputs):
@@ -509,30 +515,32 @@ def _plain(value):
     raise TypeError(f"cannot store {type(value).__name__} in a prediction file")
 
 
-def load_outputs(path):
+def load_outputs(path, n_jobs):
     """Read outputs written by `save_outputs`: ``(n_samples, outputs, seconds)``, or None if unreadable.
 
-    A file that is missing, truncated, not of this format or written by
-    another version of radiorecon is treated as absent (the outputs are
-    then computed again), never as an error.
+    A file that is missing, damaged, not of this format, of another number
+    of jobs than ``n_jobs``, or written by another version of radiorecon is
+    treated as absent (the outputs are then computed again), never as an
+    error.
     """
     try:
         with np.load(path, allow_pickle=False) as npz:
             header = json.loads(npz["header"].tobytes().decode())
             # Another version's backends may have computed otherwise.
-            if header.get("format") != "radiorecon prediction outputs" or header.get("version") != __version__:
+            if (header["format"] != "radiorecon prediction outputs" or header["version"] != __version__
+                    or len(header["jobs"]) != n_jobs):
                 return None
             outputs = []
             for j, job in enumerate(header["jobs"]):
                 out = {name: None for name in ("estimate", "std", "samples")}
                 out.update({name: npz[f"{j}.{name}"] for name in job["maps"]})
-                out.update(sampled=job["sampled"], units=job["units"], meta=job["meta"],
+                out.update(sampled=bool(job["sampled"]), units=dict(job["units"]), meta=dict(job["meta"]),
                            extras={name: npz[f"{j}.extra.{name}"] for name in job["extras"]},
                            components=[npz[f"{j}.component.{k}"] for k in range(job["components"])])
                 outputs.append(out)
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError):
+            return int(header["n_samples"]), outputs, float(header["seconds"])
+    except Exception:  # noqa: BLE001 - whatever is wrong with a cached file, it is predicted again
         return None
-    return header["n_samples"], outputs, header["seconds"]
 
 
 def first_samples(outputs, n_samples):

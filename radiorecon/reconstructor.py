@@ -11,13 +11,14 @@ import copy
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 
 from . import __version__, modelfile, pipeline, provenance, registry
 from ._validate import check_int, check_seed
 from .backend import Backend, takes_keyword
-from .exceptions import CapabilityError, InputError, ModelFileError, NotFittedError
+from .exceptions import CapabilityError, InputError, ModelFileError, NotFittedError, RadioreconWarning
 from .normalisation import Normalisation
 from .pretrained import resolve_model_path
 from .result import Reconstruction
@@ -407,6 +408,10 @@ class Reconstructor:
         -------
         self : Reconstructor
         """
+        if self._kept_outputs is not None:
+            # Outputs kept by reusing_predictions are of the weights before this fit.
+            self._kept_outputs.clear()
+            self._kept_model = None
         self._require("needs_training", "be trained")
         paired = "paired" in self.capabilities
         if paired and targets is None and not is_dataset(inputs):
@@ -709,6 +714,7 @@ class Reconstructor:
         if positions is not None:
             for job, xy in zip(jobs, positions):
                 _check_inside(xy, job.mask.shape, "" if not many else f" of image {job.index}")
+        dev = self._to_device(device)
         key = outputs = None
         keep = return_samples
         if self._kept_outputs is not None and seed is not None:
@@ -717,11 +723,15 @@ class Reconstructor:
             # One entry for every sample count from 2 up: draw k of an image comes from
             # its own seeded stream (radiorecon.seeding.Draws), so the first n of more
             # draws are the n draws. One draw is apart: STAR's is its mean style.
+            if self._kept_cache and self._kept_model is None:
+                self._kept_model = self._weights_digest()
+            # On disk, a GPU's outputs (which differ in the last bits) are apart from a CPU's.
             key = pipeline.prediction_key(jobs, self.backend, model=self._kept_model, seed=seed, aggregate=aggregate,
-                                          positions=positions, several=n_samples > 1, samples=keep)
+                                          positions=positions, several=n_samples > 1, samples=keep,
+                                          **({"device": str(dev)} if self._kept_cache else {}))
             stored = os.path.join(self._kept_cache, key + ".npz") if self._kept_cache else None
             if key not in self._kept_outputs and stored and os.path.exists(stored):
-                loaded = pipeline.load_outputs(stored)
+                loaded = pipeline.load_outputs(stored, len(jobs))
                 if loaded is not None:
                     self._kept_outputs[key] = (*loaded, True)
             n_kept, kept, seconds, from_cache = self._kept_outputs.get(key, (0, None, None, False))
@@ -733,7 +743,6 @@ class Reconstructor:
                 outputs = pipeline.first_samples(kept, n_samples)
                 self._last_run = (None, from_cache)
         pipeline.check_sample_memory(jobs, n_samples, keep, batch_size)
-        dev = self._to_device(device)
         made = kept = None
         if outputs is None:
             with torch_threads(threads):
@@ -757,7 +766,12 @@ class Reconstructor:
             if kept is not None:
                 self._kept_outputs[key] = (n_samples, kept, seconds, False)
                 if stored:
-                    pipeline.save_outputs(stored, kept, n_samples=n_samples, seconds=seconds)
+                    try:
+                        pipeline.save_outputs(stored, kept, n_samples=n_samples, seconds=seconds)
+                    except (OSError, TypeError) as exc:
+                        # The prediction is made: a cache that cannot keep it costs time, not results.
+                        warnings.warn(f"Could not keep this prediction in {self._kept_cache}: {exc}",
+                                      RadioreconWarning, stacklevel=2)
         return results if many else results[0]
 
     @contextlib.contextmanager
@@ -783,21 +797,26 @@ class Reconstructor:
         ----------
         cache : str or path-like, optional
             A directory (made if missing) where the kept outputs are also
-            written, one ``.npz`` file (no pickle) per call, named by a
-            digest of its images, PSFs, settings, the backend's
-            configuration and the SHA-256 of its weights, with the seconds
-            the backend took; a later block with the same ``cache``, in this
-            process or another, reads them instead of predicting again. So
-            a long run (``radiorecon benchmark --cache``) that is stopped
-            resumes where it was, and gives the same results. Files of a
-            different model or configuration are never read; unreadable
-            ones, and those of another radiorecon version, are predicted
-            again (a development install keeps its version: clear the
-            directory when its code changes).
-            The files are compressed, and sparse sky models take little
-            room: 0.2 MB for 20 draws of a 512x512 image of the shipped DDPM,
-            3.7 MB for CLEAN's maps of one. An inner block keeps to the
-            outer block's ``cache``.
+            written, one compressed ``.npz`` file (no pickle) per call,
+            named by a digest of its images, PSFs, settings, device, the
+            backend's class, version and configuration and the SHA-256 of
+            its weights, with the seconds the `predict` call took; a later
+            block with the same ``cache``, in this process or another, reads
+            them instead of predicting again. So a long run (``radiorecon
+            benchmark --cache``) that is stopped resumes where it was, and
+            gives the same results. Files that are damaged or of another
+            radiorecon version are predicted again, and one that cannot be
+            written is only warned about (`RadioreconWarning`). The digest
+            does not cover code: a development install keeps its version,
+            so clear the directory when that code changes. Sparse sky models
+            take little room: 0.2 MB for 20 draws of a 512x512 image of the
+            shipped DDPM, 3.7 MB for CLEAN's maps of one.
+
+        Raises
+        ------
+        ValueError
+            For a ``cache`` inside a block that keeps its outputs elsewhere
+            (an inner block keeps to the outer block's outputs).
 
         Examples
         --------
@@ -819,21 +838,27 @@ class Reconstructor:
                 ...
         """
         if self._kept_outputs is not None:  # nested: the outer block keeps them
+            if cache is not None and os.fspath(cache) != self._kept_cache:
+                raise ValueError(f"reusing_predictions(cache={os.fspath(cache)!r}) inside a block that keeps "
+                                 f"its outputs {'in ' + repr(self._kept_cache) if self._kept_cache else 'in memory'}")
             yield self
             return
         if cache is not None:
             cache = os.fspath(cache)
             os.makedirs(cache, exist_ok=True)
-            self._kept_model = self._weights_digest()
-        self._kept_outputs, self._kept_cache = {}, cache
+        # The weights' digest is taken at the first prediction (and again after a fit).
+        self._kept_outputs, self._kept_cache, self._kept_model = {}, cache, None
         try:
             yield self
         finally:
             self._kept_outputs = self._kept_cache = self._kept_model = None
 
     def _weights_digest(self):
-        """SHA-256 of the backend's name and trained tensors: the same model in every process."""
-        return f"{self.backend_name}:{modelfile.tensor_digest(self.backend.state_dict())}"
+        """The backend's name, class and version and the SHA-256 of its tensors: the same model in every process."""
+        cls = type(self.backend)
+        version = getattr(self.backend, "version", None)
+        return (f"{self.backend_name}:{cls.__module__}.{cls.__qualname__}:{version}:"
+                f"{modelfile.tensor_digest(self.backend.state_dict())}")
 
     def calibrate_uncertainty(self, data, *, n_samples, n_images=None, images=None, seed=0, match=(1,),
                               floor=False, progress=True):

@@ -456,3 +456,13 @@ def test_a_cached_benchmark_resumes_to_the_same_table(dataset, sampler, tmp_path
     for name in COLUMNS[3:-2]:
         np.testing.assert_array_equal(again[name], fresh[name], err_msg=name)
     assert list(first["method"]) == ["truth limit", "dirty", "x3"] * 2
+    # What a backend says of its result (CLEAN's beam and iterations) comes back as it was.
+    psf = dataset.psf(2, full=True)
+    calls.clear()
+    with clean.reusing_predictions(cache=cache) as rec:
+        read = rec.predict(dataset.image(2), psf=psf, seed=2, progress=False)
+    made = clean.predict(dataset.image(2), psf=psf, seed=2, progress=False)
+    assert calls == [2]  # only the one made afresh
+    assert read.meta == made.meta and read.meta["CLNITER"] > 0
+    for name in made.extras:
+        np.testing.assert_array_equal(read.extras[name], made.extras[name])

@@ -502,17 +502,49 @@ def test_predictions_kept_on_disk_serve_a_later_block(overconfident, dataset, tm
         with torch.no_grad():
             net.bias.copy_(kept)
     assert runs == [N_SAMPLES] * 3 and len(list(cache.iterdir())) == 2
-    # A damaged file is predicted again, and replaced.
-    stored.write_bytes(b"not a prediction")
-    with overconfident.reusing_predictions(cache=cache) as rec:
-        again = rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
-    assert runs == [N_SAMPLES] * 4 and stored.read_bytes().startswith(b"PK")
-    np.testing.assert_array_equal(again.samples, fresh.samples)
+    # So are other settings of the backend.
+    try:
+        with overconfident.reusing_predictions(cache=cache) as rec:
+            rec.set_params(noise=0.02)
+            rec.predict(dirty, n_samples=N_SAMPLES, seed=4, progress=False)
+    finally:
+        overconfident.set_params(noise=0.01)
+    assert runs == [N_SAMPLES] * 4 and len(list(cache.iterdir())) == 3
+    # A damaged file is predicted again, and replaced: cut short, with a
+    # compressed member garbled, or not a prediction file at all.
+    whole = stored.read_bytes()
+    middle = len(whole) // 2
+    for damaged in (whole[:middle], whole[:middle] + bytes(64) + whole[middle + 64:], b"not a prediction"):
+        stored.write_bytes(damaged)
+        with overconfident.reusing_predictions(cache=cache) as rec:
+            again = rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+        np.testing.assert_array_equal(again.samples, fresh.samples)
+    assert runs == [N_SAMPLES] * 7 and pipeline.load_outputs(stored, 1)[0] == N_SAMPLES
     # So is a file of another radiorecon version.
     monkeypatch.setattr(pipeline, "__version__", "0.0.1")
     with overconfident.reusing_predictions(cache=cache) as rec:
         rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
-    assert runs == [N_SAMPLES] * 5
+    assert runs == [N_SAMPLES] * 8
+
+
+def test_a_prediction_cache_that_cannot_be_written_costs_no_result(overconfident, dataset, tmp_path, monkeypatch):
+    from radiorecon import pipeline
+    from radiorecon.exceptions import RadioreconWarning
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "save_outputs", full_disk)
+    dirty = dataset.image(0)
+    with overconfident.reusing_predictions(cache=tmp_path) as rec:
+        with pytest.warns(RadioreconWarning, match="Could not keep this prediction.*No space left"):
+            kept = rec.predict(dirty, n_samples=2, seed=1, progress=False)
+        # Kept in memory all the same; a block elsewhere inside it is refused.
+        np.testing.assert_array_equal(rec.predict(dirty, n_samples=2, seed=1, progress=False).data, kept.data)
+        with pytest.raises(ValueError, match="inside a block that keeps its outputs in"):
+            with rec.reusing_predictions(cache=tmp_path / "other"):
+                pass
+    np.testing.assert_array_equal(kept.data, overconfident.predict(dirty, n_samples=2, seed=1, progress=False).data)
 
 
 def test_cli_calibrate_predicts_each_image_once(overconfident, dataset, tmp_path, monkeypatch, capsys):
