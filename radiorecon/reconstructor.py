@@ -730,14 +730,14 @@ class Reconstructor:
                                           positions=positions, several=n_samples > 1, samples=keep,
                                           **({"device": str(dev)} if self._kept_cache else {}))
             stored = os.path.join(self._kept_cache, key + ".npz") if self._kept_cache else None
-            if key not in self._kept_outputs and stored and os.path.exists(stored):
+            entry = self._kept_outputs.get(key)
+            if entry is None and stored and os.path.exists(stored):
                 loaded = pipeline.load_outputs(stored, len(jobs))
-                if loaded is not None:
-                    self._kept_outputs[key] = (*loaded, True)
-            n_kept, kept, seconds, from_cache = self._kept_outputs.get(key, (0, None, None, False))
-            # Copies: assemble blanks maps in place.
+                entry = None if loaded is None else (*loaded, True)
+            n_kept, kept, seconds, from_cache = entry or (0, None, None, False)
             if n_kept == n_samples:
-                outputs = copy.deepcopy(kept)
+                # Copies of what is kept in memory: assemble blanks maps in place.
+                outputs = kept if from_cache else copy.deepcopy(kept)
                 self._last_run = (seconds, from_cache)
             elif n_kept > n_samples:
                 outputs = pipeline.first_samples(kept, n_samples)
@@ -764,14 +764,17 @@ class Reconstructor:
             seconds = time.perf_counter() - start
             self._last_run = (seconds, False)
             if kept is not None:
-                self._kept_outputs[key] = (n_samples, kept, seconds, False)
-                if stored:
-                    try:
+                try:
+                    # With a cache, on disk only: memory stays flat however many images.
+                    if stored:
                         pipeline.save_outputs(stored, kept, n_samples=n_samples, seconds=seconds)
-                    except (OSError, TypeError) as exc:
-                        # The prediction is made: a cache that cannot keep it costs time, not results.
-                        warnings.warn(f"Could not keep this prediction in {self._kept_cache}: {exc}",
-                                      RadioreconWarning, stacklevel=2)
+                        kept = None
+                except (OSError, TypeError) as exc:
+                    # The prediction is made: a cache that cannot keep it costs time, not results.
+                    warnings.warn(f"Could not keep this prediction in {self._kept_cache} (kept in memory "
+                                  f"instead): {exc}", RadioreconWarning, stacklevel=2)
+                if kept is not None:
+                    self._kept_outputs[key] = (n_samples, kept, seconds, False)
         return results if many else results[0]
 
     @contextlib.contextmanager
@@ -791,13 +794,14 @@ class Reconstructor:
         attributes it may have changed since) is applied afresh. Unseeded
         calls are never reused. The outputs, samples included, stay in
         memory until the block ends (about ``4 * n_samples`` bytes per pixel
-        of each image with ``return_samples``).
+        of each image with ``return_samples``), or on disk with ``cache``.
 
         Parameters
         ----------
         cache : str or path-like, optional
-            A directory (made if missing) where the kept outputs are also
-            written, one compressed ``.npz`` file (no pickle) per call,
+            A directory (made if missing) where the outputs are kept
+            instead of memory (which then stays flat however many images
+            are predicted), one compressed ``.npz`` file (no pickle) per call,
             named by a digest of its images, PSFs, settings, device, the
             backend's class, version and configuration and the SHA-256 of
             its weights, with the seconds the `predict` call took; a later
@@ -805,8 +809,8 @@ class Reconstructor:
             them instead of predicting again. So a long run (``radiorecon
             benchmark --cache``) that is stopped resumes where it was, and
             gives the same results. Files that are damaged or of another
-            radiorecon version are predicted again, and one that cannot be
-            written is only warned about (`RadioreconWarning`). The digest
+            radiorecon version are predicted again, and outputs that cannot
+            be written are kept in memory with a `RadioreconWarning`. The digest
             does not cover code: a development install keeps its version,
             so clear the directory when that code changes. Sparse sky models
             take little room: 0.2 MB for 20 draws of a 512x512 image of the

@@ -476,6 +476,8 @@ def test_predictions_kept_on_disk_serve_a_later_block(overconfident, dataset, tm
     fresh = overconfident.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
     with overconfident.reusing_predictions(cache=cache) as rec:
         rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
+        assert rec._kept_outputs == {}  # on disk, not in memory
+        rec.predict(dirty, n_samples=N_SAMPLES, seed=4, return_samples=True, progress=False)
     (stored,) = cache.iterdir()
     assert runs == [N_SAMPLES, N_SAMPLES] and stored.suffix == ".npz"
     # Another block (as another process would be): read from disk, not predicted;
@@ -537,7 +539,7 @@ def test_a_prediction_cache_that_cannot_be_written_costs_no_result(overconfident
     monkeypatch.setattr(pipeline, "save_outputs", full_disk)
     dirty = dataset.image(0)
     with overconfident.reusing_predictions(cache=tmp_path) as rec:
-        with pytest.warns(RadioreconWarning, match="Could not keep this prediction.*No space left"):
+        with pytest.warns(RadioreconWarning, match="Could not keep this prediction.*in memory instead.*No space"):
             kept = rec.predict(dirty, n_samples=2, seed=1, progress=False)
         # Kept in memory all the same; a block elsewhere inside it is refused.
         np.testing.assert_array_equal(rec.predict(dirty, n_samples=2, seed=1, progress=False).data, kept.data)
