@@ -526,33 +526,59 @@ def cmd_benchmark(args):
     return 0
 
 
+CALIBRATION_STEPS = ("threshold", "uncertainty", "reliability", "flux-errors")
+
+
+def _calibration_steps(args):
+    """The calibrations ``radiorecon calibrate`` makes, in the order each needs the ones before."""
+    if args.only is None:
+        steps = {"threshold", "reliability" if args.reliability else None, "flux-errors" if args.floor else None,
+                 None if args.no_uncertainty else "uncertainty"}
+        return [step for step in CALIBRATION_STEPS if step in steps]
+    if args.no_uncertainty or args.reliability:
+        raise InputError("give either --only or --no-uncertainty / --reliability, not both: --only names every "
+                         "calibration to make")
+    steps = [step.strip() for step in args.only.split(",") if step.strip()]
+    unknown = sorted(set(steps) - set(CALIBRATION_STEPS))
+    if unknown or not steps:
+        raise InputError(f"--only {args.only!r}: expected one or more of {', '.join(CALIBRATION_STEPS)}, "
+                         "separated by commas")
+    return [step for step in CALIBRATION_STEPS if step in steps]
+
+
 def cmd_calibrate(args):
+    steps = _calibration_steps(args)
     _check_output(args.output, args.overwrite, "-o")
     rec = _open_model(args.model, _config_pairs(args.set))
+    spread = "std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)
+    if args.only is not None and "uncertainty" in steps and not spread:
+        raise InputError(f"{args.model} gives no spread with --samples {args.samples} to calibrate; "
+                         "drop uncertainty from --only" + (" or give --samples 2 or more"
+                                                           if "draws" in rec.capabilities else ""))
     common = dict(n_images=args.n_images, seed=0 if args.seed is None else args.seed,
                   progress=not args.no_progress)
     # Each image is predicted once for all the calibrations below.
     with rec.reusing_predictions(cache=args.cache):
-        found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity,
-                                        **common)
-        note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
-        print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
-              f"{_plural(found.n_images, 'image')}{note}")
-        spread = "std" in rec.capabilities or ("draws" in rec.capabilities and args.samples > 1)
-        if not args.no_uncertainty and spread:
+        if "threshold" in steps:
+            found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity,
+                                            **common)
+            note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
+            print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
+                  f"{_plural(found.n_images, 'image')}{note}")
+        if "uncertainty" in steps and spread:
             scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), floor=args.floor,
                                                **common)
             floor = f", floor {scaled.floor:.4g} (normalised)" if args.floor else ""
             print(f"uncertainty scale: {scaled.scale:.4g}{floor}; coverage of source pixels 1 sigma "
                   f"{scaled.before[1.0]:.3f} -> {scaled.after[1.0]:.3f}, 2 sigma {scaled.before[2.0]:.3f} -> "
                   f"{scaled.after[2.0]:.3f}")
-        if args.reliability:
+        if "reliability" in steps:
             found = rec.calibrate_detection_probability(args.data, n_samples=args.samples, **common)
             power = f", c {found.coefficients[2]:.4g}" if len(found.coefficients) == 3 else ""
             print(f"detection probability: a {found.coefficients[0]:.4g}, b {found.coefficients[1]:.4g}{power} on "
                   f"{found.n_detections} detections; largest reliability error {found.before:.3f} -> "
                   f"{found.after:.3f}")
-        if args.floor:
+        if "flux-errors" in steps:
             fluxes = rec.calibrate_flux_errors(args.data, n_samples=args.samples, **common)
             print(f"flux error floor: {fluxes.floor:.4g} x the noise; coverage of {fluxes.after['n']} matched "
                   f"sources' fluxes 1 sigma {fluxes.before[1.0]:.3f} -> {fluxes.after[1.0]:.3f}, 2 sigma "
@@ -771,6 +797,10 @@ def _parser():
     p.add_argument("--reliability", action="store_true",
                    help="also calibrate catalogs' detection_probability as the probability that a source is real, "
                         "from its S/N (detection_calibration)")
+    p.add_argument("--only", metavar="STEP[,STEP]",
+                   help="make only these calibrations, keeping the model's others: any of threshold, uncertainty "
+                        "(with --floor, its floor too), reliability, flux-errors (e.g. --only flux-errors to choose "
+                        "the flux error floor again on more images)")
     p.add_argument("--cache", metavar="DIR",
                    help="keep the predictions in DIR, so that an interrupted calibration resumes")
     p.add_argument("-o", "--output", required=True, help="model file to write, with the calibration")

@@ -287,6 +287,36 @@ def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
     assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor > 0
 
 
+def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset, tmp_path, capsys):
+    model = tmp_path / "in.rrm"
+    overconfident.save(model)
+    base = ["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "--no-progress"]
+    # The flux error floor alone: the threshold and scale the model carries are kept.
+    assert main([*base, "--only", "flux-errors", "-o", str(tmp_path / "flux.rrm")]) == 0
+    printed = capsys.readouterr().out
+    assert "flux error floor:" in printed and "catalog threshold:" not in printed and "scale:" not in printed
+    flux = Reconstructor.load(tmp_path / "flux.rrm")
+    assert flux.flux_error_floor > 0
+    assert flux.catalog_threshold == overconfident.catalog_threshold and flux.uncertainty_scale == 1.0
+    # The same floor as the full run's when the model carries that run's threshold and scale.
+    assert main([*base, "--floor", "-o", str(tmp_path / "all.rrm")]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(tmp_path / "all.rrm"), *base[2:], "--floor", "--only", "flux-errors",
+                 "-o", str(tmp_path / "again.rrm")]) == 0
+    capsys.readouterr()
+    full, again = Reconstructor.load(tmp_path / "all.rrm"), Reconstructor.load(tmp_path / "again.rrm")
+    assert again.flux_error_floor == pytest.approx(full.flux_error_floor)
+    assert again.uncertainty_floor == full.uncertainty_floor and again.uncertainty_scale == full.uncertainty_scale
+    # Names that are no calibration, or clash with the options --only replaces, are refused before any work.
+    for extra, message in [(["--only", "threshold,scale"], "expected one or more of threshold, uncertainty"),
+                           (["--only", ","], "expected one or more of"),
+                           (["--only", "threshold", "--reliability"], "either --only or"),
+                           (["--only", "uncertainty", "--samples", "1"], "no spread with --samples 1")]:
+        assert main([*base, *extra, "-o", str(tmp_path / "refused.rrm")]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "refused.rrm").exists()
+
+
 def test_flux_error_floor_is_chosen_kept_and_used_by_catalogs(overconfident, dataset, tmp_path, capsys):
     from radiorecon.calibration import calibrate_flux_errors
     from radiorecon.catalog import find_sources_in_model
