@@ -48,16 +48,17 @@ the noise, detection probability ``fraction**0.415 / (1 + exp(-(1.70 +
 3.39 ln S/N)))``; the flux error floor was later chosen again, 1.22, on
 the 200 sources it finds in 400 more images (``radiorecon simulate 400
 cal400 --seed 8``, 20 samples, ``Reconstructor.calibrate_flux_errors``
-inside ``reusing_predictions``; 1.14 covered 0.675 of them, 1.22 covers
-0.685). On the first 40 of those images, at 2.75 sigma, it
-found 39 of 110 sources with 2 spurious detections, where the 36-epoch
+inside ``reusing_predictions``, which ``radiorecon calibrate ... --only
+flux-errors`` does now; 1.14 covered 0.675 of them, 1.22 covers
+0.685). On the first 40 images of cal120, at 2.75 sigma, it found 39 of
+110 sources with 2 spurious detections, where the 36-epoch
 model found 37 with 5. On the 200 test images of docs/ddpm.rst's table
 (``radiorecon simulate 240 ds240 --seed 2026``, 20 samples): F1 0.304 at
 3.25 sigma (purity 0.89), 0.372 with 1.0 spurious sources per image under
 the papers' protocol, source-pixel coverage 0.72 / 0.95 at 1 / 2 sigma,
-catalog flux coverage 0.58 at 1 sigma (short of 0.68: the floor was
-chosen on only 68 sources). An earlier run of this recipe
-predicting the noise (``--prediction eps``, measured after 53 epochs) drew half-noise
+catalog flux coverage 0.62 / 0.95 at 1 / 2 sigma with the floor of 1.22
+(0.58 / 0.92 with 1.14, chosen on only 68 sources). An earlier run of
+this recipe predicting the noise (``--prediction eps``, measured after 53 epochs) drew half-noise
 skies and was not shipped.
 
 The model shipped before (``radiorecon/data/models/ddpm.rrm`` at commit abf6290)

@@ -77,7 +77,8 @@ detects more than the matched filter on 200 test images (F1 0.383 +- 0.025
 at 0.75 sigma against 0.365 +- 0.024), and the ablations at the same
 budget (``--preset only-mse|no-dcor|dcor|two-branches --isolate-content
 --content-loss l1+mse --pairs 1500 --epochs 16 --cache DIR --seed 11``,
-10.9-30.0 min each on one thread next to other work) all score lower.
+3.3-14.3 min each on one thread, a benchmark on the other core; trained
+again from these commands, they score the same) all score lower.
 Under the papers' protocol, though, every one of them has 13-280 spurious
 sources per 512x512 image (~1 % of the full method's background is not
 exactly 0).
