@@ -532,9 +532,9 @@ CALIBRATION_STEPS = ("threshold", "uncertainty", "reliability", "flux-errors")
 def _calibration_steps(args):
     """The calibrations ``radiorecon calibrate`` makes, in the order each needs the ones before."""
     if args.only is None:
-        steps = {"threshold", "reliability" if args.reliability else None, "flux-errors" if args.floor else None,
-                 None if args.no_uncertainty else "uncertainty"}
-        return [step for step in CALIBRATION_STEPS if step in steps]
+        wanted = {"threshold": True, "uncertainty": not args.no_uncertainty, "reliability": args.reliability,
+                  "flux-errors": args.floor}
+        return [step for step in CALIBRATION_STEPS if wanted[step]]
     if args.no_uncertainty or args.reliability:
         raise InputError("give either --only or --no-uncertainty / --reliability, not both: --only names every "
                          "calibration to make")

@@ -287,7 +287,9 @@ def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
     assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor > 0
 
 
-def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset, tmp_path, capsys):
+def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset, tmp_path, capsys, monkeypatch):
+    from radiorecon import pipeline
+
     model = tmp_path / "in.rrm"
     overconfident.save(model)
     base = ["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "--no-progress"]
@@ -308,13 +310,15 @@ def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset,
     assert again.flux_error_floor == pytest.approx(full.flux_error_floor)
     assert again.uncertainty_floor == full.uncertainty_floor and again.uncertainty_scale == full.uncertainty_scale
     # Names that are no calibration, or clash with the options --only replaces, are refused before any work.
+    runs = []
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: runs.append(k))
     for extra, message in [(["--only", "threshold,scale"], "expected one or more of threshold, uncertainty"),
                            (["--only", ","], "expected one or more of"),
                            (["--only", "threshold", "--reliability"], "either --only or"),
                            (["--only", "uncertainty", "--samples", "1"], "no spread with --samples 1")]:
         assert main([*base, *extra, "-o", str(tmp_path / "refused.rrm")]) == 1
         assert message in capsys.readouterr().err
-    assert not (tmp_path / "refused.rrm").exists()
+    assert not runs and not (tmp_path / "refused.rrm").exists()
 
 
 def test_flux_error_floor_is_chosen_kept_and_used_by_catalogs(overconfident, dataset, tmp_path, capsys):
