@@ -41,7 +41,7 @@ import numpy as np
 import astropy.units as u
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from . import metrics
+from . import metrics, modelfile
 from ._validate import check_int, check_seed
 from .exceptions import CapabilityError
 from ._noise import robust_std
@@ -644,7 +644,7 @@ def calibrate_flux_errors(rec, data, *, n_samples=1, threshold=None, n_images=No
         raise ValueError(f"match must hold positive levels, not {match!r}")
     data, n_samples, threshold, seed, indices = _catalog_setup(
         rec, data, n_samples=n_samples, threshold=threshold, n_images=n_images, images=images, seed=seed)
-    saved = rec.flux_error_floor
+    saved = modelfile.for_sample_count(rec.flux_error_floor, n_samples)
     found_flux, spread, true_flux, noises = [], [], [], []
     with _set_aside(rec, flux_error_floor=0.0):
         for _, score, noise in _scored_catalogs(rec, data, indices, n_samples=n_samples, threshold=threshold,
@@ -715,13 +715,14 @@ def fit_detection_probability(snr, fraction, real):
         return -np.sum(ll) + 0.5 * prior / 100.0
 
     start = np.array([0.0, 1.0, 1.0] if with_c else [0.0, 1.0])
-    fit = minimize(loss, start, method="Nelder-Mead",
+    # A negative power would make rarer detections likelier real: c >= 0 is
+    # a bound of the fit, so that a and b are the best ones for the c kept
+    # (clipping c after the fit left the probabilities too low throughout:
+    # by 0.1 on average for the shipped DDPM's 5 draws).
+    bounds = [(None, None), (None, None), (0.0, None)][: start.size]
+    fit = minimize(loss, start, method="Nelder-Mead", bounds=bounds,
                    options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 2000 * start.size})
-    coefficients = [float(v) for v in fit.x]
-    if with_c:
-        # A negative power would make rarer detections likelier real.
-        coefficients[2] = max(coefficients[2], 0.0)
-    return coefficients
+    return [float(v) for v in fit.x]
 
 
 @dataclasses.dataclass(frozen=True)

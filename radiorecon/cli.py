@@ -259,17 +259,35 @@ def _uncertainty_floor(doc):
 
 
 def _flux_error_floor(value):
+    if isinstance(value, dict):
+        floors = "; ".join(f"{n} {_samples_word(n)}: {value[n]:.4g}" for n in sorted(value, key=int))
+        return f"{floors} x the dirty image's noise (catalogs add it to flux errors in quadrature; other " \
+               "counts use the nearest)"
     if not value:
         return "0 (catalog flux errors are the samples' spread alone)"
     return f"{value:.4g} x the dirty image's noise (catalogs add it to flux errors in quadrature)"
 
 
+def _samples_word(n):
+    return "sample" if int(n) == 1 else "samples"
+
+
 def _detection_calibration(value):
     if value is None:
         return "the fraction of samples a source is found in (not calibrated)"
-    a, b, c = (*value, 1.0) if len(value) == 2 else value
-    fraction = "fraction of samples" if c == 1 else f"(fraction of samples)^{c:.4g}"
-    return f"{fraction} / (1 + exp(-({a:.4g} + {b:.4g} ln S/N))) (calibrated)"
+    if isinstance(value, dict):
+        # JSON's keys are strings: in the order of the sample counts.
+        counts = sorted(value, key=int)
+        return "; ".join(f"{n} {_samples_word(n)}: {_probability(value[n])}" for n in counts) \
+            + " (calibrated; other counts use the nearest)"
+    return f"{_probability(value)} (calibrated)"
+
+
+def _probability(coefficients):
+    a, b, c = (*coefficients, 1.0) if len(coefficients) == 2 else coefficients
+    # c = 0: how many samples find a source tells nothing more than its S/N.
+    fraction = {1: "fraction of samples", 0: "1"}.get(c, f"(fraction of samples)^{c:.4g}")
+    return f"{fraction} / (1 + exp(-({a:.4g} + {b:.4g} ln S/N)))"
 
 
 def _tiles(path, backend):

@@ -49,6 +49,7 @@ __all__ = [
     "check_uncertainty_floor",
     "check_flux_error_floor",
     "check_detection_calibration",
+    "for_sample_count",
     "DOMAIN_KEYS",
     "flatten_state",
     "unflatten_state",
@@ -190,16 +191,30 @@ def check_uncertainty_floor(value):
 
 
 def check_flux_error_floor(value):
-    """A model's flux error floor as a float; None (files written before it was recorded) is 0.
+    """A model's flux error floor: a float, floats per sample count, or 0 for None.
 
     The flux error, in units of the dirty image's noise, that catalogs add
-    in quadrature, chosen by `~radiorecon.calibration.calibrate_flux_errors`.
+    in quadrature, chosen by `~radiorecon.calibration.calibrate_flux_errors`
+    for a number of samples: one number holds for every count, a mapping
+    from sample counts to numbers one per count (`for_sample_count` picks
+    one), since one run has no spread of its own and the floor carries its
+    whole flux error. None (files written before it was recorded) is 0.
 
     Raises
     ------
     ValueError
-        If ``value`` is not None and not a finite number >= 0.
+        If ``value`` is not None, not a finite number >= 0 and not a
+        non-empty mapping from positive sample counts to such numbers.
     """
+    if isinstance(value, dict):
+        return _per_count(value, _count_floor, "flux_error_floor")
+    return _floor(value, "flux_error_floor")
+
+
+def _count_floor(value):
+    # None means "not recorded" for the whole field, never for one count.
+    if value is None:
+        raise ValueError("flux_error_floor must be a finite number >= 0 (such as 0) for each sample count, not None")
     return _floor(value, "flux_error_floor")
 
 
@@ -213,27 +228,84 @@ def _floor(value, name):
 
 
 def check_detection_calibration(value):
-    """A model's detection-probability calibration as a list ``[a, b]`` or ``[a, b, c]``, or None.
+    """A model's detection-probability calibration: coefficients, coefficients per sample count, or None.
 
-    The coefficients of ``p = fraction**c / (1 + exp(-(a + b ln(S/N))))``
+    The coefficients ``[a, b]`` or ``[a, b, c]`` of ``p = fraction**c /
+    (1 + exp(-(a + b ln(S/N))))``
     (`~radiorecon.calibration.calibrate_detection_probability`); ``c`` is
     1 when only ``[a, b]`` are given (the form calibrations took before
-    ``c`` was fitted).
+    ``c`` was fitted). One list holds for every number of samples; a
+    mapping from sample counts to lists holds one calibration per count
+    (`for_sample_count` picks one), since the fraction of 5
+    draws that find a source does not say what the fraction of 20 says.
+
+    Returns
+    -------
+    list of float, dict of int to list of float, or None
+        The keys of a mapping as int (JSON gives them as strings).
 
     Raises
     ------
     ValueError
-        If ``value`` is not None and not two or three finite numbers, the
-        third one >= 0.
+        If ``value`` is not None, not two or three finite numbers (the
+        third one >= 0), and not a non-empty mapping from positive sample
+        counts to such numbers.
     """
     if value is None:
         return None
+    if isinstance(value, dict):
+        return _per_count(value, _coefficients, "detection_calibration")
+    return _coefficients(value)
+
+
+def _per_count(value, check, name):
+    """A calibration per number of samples, ``{count: check(entry)}`` in the order of the counts."""
+    if not value:
+        raise ValueError(f"{name} per sample count must hold at least one count, not {{}}")
+    counts = {}
+    for n, entry in value.items():
+        text = str(n) if isinstance(n, (int, str)) and not isinstance(n, bool) else ""
+        if not (text.isascii() and text.isdigit() and int(text) >= 1):
+            raise ValueError(f"{name}'s sample counts must be whole numbers >= 1, not {n!r}")
+        counts[int(text)] = check(entry)
+    return dict(sorted(counts.items()))
+
+
+def _coefficients(value):
     if (not isinstance(value, (list, tuple)) or len(value) not in (2, 3)
             or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
             or (len(value) == 3 and value[2] < 0)):
         raise ValueError("detection_calibration must be two or three finite numbers [a, b] or [a, b, c] with "
-                         f"c >= 0, or None, not {value!r}")
+                         f"c >= 0 (or a mapping from sample counts to such numbers), or None, not {value!r}")
     return [float(v) for v in value]
+
+
+def for_sample_count(calibration, n_samples):
+    """The value of a calibration kept per number of samples that predictions of ``n_samples`` use.
+
+    Parameters
+    ----------
+    calibration : object or dict
+        A model's ``flux_error_floor`` or ``detection_calibration``, as
+        `check_flux_error_floor` and `check_detection_calibration` return
+        them.
+    n_samples : int
+        Draws per prediction.
+
+    Returns
+    -------
+    object
+        Anything but a mapping as it is; from a mapping, the entry for
+        ``n_samples``, else the one of the nearest count (by ratio; the
+        larger of two equally near): a similar number of draws spreads and
+        agrees most similarly.
+    """
+    if not isinstance(calibration, dict):
+        return calibration
+    if n_samples in calibration:
+        return calibration[n_samples]
+    nearest = min(calibration, key=lambda m: (abs(math.log(m / n_samples)), -m))
+    return calibration[nearest]
 
 
 def tensor_digest(tensors):
@@ -295,6 +367,10 @@ def save(path, document, tensors, *, overwrite=False):
     check_detection_calibration(document.get("detection_calibration"))
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # As JSON gives it back (a calibration per sample count has int keys,
+    # which become strings: {5, 20} and {"20", "5"} sort apart), so that the
+    # digest is of what will be read.
+    document = json.loads(json.dumps(document, allow_nan=False))
     doc = {
         **document,
         "format": FORMAT,

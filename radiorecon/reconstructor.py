@@ -103,21 +103,31 @@ class Reconstructor:
         the scale by ``calibrate_uncertainty(..., floor=True)``, kept in
         model files and written into each result's provenance
         (``RRUFLOOR``, in the result's unit).
-    flux_error_floor : float
+    flux_error_floor : float or dict
         A flux error, in units of the dirty image's noise (Jy per Jy/beam),
         that catalogs of this model's predictions
         (`~radiorecon.catalog.find_sources_in_model`) add in quadrature to
-        the samples' flux spread; 0 (the default, and after a new `fit`)
-        adds none. Chosen by `calibrate_flux_errors`, kept in model files
-        and written into each result (``RRFFLOOR``).
-    detection_calibration : list of float or None
+        the samples' flux spread; or one per number of samples, ``{1: 1.9,
+        10: 1.0}`` (what `calibrate_flux_errors` keeps: one run has no
+        spread, and its floor is its whole flux error), of which a
+        prediction uses the one for its number of samples, else the
+        nearest (`radiorecon.modelfile.for_sample_count`). 0 (the default,
+        and after a new `fit`) adds none. Kept in model files; each result
+        records the floor it used (``RRFFLOOR``).
+    detection_calibration : list of float, dict or None
         ``[a, b, c]`` (or ``[a, b]``, meaning ``c`` = 1): catalogs of this
         model's predictions give each source the ``detection_probability``
         ``fraction**c / (1 + exp(-(a + b ln(S/N))))`` (``fraction``: of the
         samples in which it is found, 1 for one run), the probability that it is real as measured on a
-        calibration split by `calibrate_detection_probability`. None (the
-        default, and after a new `fit`): the fraction of samples alone.
-        Kept in model files and written into each result (``RRDCAL``).
+        calibration split by `calibrate_detection_probability`; or such
+        coefficients per number of samples, ``{20: [a, b, c], 5: [...]}``
+        (what `calibrate_detection_probability` keeps), of which a
+        prediction uses those for its number of samples, else the nearest
+        (`radiorecon.modelfile.for_sample_count`). None (the
+        default, and after a new `fit` or a new `catalog_threshold` from
+        `calibrate_threshold`): the fraction of samples alone. Kept in
+        model files; each result records the coefficients it used
+        (``RRDCAL``).
 
     Examples
     --------
@@ -245,7 +255,8 @@ class Reconstructor:
     def flux_error_floor(self):
         """The flux error catalogs add in quadrature, in units of the dirty image's noise (float, default 0).
 
-        Setting it checks that it is finite and not negative.
+        Or a dict of such floors per number of samples. Setting it checks
+        that each is finite and not negative (keyed by whole numbers >= 1).
 
         Examples
         --------
@@ -267,8 +278,9 @@ class Reconstructor:
     def detection_calibration(self):
         """Coefficients ``[a, b]`` or ``[a, b, c]`` of catalogs' calibrated detection probability, or None.
 
-        Setting it checks that it holds two or three finite numbers, the
-        third (a power) >= 0.
+        Or a dict of such coefficients per number of samples. Setting it
+        checks that it holds two or three finite numbers, the third (a
+        power) >= 0 (in each entry, keyed by whole numbers >= 1).
         """
         return self._detection_calibration
 
@@ -757,8 +769,9 @@ class Reconstructor:
                 job, out, n_samples=n_samples, aggregate=aggregate, seed=seed, return_samples=return_samples,
                 normalisation=self.normalisation, units=self.units, backend=self.backend,
                 name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale,
-                uncertainty_floor=self.uncertainty_floor, flux_error_floor=self.flux_error_floor,
-                detection_calibration=self.detection_calibration))
+                uncertainty_floor=self.uncertainty_floor,
+                flux_error_floor=modelfile.for_sample_count(self.flux_error_floor, n_samples),
+                detection_calibration=modelfile.for_sample_count(self.detection_calibration, n_samples)))
         if made is not None:
             # The whole call, as a user waits for it.
             seconds = time.perf_counter() - start
@@ -894,9 +907,11 @@ class Reconstructor:
                               match=(1,), progress=True):
         """Choose the flux error floor of this model's catalogs on a simulated data set and keep it.
 
-        Sets `flux_error_floor` so that catalog flux errors cover the true
-        fluxes of the matched sources as a Gaussian's would at the levels
-        in ``match`` (0.683 of them at 1 sigma by default); see `radiorecon.calibration.calibrate_flux_errors`.
+        Sets the entry of `flux_error_floor` for ``n_samples``, keeping
+        those for other numbers of samples, so that catalog flux errors
+        cover the true fluxes of the matched sources as a Gaussian's would
+        at the levels in ``match`` (0.683 of them at 1 sigma by default);
+        see `radiorecon.calibration.calibrate_flux_errors`.
         Calibrate the threshold and the uncertainty scale first: the
         catalogs are made as they will be, at `catalog_threshold` with
         the scaled spread. Then `save`.
@@ -909,17 +924,21 @@ class Reconstructor:
 
         report = calibrate_flux_errors(self, data, n_samples=n_samples, threshold=threshold, n_images=n_images,
                                        images=images, seed=seed, match=match, progress=progress)
-        self.flux_error_floor = report.floor
+        self.flux_error_floor = _with_count(self.flux_error_floor, report.n_samples, report.floor,
+                                            "flux_error_floor", unset=0.0)
         return report
 
     def calibrate_detection_probability(self, data, *, n_samples=1, threshold=None, n_images=None, images=None,
                                         seed=0, progress=True):
         """Calibrate the ``detection_probability`` of this model's catalogs on a simulated data set and keep it.
 
-        Sets `detection_calibration`; see
-        `radiorecon.calibration.calibrate_detection_probability`. Calibrate
-        the threshold first: the catalogs are made at `catalog_threshold`.
-        Then `save`.
+        Sets the entry of `detection_calibration` for ``n_samples`` and
+        keeps those for other numbers of samples (a model used with 5 draws
+        and with 20 is calibrated once for each: the fraction of 5 draws
+        that find a source is coarser and less telling than that of 20);
+        see `radiorecon.calibration.calibrate_detection_probability`.
+        Calibrate the threshold first: the catalogs are made at
+        `catalog_threshold`. Then `save`.
 
         Returns
         -------
@@ -929,7 +948,8 @@ class Reconstructor:
 
         report = calibrate_detection_probability(self, data, n_samples=n_samples, threshold=threshold,
                                                  n_images=n_images, images=images, seed=seed, progress=progress)
-        self.detection_calibration = report.coefficients
+        self.detection_calibration = _with_count(self.detection_calibration, report.n_samples, report.coefficients,
+                                                 "detection_calibration", unset=None)
         return report
 
     def calibrate_threshold(self, data, *, n_samples=1, n_images=None, images=None, seed=0, target_purity=None,
@@ -942,7 +962,9 @@ class Reconstructor:
         0.9); see `radiorecon.calibration.calibrate_threshold`. It is then
         the default of ``predict --catalog``, the demo and the benchmark
         for this model; `save` to keep it in the model file. Calibrate on
-        images the model was not trained on.
+        images the model was not trained on. A threshold other than the
+        model's drops its `detection_calibration`, fitted to the
+        detections of the old one: calibrate that again.
 
         Returns
         -------
@@ -953,6 +975,8 @@ class Reconstructor:
         report = calibrate_threshold(self, data, n_samples=n_samples, n_images=n_images, images=images, seed=seed,
                                      target_purity=TARGET_PURITY if target_purity is None else target_purity,
                                      progress=progress)
+        if report.threshold != self.catalog_threshold:
+            self.detection_calibration = None
         self.catalog_threshold = report.threshold
         return report
 
@@ -1157,6 +1181,23 @@ class Reconstructor:
     def _draws_header(self, comment, seed):
         return provenance.draws_header(version=__version__, backend_name=self.backend_name, origin=self.origin,
                                        seed=seed, comment=comment)
+
+
+def _with_count(current, n_samples, value, name, *, unset):
+    """A calibration kept per number of samples, with ``value`` for ``n_samples``.
+
+    A single value (set by hand, or from files written before calibrations
+    were kept per count) was made for a count nobody recorded: it is
+    replaced, with a warning, since it may be what other counts need.
+    """
+    if isinstance(current, dict):
+        return {**current, n_samples: value}
+    if current != unset:
+        shown = f"{current:.4g}" if isinstance(current, float) else repr(current)
+        warnings.warn(f"{name} {shown} was made for an unrecorded number of samples and is replaced by the one "
+                      f"for {n_samples}; calibrate again for the other numbers of samples you use", UserWarning,
+                      stacklevel=3)
+    return {n_samples: value}
 
 
 def _source_positions(per_image, n_images):

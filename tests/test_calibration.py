@@ -284,7 +284,7 @@ def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "floor " in printed and "flux error floor:" in printed
     loaded = Reconstructor.load(out)
-    assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor > 0
+    assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor[N_SAMPLES] > 0
 
 
 def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset, tmp_path, capsys, monkeypatch):
@@ -298,7 +298,7 @@ def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset,
     printed = capsys.readouterr().out
     assert "flux error floor:" in printed and "catalog threshold:" not in printed and "scale:" not in printed
     flux = Reconstructor.load(tmp_path / "flux.rrm")
-    assert flux.flux_error_floor > 0
+    assert list(flux.flux_error_floor) == [N_SAMPLES] and flux.flux_error_floor[N_SAMPLES] > 0
     assert flux.catalog_threshold == overconfident.catalog_threshold and flux.uncertainty_scale == 1.0
     # The same floor as the full run's when the model carries that run's threshold and scale.
     assert main([*base, "--floor", "-o", str(tmp_path / "all.rrm")]) == 0
@@ -307,7 +307,13 @@ def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset,
                  "-o", str(tmp_path / "again.rrm")]) == 0
     capsys.readouterr()
     full, again = Reconstructor.load(tmp_path / "all.rrm"), Reconstructor.load(tmp_path / "again.rrm")
-    assert again.flux_error_floor == pytest.approx(full.flux_error_floor)
+    assert again.flux_error_floor[N_SAMPLES] == pytest.approx(full.flux_error_floor[N_SAMPLES])
+    # Another number of samples gets its own floor beside it.
+    assert main(["calibrate", str(tmp_path / "again.rrm"), *base[2:4], "--samples", "1", "--no-progress",
+                 "--only", "flux-errors", "-o", str(tmp_path / "one.rrm")]) == 0
+    capsys.readouterr()
+    one = Reconstructor.load(tmp_path / "one.rrm").flux_error_floor
+    assert set(one) == {1, N_SAMPLES} and one[N_SAMPLES] == again.flux_error_floor[N_SAMPLES] and one[1] > 0
     assert again.uncertainty_floor == full.uncertainty_floor and again.uncertainty_scale == full.uncertainty_scale
     # Names that are no calibration, or clash with the options --only replaces, are refused before any work.
     runs = []
@@ -341,11 +347,16 @@ def test_flux_error_floor_is_chosen_kept_and_used_by_catalogs(overconfident, dat
         assert overconfident.calibrate_flux_errors(dataset, n_samples=N_SAMPLES, threshold=4.0,
                                                    progress=False).floor == report.floor
         floored = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False, return_samples=True)
-        direct = overconfident.predict(image, progress=False)
+        direct = overconfident.predict(image, progress=False)  # the floor of the nearest count
+        # One run's own floor is kept beside the samples' one.
+        overconfident.calibrate_flux_errors(dataset, n_samples=1, threshold=4.0, progress=False)
+        own = overconfident.predict(image, progress=False)
+        again = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False)
         overconfident.save(tmp_path / "f.rrm")
     finally:
         overconfident.flux_error_floor = 0.0
     assert plain.meta["RRFFLOOR"] == 0 and floored.meta["RRFFLOOR"] == report.floor
+    assert own.meta["RRFFLOOR"] == alone.floor and again.meta["RRFFLOOR"] == report.floor
     a, b = (find_sources_in_model(r, image, 4.0) for r in (plain, floored))
     assert len(a) == len(b) > 0
     noise = a.meta["noise"].to_value("Jy / beam")
@@ -355,20 +366,21 @@ def test_flux_error_floor_is_chosen_kept_and_used_by_catalogs(overconfident, dat
     np.testing.assert_allclose(c["flux_err"].value, report.floor * noise)
     assert np.all(np.isnan(find_sources_in_model(overconfident.predict(image, progress=False), image,
                                                  4.0)["flux_err"]))
-    assert Reconstructor.load(tmp_path / "f.rrm").flux_error_floor == report.floor
+    assert Reconstructor.load(tmp_path / "f.rrm").flux_error_floor == {1: alone.floor, N_SAMPLES: report.floor}
     assert main(["info", str(tmp_path / "f.rrm")]) == 0
-    assert f"flux error floor: {report.floor:.4g} x the dirty image's noise" in capsys.readouterr().out
+    assert (f"flux error floor: 1 sample: {alone.floor:.4g}; {N_SAMPLES} samples: {report.floor:.4g} x the dirty "
+            "image's noise") in capsys.readouterr().out
     with pytest.raises(ValueError, match="match must hold positive levels"):
         calibrate_flux_errors(overconfident, dataset, match=(0,), progress=False)
     with pytest.raises(ValueError, match="threshold must be a positive"):
         calibrate_flux_errors(overconfident, dataset, threshold=-1, progress=False)
 
 
-@pytest.mark.parametrize("bad", [-1.0, True, "2", None])
+@pytest.mark.parametrize("bad", [-1.0, True, "2", None, {2: -1.0}, {2: None}, {0: 1.0}, {"1.5": 1.0}, {}])
 def test_bad_flux_error_floors_are_refused(bad):
     rec = Reconstructor("clean")
     assert rec.flux_error_floor == 0.0
-    with pytest.raises(ValueError, match="flux_error_floor must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="flux_error_floor"):
         rec.flux_error_floor = bad
     assert rec.flux_error_floor == 0.0
 
@@ -404,13 +416,56 @@ def test_detection_probability_is_calibrated_on_snr_and_kept(overconfident, data
     one = find_sources_in_model(direct, image, 2.0)
     np.testing.assert_allclose(one["detection_probability"],
                                1 / (1 + np.exp(-(a + b * np.log(np.asarray(one["snr"]))))))
-    assert Reconstructor.load(tmp_path / "p.rrm").detection_calibration == report.coefficients
+    # Kept for the number of samples it was fitted with.
+    assert Reconstructor.load(tmp_path / "p.rrm").detection_calibration == {N_SAMPLES: report.coefficients}
     assert main(["info", str(tmp_path / "p.rrm")]) == 0
-    assert "(calibrated)" in capsys.readouterr().out.split("detection probability:")[1].splitlines()[0]
-    for bad in ([1.0], [1.0, float("nan")], "ab", [True, 1.0], [1.0, 2.0, -0.5], [1.0, 2.0, 1.0, 1.0]):
+    shown = capsys.readouterr().out.split("detection probability:")[1].splitlines()[0]
+    assert shown.startswith(f" {N_SAMPLES} samples: ") and "(calibrated; other counts use the nearest)" in shown
+    for bad in ([1.0], [1.0, float("nan")], "ab", [True, 1.0], [1.0, 2.0, -0.5], [1.0, 2.0, 1.0, 1.0],
+                {5: [1.0]}):
         with pytest.raises(ValueError, match="detection_calibration must be two or three finite numbers"):
             overconfident.detection_calibration = bad
+    for bad in ({0: [1.0, 2.0]}, {"5.5": [1.0, 2.0]}, {True: [1.0, 2.0]}, {}):
+        with pytest.raises(ValueError, match="sample count"):
+            overconfident.detection_calibration = bad
     assert overconfident.detection_calibration is None
+
+
+def test_detection_probability_is_calibrated_per_number_of_samples(overconfident, dataset, tmp_path):
+    from radiorecon.calibration import calibrate_detection_probability
+
+    # 2 and 10 sort one way as numbers and the other as the file's string keys.
+    few, many = (calibrate_detection_probability(overconfident, dataset, n_samples=n, threshold=2.0,
+                                                 progress=False) for n in (2, 10))
+    # The fraction of 2 draws is coarser than that of 10: it tells less, and the fit differs.
+    assert few.coefficients != many.coefficients
+    image = dataset.image(0)
+    try:
+        overconfident.detection_calibration = [0.5, 1.0]  # a file's single list, count unknown: replaced
+        with pytest.warns(UserWarning, match=r"detection_calibration \[0.5, 1.0\] was made for an unrecorded"):
+            overconfident.calibrate_detection_probability(dataset, n_samples=10, threshold=2.0, progress=False)
+        overconfident.calibrate_detection_probability(dataset, n_samples=2, threshold=2.0, progress=False)
+        assert overconfident.detection_calibration == {2: few.coefficients, 10: many.coefficients}
+        used = {n: json.loads(overconfident.predict(image, n_samples=n, seed=1, progress=False).meta["RRDCAL"])
+                for n in (1, 2, 4, 5, 10, 20)}
+        overconfident.save(tmp_path / "n.rrm")
+        # A threshold chosen anew (2.1 is on no grid) makes other catalogs: their calibrations go.
+        overconfident.catalog_threshold = 2.1
+        overconfident.calibrate_threshold(dataset, n_samples=N_SAMPLES, progress=False)
+        assert overconfident.detection_calibration is None
+    finally:
+        overconfident.detection_calibration = None
+        overconfident.catalog_threshold = None
+    # Each count its own; others the nearest by ratio (4 takes 2's, 5 takes 10's).
+    assert used == {1: few.coefficients, 2: few.coefficients, 4: few.coefficients, 5: many.coefficients,
+                    10: many.coefficients, 20: many.coefficients}
+    doc = modelfile.read_header(tmp_path / "n.rrm")
+    assert doc["detection_calibration"] == {"2": few.coefficients, "10": many.coefficients}
+    assert Reconstructor.load(tmp_path / "n.rrm").detection_calibration == {2: few.coefficients,
+                                                                            10: many.coefficients}
+    # Equally near by ratio: the larger count, whose fraction is the finer.
+    assert modelfile.for_sample_count({2: [1.0, 2.0], 8: [3.0, 4.0]}, 4) == [3.0, 4.0]
+    assert modelfile.for_sample_count([1.0, 2.0], 7) == [1.0, 2.0]
 
 
 def test_detection_probability_fit_recovers_how_much_the_fraction_of_samples_tells():
@@ -433,6 +488,26 @@ def test_detection_probability_fit_recovers_how_much_the_fraction_of_samples_tel
     # Fractions that never vary say nothing about c: two coefficients, as before.
     ones = fit_detection_probability(snr, np.ones(n), real)
     assert len(ones) == 2 and ones[1] > 0
+
+
+def test_detection_probability_fit_bounds_the_power_and_keeps_the_mean():
+    from astropy.table import Table
+
+    from radiorecon.calibration import fit_detection_probability
+    from radiorecon.catalog import calibrated_probability
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    snr = rng.uniform(3.0, 6.0, n)
+    fraction = rng.integers(1, 6, n) / 5
+    # Detections found in fewer of 5 draws are the likelier real: the best power is below 0.
+    p_true = np.minimum(1.0, (1.3 - 0.5 * fraction) / (1 + np.exp(-(-6.0 + 4.0 * np.log(snr)))))
+    real = rng.random(n) < p_true
+    a, b, c = fit_detection_probability(snr, fraction, real)
+    assert c == 0.0 and b > 0
+    # With c at its bound, a and b are fitted for it: as many real detections as the probabilities say.
+    p = calibrated_probability(Table({"snr": snr, "detection_probability": fraction}), [a, b, c])
+    assert abs(p.mean() - real.mean()) < 0.005
 
 
 def test_cli_calibrate_reliability(overconfident, dataset, tmp_path, capsys):
