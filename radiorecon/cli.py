@@ -578,11 +578,15 @@ def cmd_calibrate(args):
     # Each image is predicted once for all the calibrations below.
     with rec.reusing_predictions(cache=args.cache):
         if "threshold" in steps:
+            had = rec.detection_calibration is not None
             found = rec.calibrate_threshold(args.data, n_samples=args.samples, target_purity=args.target_purity,
                                             **common)
             note = "" if found.reached else f" (purity {found.target_purity:g} not reached: the purest threshold taken)"
             print(f"catalog threshold: {found.threshold:g} sigma, purity {found.purity:.3f} on "
                   f"{_plural(found.n_images, 'image')}{note}")
+            if had and rec.detection_calibration is None and "reliability" not in steps:
+                print("detection probability: its calibration was for the old threshold and is dropped; "
+                      "add --reliability to make it again")
         if "uncertainty" in steps and spread:
             scaled = rec.calibrate_uncertainty(args.data, n_samples=args.samples, match=(1, 2), floor=args.floor,
                                                **common)

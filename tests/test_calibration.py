@@ -517,7 +517,15 @@ def test_cli_calibrate_reliability(overconfident, dataset, tmp_path, capsys):
     assert main(["calibrate", str(model), "--data", str(dataset.path), "--samples", str(N_SAMPLES), "-o", str(out),
                  "--reliability", "--no-uncertainty", "--no-progress"]) == 0
     assert "detection probability: a " in capsys.readouterr().out
-    assert Reconstructor.load(out).detection_calibration is not None
+    calibrated = Reconstructor.load(out)
+    assert list(calibrated.detection_calibration) == [N_SAMPLES]
+    # Another threshold: the calibration of the old one's detections goes, and the user is told.
+    calibrated.catalog_threshold = 2.1  # on no grid
+    calibrated.save(tmp_path / "moved.rrm")
+    assert main(["calibrate", str(tmp_path / "moved.rrm"), "--data", str(dataset.path), "--samples", str(N_SAMPLES),
+                 "-o", str(tmp_path / "dropped.rrm"), "--no-uncertainty", "--no-progress"]) == 0
+    assert "its calibration was for the old threshold and is dropped" in capsys.readouterr().out
+    assert Reconstructor.load(tmp_path / "dropped.rrm").detection_calibration is None
 
 
 def test_a_restored_image_catalog_takes_the_flux_error_floor(dataset):
