@@ -104,6 +104,32 @@ def test_direct_prediction_is_deterministic_and_styles_spread(pairs, trained):
     assert not np.allclose(small.samples[0], small.samples[1])
 
 
+def test_composite_style_sampling_reads_the_content_again(pairs, trained):
+    dirty = pairs[0][0] * JY_BEAM
+    direct = trained.predict(dirty, progress=False).data
+    content = trained.predict(dirty, n_samples=4, seed=1, progress=False, return_samples=True).samples
+    spread = {}
+    try:
+        trained.set_params(style_sampling="composite")
+        assert np.array_equal(trained.predict(dirty, progress=False).data, direct)  # one run: the mean style
+        for temperature in (0.0, 1.0, 20.0):
+            trained.set_params(style_temperature=temperature)
+            samples = trained.predict(dirty, n_samples=4, seed=1, progress=False, return_samples=True).samples
+            spread[temperature] = float(samples.std(axis=0).mean())
+            if temperature == 0:
+                # Every draw is the mean style: the image it gives is read the same way each time.
+                np.testing.assert_allclose(samples, np.broadcast_to(samples[0], samples.shape), atol=1e-9)
+        again = trained.predict(dirty, n_samples=4, seed=1, progress=False, return_samples=True).samples
+        assert np.array_equal(samples, again)  # seeded
+        with pytest.raises(ValueError, match="style_sampling must be one of"):
+            trained.set_params(style_sampling="decoder")
+    finally:
+        trained.set_params(style_sampling="content", style_temperature=1.0)
+    assert not np.allclose(samples, content)
+    # The further the styles stray, the more the images made with them, and the skies read from them, differ.
+    assert spread[0.0] == pytest.approx(0.0, abs=1e-12) and spread[20.0] > spread[1.0] > 0
+
+
 def test_prediction_inverts_the_normalisations(pairs, trained, monkeypatch):
     # A content net that returns its (binned) input as the normalised sky
     # must give back the input's flux: predict undoes the sky stretch, the

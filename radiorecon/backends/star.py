@@ -60,6 +60,9 @@ from ..nn import (
 
 __all__ = ["StarBackend"]
 
+_STYLE_SAMPLING = ("content", "composite")
+
+
 def _l1_plus_mse(input, target):
     return F.l1_loss(input, target) + F.mse_loss(input, target)
 
@@ -123,6 +126,15 @@ class StarBackend(Backend):
       (True), ``adversarial_weight`` (0): the training terms.
     - ``style_temperature`` (1): spread of the styles drawn at prediction,
       in units of the encoder's standard deviation.
+    - ``style_sampling`` (``"content"``): how a drawn style makes a sample.
+      ``"content"``: the content net reads the image with it. A content
+      net that learned to ignore the style (``isolate_content``) then gives
+      nearly the same sky for every style. ``"composite"``: the decoder
+      makes the image the direct content would give with that style (a new
+      realisation of the artefacts and noise, at a ``style_temperature`` of
+      about 20 as large as the image's own for the shipped model), and
+      the content is read again from it, so that the samples spread as the
+      estimate moves with the noise: three network runs per sample.
     - ``dcor_pool`` (4): maps are average-pooled by this before the
       distance correlation.
     - ``isolate_content`` (False): the composite and distance-correlation
@@ -148,7 +160,7 @@ class StarBackend(Backend):
     tile_margin = 64
     version = "1"
     input_scale = "noise"
-    inference_keys = frozenset({"style_temperature", "dead_zone"})
+    inference_keys = frozenset({"style_temperature", "style_sampling", "dead_zone"})
     default_config = {
         "downsample": 2,
         "stem": "bin",
@@ -171,6 +183,7 @@ class StarBackend(Backend):
         "two_to_one": True,
         "adversarial_weight": 0.0,
         "style_temperature": 1.0,
+        "style_sampling": "content",
         "dcor_pool": 4,
         "isolate_content": False,
     }
@@ -217,6 +230,9 @@ class StarBackend(Backend):
 
     def check_config(self):
         check_dead_zone(self.config["dead_zone"])
+        if self.config["style_sampling"] not in _STYLE_SAMPLING:
+            raise ValueError(f"style_sampling must be one of {list(_STYLE_SAMPLING)}, "
+                             f"not {self.config['style_sampling']!r}")
 
     def modules(self):
         mods = {
@@ -388,7 +404,13 @@ class StarBackend(Backend):
         mu, logvar = self.encode_style(x)
         styles = self._styles(mu, logvar, n_samples, draws)
         k, b = styles.shape[:2]
-        t_c = self.content(x.repeat(k, 1, 1, 1), styles.reshape(k * b, *styles.shape[2:]))
+        styles = styles.reshape(k * b, *styles.shape[2:])
+        if n_samples > 1 and self.config["style_sampling"] == "composite":
+            # The 2-to-1 rule twice: content + a drawn style give an image, whose content is read again.
+            x = self.composite(self.content(x, mu).repeat(k, 1, 1, 1), styles)
+            t_c = self.content(x, self.encode_style(x)[0])
+        else:
+            t_c = self.content(x.repeat(k, 1, 1, 1), styles)
         t_c = dead_zone(t_c, self.config["dead_zone"])
         sky = self._from_grid(self.sky_inverse(t_c), size, "sum")
         return Prediction(samples=sky.reshape(k, b, *sky.shape[1:]))
