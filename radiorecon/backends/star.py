@@ -131,10 +131,11 @@ class StarBackend(Backend):
       net that learned to ignore the style (``isolate_content``) then gives
       nearly the same sky for every style. ``"composite"``: the decoder
       makes the image the direct content would give with that style (a new
-      realisation of the artefacts and noise, at a ``style_temperature`` of
-      about 20 as large as the image's own for the shipped model), and
-      the content is read again from it, so that the samples spread as the
-      estimate moves with the noise: three network runs per sample.
+      realisation of the artefacts and noise; the shipped model's made
+      images differ from each other about as much as noise does at a
+      ``style_temperature`` of 20), and the content is read again from it,
+      so that the samples spread as the estimate moves with the noise:
+      three network runs per sample.
     - ``dcor_pool`` (4): maps are average-pooled by this before the
       distance correlation.
     - ``isolate_content`` (False): the composite and distance-correlation
