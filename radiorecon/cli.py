@@ -258,28 +258,26 @@ def _uncertainty_floor(doc):
             "(predict adds it to the standard deviation in quadrature)")
 
 
+def _per_count(value, show):
+    """``1 sample: ...; 10 samples: ...`` of a calibration kept per number of samples."""
+    # JSON's keys are strings: in the order of the sample counts.
+    return "; ".join(f"{n} {'sample' if int(n) == 1 else 'samples'}: {show(value[n])}" for n in sorted(value, key=int))
+
+
 def _flux_error_floor(value):
     if isinstance(value, dict):
-        floors = "; ".join(f"{n} {_samples_word(n)}: {value[n]:.4g}" for n in sorted(value, key=int))
-        return f"{floors} x the dirty image's noise (catalogs add it to flux errors in quadrature; other " \
-               "counts use the nearest)"
+        return f"{_per_count(value, lambda v: f'{v:.4g}')} x the dirty image's noise (catalogs add it to flux " \
+               "errors in quadrature; other counts use the nearest)"
     if not value:
         return "0 (catalog flux errors are the samples' spread alone)"
     return f"{value:.4g} x the dirty image's noise (catalogs add it to flux errors in quadrature)"
-
-
-def _samples_word(n):
-    return "sample" if int(n) == 1 else "samples"
 
 
 def _detection_calibration(value):
     if value is None:
         return "the fraction of samples a source is found in (not calibrated)"
     if isinstance(value, dict):
-        # JSON's keys are strings: in the order of the sample counts.
-        counts = sorted(value, key=int)
-        return "; ".join(f"{n} {_samples_word(n)}: {_probability(value[n])}" for n in counts) \
-            + " (calibrated; other counts use the nearest)"
+        return f"{_per_count(value, _probability)} (calibrated; other counts use the nearest)"
     return f"{_probability(value)} (calibrated)"
 
 
