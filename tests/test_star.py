@@ -117,8 +117,10 @@ def test_composite_style_sampling_reads_the_content_again(pairs, trained):
             samples = trained.predict(dirty, n_samples=4, seed=1, progress=False, return_samples=True).samples
             spread[temperature] = float(samples.std(axis=0).mean())
             if temperature == 0:
-                # Every draw is the mean style: the image it gives is read the same way each time.
+                # Every draw is the mean style: the image it gives is read the same way each time, and
+                # that image is not the dirty one (with "content" sampling these would all be the direct sky).
                 np.testing.assert_allclose(samples, np.broadcast_to(samples[0], samples.shape), atol=1e-9)
+                assert not np.allclose(samples[0], direct)
         again = trained.predict(dirty, n_samples=4, seed=1, progress=False, return_samples=True).samples
         assert np.array_equal(samples, again)  # seeded
         with pytest.raises(ValueError, match="style_sampling must be one of"):
