@@ -166,6 +166,12 @@ def main():
                              "0.8 GB for the default 6000 cut-outs): every epoch after the first, and a resumed run, reads them instead "
                              "of simulating them again (the same pairs, so the same weights)")
     parser.add_argument("--no-cache", action="store_true", help="simulate the pairs again in every epoch")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="fine-tune this trained STAR model file instead of training fresh networks (its "
+                             "network options and normalisation are kept; the options above that shape the "
+                             "networks are ignored)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="Adam's learning rate (default: the model's, 1e-3 for fresh networks)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="data-loader processes simulating pairs")
@@ -187,11 +193,18 @@ def main():
     pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=cache, **overrides)
     # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
     softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
-    rec = Reconstructor(
-        "star", preset=args.preset, stem=args.stem, downsample=args.downsample, content_loss=args.content_loss,
-        nonnegative=args.nonnegative, sky_softening=softening, base_channels=args.base_channels,
-        content_weight=args.content_weight, isolate_content=args.isolate_content, dead_zone=args.dead_zone,
-    )
+    if args.init:
+        rec = Reconstructor.load(args.init)
+        if rec.backend_name != "star":
+            parser.error(f"{args.init} holds a {rec.backend_name!r} model, not a STAR one")
+    else:
+        rec = Reconstructor(
+            "star", preset=args.preset, stem=args.stem, downsample=args.downsample, content_loss=args.content_loss,
+            nonnegative=args.nonnegative, sky_softening=softening, base_channels=args.base_channels,
+            content_weight=args.content_weight, isolate_content=args.isolate_content, dead_zone=args.dead_zone,
+        )
+    if args.learning_rate is not None:
+        rec.set_params(learning_rate=args.learning_rate)
     start = time.perf_counter()
     rec.fit(
         pairs,
@@ -201,6 +214,7 @@ def main():
         device=args.device,
         progress=not args.no_progress,
         checkpoint=args.output + ".ckpt",
+        warm_start=bool(args.init),
         **({"workers": args.workers} if args.workers else {}),
     )
     rec.save(args.output, overwrite=args.overwrite)

@@ -210,6 +210,11 @@ class Backend:
         Configuration keys that only steer prediction (a sampler, its number
         of steps), which `set_config` may change on a trained model. A
         backend without networks (`modules` empty) may change any key.
+    tuning_keys : frozenset of str
+        Configuration keys that steer training without shaping the networks
+        (the learning rate), which `set_config` may also change on a trained
+        model: to fine-tune it further at another rate
+        (``fit(..., warm_start=True)``).
     """
 
     capabilities = frozenset()
@@ -223,6 +228,7 @@ class Backend:
     default_config = {}
     presets = {}
     inference_keys = frozenset()
+    tuning_keys = frozenset({"learning_rate"})
     min_batch_size = 1
 
     def __init_subclass__(cls, **kwargs):
@@ -301,16 +307,18 @@ class Backend:
             For keys outside `default_config` or values that are not
             JSON-serialisable.
         ValueError
-            For keys outside `inference_keys` of a backend with networks:
-            they shape the networks or their training, so changing them
-            would leave the weights inconsistent with the stored config.
+            For keys outside `inference_keys` and `tuning_keys` of a backend
+            with networks: they shape the networks or their training, so
+            changing them would leave the weights inconsistent with the
+            stored config.
         """
         new = self._merged(self.config, params)
-        fixed = set(params) - set(self.inference_keys) if self.modules() else set()
+        free = (set(self.inference_keys) | set(self.tuning_keys)) & set(self.default_config)
+        fixed = set(params) - free if self.modules() else set()
         if fixed:
             raise ValueError(
                 f"{', '.join(sorted(fixed))} of backend {type(self).__name__} shape(s) the trained networks "
-                f"and cannot change after construction; only {sorted(self.inference_keys) or 'no keys'} can. "
+                f"and cannot change after construction; only {sorted(free) or 'no keys'} can. "
                 "Build (and train) a new model for the others."
             )
         old, self.config = self.config, new

@@ -87,22 +87,27 @@ class Reconstructor:
         files: the default of ``radiorecon predict --catalog`` and
         ``radiorecon demo``. None (the default, and after a new `fit`) leaves
         them at their own defaults. Set it, then `save`.
-    uncertainty_scale : float
+    uncertainty_scale : float or dict
         The factor by which `predict` multiplies the standard deviation
         (of the samples, or the backend's own) so that it means what it
-        says: 1 (the default, and after a new `fit`) leaves it as the
-        method gives it. Chosen on a calibration split by
-        `calibrate_uncertainty`, kept in model files and written into each
-        result's provenance (``RRUSCALE``).
-    uncertainty_floor : float
+        says; or one per number of samples, ``{10: 250.0, 3: 310.0}``
+        (what `calibrate_uncertainty` keeps: the spread of a few samples
+        is smaller and noisier than that of many), of which a prediction
+        uses the one for its number of samples, else the nearest
+        (`radiorecon.modelfile.for_sample_count`). 1 (the default, and
+        after a new `fit`) leaves it as the method gives it. Chosen on a
+        calibration split by `calibrate_uncertainty`, kept in model files
+        and written into each result's provenance (``RRUSCALE``).
+    uncertainty_floor : float or dict
         A standard deviation, in the model's normalised units (times
         ``normalisation.scale`` in the unit of its targets), that `predict`
         adds in quadrature to the scaled one: what the model cannot see
         (a source too faint to detect) is uncertain even where its samples
-        agree. 0 (the default, and after a new `fit`) adds none. Chosen with
-        the scale by ``calibrate_uncertainty(..., floor=True)``, kept in
-        model files and written into each result's provenance
-        (``RRUFLOOR``, in the result's unit).
+        agree; or one per number of samples, as the scale. 0 (the
+        default, and after a new `fit`) adds none. Chosen with the scale
+        by ``calibrate_uncertainty(..., floor=True)``, kept in model files
+        and written into each result's provenance (``RRUFLOOR``, in the
+        result's unit).
     flux_error_floor : float or dict
         A flux error, in units of the dirty image's noise (Jy per Jy/beam),
         that catalogs of this model's predictions
@@ -207,8 +212,9 @@ class Reconstructor:
     def uncertainty_scale(self):
         """The factor `predict` applies to the standard deviation (float, default 1).
 
-        Setting it checks that it is positive and finite. Only the
-        uncertainty is scaled: estimates and samples are as drawn.
+        Or a dict of such factors per number of samples. Setting it checks
+        that each is positive and finite (keyed by whole numbers >= 1).
+        Only the uncertainty is scaled: estimates and samples are as drawn.
 
         Examples
         --------
@@ -230,7 +236,8 @@ class Reconstructor:
     def uncertainty_floor(self):
         """The standard deviation `predict` adds in quadrature, in normalised units (float, default 0).
 
-        Setting it checks that it is finite and not negative. It applies
+        Or a dict of such floors per number of samples. Setting it checks
+        that each is finite and not negative. It applies
         where the prediction has an uncertainty (samples, or the backend's
         own); in the unit of the model's targets it is
         ``uncertainty_floor * normalisation.scale``.
@@ -398,7 +405,11 @@ class Reconstructor:
             where it stopped.
         warm_start : bool
             Continue from the current weights (fine-tuning a loaded model)
-            instead of starting from freshly initialised ones.
+            instead of starting from freshly initialised ones. A fitted
+            model keeps its normalisation (the scale its networks learned
+            in) and appends to its `history`; its calibrations are cleared,
+            as after any training. Lower a learning rate first with
+            `set_params` where the backend allows it (its ``tuning_keys``).
         threads : int, optional
             CPU threads for torch during the call; by default torch's own
             setting (``OMP_NUM_THREADS`` when set, else one per core).
@@ -439,6 +450,9 @@ class Reconstructor:
                           progress=progress, checkpoint=checkpoint, workers=workers, distributed=distributed)
         resume = trainer.read_checkpoint(self.backend_name, self._restore)
         if resume is None:
+            fine_tuning = warm_start and self.fitted
+            if fine_tuning:
+                self._check_same_units(units)
             self.units = units
             self.domain = domain
             # A threshold or calibration chosen for other weights does not carry over.
@@ -447,8 +461,11 @@ class Reconstructor:
             self.uncertainty_floor = 0.0
             self.flux_error_floor = 0.0
             self.detection_calibration = None
-            self.normalisation = Normalisation.fit(train, self.backend.input_scale)
-            self.history = []
+            if not fine_tuning:
+                self.normalisation = Normalisation.fit(train, self.backend.input_scale)
+                self.history = []
+            # Fine-tuning keeps the units the weights learned in, and the
+            # history of the epochs before.
         val = None
         if validation is not None:
             if is_dataset(validation):
@@ -466,6 +483,18 @@ class Reconstructor:
         self.fitted = True
         self.origin = "trained in this session"
         return self
+
+    def _check_same_units(self, units):
+        """Refuse to fine-tune on data in units other than the model's."""
+        import astropy.units as u
+
+        for role in ("input", "target"):
+            mine, theirs = self.units.get(role), units.get(role)
+            if mine is not None and theirs is not None and u.Unit(mine) != u.Unit(theirs):
+                raise u.UnitsError(
+                    f"The model's {role}s were in {mine}; these are in {theirs}: fine-tuning cannot change "
+                    "the units its networks learned in"
+                )
 
     # -- model files -------------------------------------------------------
 
@@ -768,8 +797,9 @@ class Reconstructor:
             results.append(pipeline.assemble(
                 job, out, n_samples=n_samples, aggregate=aggregate, seed=seed, return_samples=return_samples,
                 normalisation=self.normalisation, units=self.units, backend=self.backend,
-                name=self.backend_name, origin=self.origin, uncertainty_scale=self.uncertainty_scale,
-                uncertainty_floor=self.uncertainty_floor,
+                name=self.backend_name, origin=self.origin,
+                uncertainty_scale=modelfile.for_sample_count(self.uncertainty_scale, n_samples),
+                uncertainty_floor=modelfile.for_sample_count(self.uncertainty_floor, n_samples),
                 flux_error_floor=modelfile.for_sample_count(self.flux_error_floor, n_samples),
                 detection_calibration=modelfile.for_sample_count(self.detection_calibration, n_samples)))
         if made is not None:
@@ -881,15 +911,17 @@ class Reconstructor:
                               floor=False, progress=True):
         """Calibrate the uncertainty on a simulated data set and keep the scale found.
 
-        Sets `uncertainty_scale` so that the 1-sigma coverage of source
-        pixels on ``data`` is 0.683 (or, with ``match=(1, 2)``, so that the
-        1- and 2-sigma coverage are both as near 0.683 and 0.954 as one
-        scale makes them); with ``floor=True`` it also sets
-        `uncertainty_floor` (else leaves it as it is); see
+        Sets the entry of `uncertainty_scale` for ``n_samples`` so that
+        the 1-sigma coverage of source pixels on ``data`` is 0.683 (or,
+        with ``match=(1, 2)``, so that the 1- and 2-sigma coverage are both
+        as near 0.683 and 0.954 as one scale makes them), and that of
+        `uncertainty_floor` to the floor chosen with ``floor=True`` (else
+        0); the entries for other numbers of samples stay, since the
+        spread of a few samples differs from that of many (a single value
+        from an older file is replaced, with a warning). See
         `radiorecon.calibration.calibrate_uncertainty` for the parameters.
         Calibrate on images the model was not trained on, check on others,
-        then `save`. The scale holds for the ``n_samples`` it was found
-        with: the spread of a few samples differs from that of many.
+        then `save`.
 
         Returns
         -------
@@ -899,8 +931,10 @@ class Reconstructor:
 
         report = calibrate_uncertainty(self, data, n_samples=n_samples, n_images=n_images, images=images,
                                        seed=seed, match=match, floor=floor, progress=progress)
-        self.uncertainty_scale = report.scale
-        self.uncertainty_floor = report.floor
+        self.uncertainty_scale = _with_count(self.uncertainty_scale, report.n_samples, report.scale,
+                                             "uncertainty_scale", unset=1.0)
+        self.uncertainty_floor = _with_count(self.uncertainty_floor, report.n_samples, report.floor,
+                                             "uncertainty_floor", unset=0.0)
         return report
 
     def calibrate_flux_errors(self, data, *, n_samples=1, threshold=None, n_images=None, images=None, seed=0,

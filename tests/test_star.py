@@ -350,3 +350,28 @@ def test_dead_zone_changes_on_a_trained_model(pairs, tmp_path):
     with pytest.raises(TypeError, match="JSON"):  # NaN cannot be stored in a model file
         rec.set_params(dead_zone=float("nan"))
     assert rec.config["dead_zone"] == dz
+
+
+def test_fine_tuning_keeps_the_normalisation_at_a_new_learning_rate(pairs, trained, tmp_path):
+    trained.save(tmp_path / "base.rrm")
+    rec = Reconstructor.load(tmp_path / "base.rrm")
+    before = {k: v.clone() for k, v in rec.backend.state_dict().items()}
+    # Louder fields: a fresh fit would measure another scale.
+    louder = SimulatedPairs(8, seed=6, npix=32, placement_radius=1.2 * u.arcsec,
+                            flux_range=[0.5, 1.0] * u.mJy, noise_rms=150 * u.uJy)
+    with pytest.raises(ValueError, match="base_channels .*cannot change"):
+        rec.set_params(base_channels=4)
+    rec.set_params(learning_rate=1e-4)
+    rec.fit(louder, epochs=1, batch_size=8, seed=4, progress=False, warm_start=True)
+    assert rec.normalisation == trained.normalisation
+    assert rec.backend.optimizers["optimizer"].param_groups[0]["lr"] == 1e-4
+    assert len(rec.history) == len(trained.history) + 1
+    assert any(not torch.equal(before[k], v) for k, v in rec.backend.state_dict().items())
+    # Data in other units than the networks learned in are refused, before any step.
+    milli = [CCDData(pairs[i][0] * 1e3, unit="mJy/beam") for i in range(8)]
+    targets = [CCDData(pairs[i][1], unit="Jy/pix") for i in range(8)]
+    with pytest.raises(u.UnitsError, match="inputs were in Jy / beam; these are in mJy / beam"):
+        rec.fit(milli, targets, epochs=1, batch_size=8, seed=4, progress=False, warm_start=True)
+    # Without warm_start the same call trains fresh networks in a scale of its own.
+    fresh = Reconstructor.load(tmp_path / "base.rrm").fit(louder, epochs=1, batch_size=8, seed=4, progress=False)
+    assert fresh.normalisation.scale > 1.2 * trained.normalisation.scale
