@@ -113,8 +113,8 @@ class CalibrationReport:
     ----------
     scale : float
         The factor to apply to the method's standard deviation
-        (`~radiorecon.Reconstructor.uncertainty_scale`); it replaces the
-        model's scale at the time.
+        (`~radiorecon.Reconstructor.uncertainty_scale`) for ``n_samples``;
+        it replaces the model's scale for that number at the time.
     before, after : dict
         Coverage on the calibration images with the model's calibration at
         the time and with ``scale`` and ``floor``: ``{k: fraction}`` for
@@ -276,7 +276,9 @@ def calibrate_uncertainty(rec, data, *, n_samples, n_images=None, images=None, s
     if not match or min(match) <= 0:
         raise ValueError(f"match must hold positive levels, not {match!r}")
     # The method's own spread: the model's calibration is set aside while predicting.
-    saved = rec.uncertainty_scale, rec.uncertainty_floor
+    n_samples = check_int(n_samples, "n_samples")
+    saved = (modelfile.for_sample_count(rec.uncertainty_scale, n_samples),
+             modelfile.for_sample_count(rec.uncertainty_floor, n_samples))
     with _set_aside(rec, uncertainty_scale=1.0, uncertainty_floor=0.0):
         estimate, std, sky, n = _source_pixels(rec, data, n_samples=n_samples, n_images=n_images, images=images,
                                                seed=seed, progress=progress)

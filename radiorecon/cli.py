@@ -243,6 +243,9 @@ def _threshold(value):
 
 
 def _uncertainty_scale(value):
+    if isinstance(value, dict):
+        return f"{_per_count(value, lambda v: f'{v:.4g}')} (predict multiplies the standard deviation by it; " \
+               "other counts use the nearest)"
     if value is None or value == 1:
         return "1 (not calibrated: predict gives the method's own spread)"
     return f"{value:.4g} (predict multiplies the standard deviation by it)"
@@ -250,12 +253,18 @@ def _uncertainty_scale(value):
 
 def _uncertainty_floor(doc):
     value = doc.get("uncertainty_floor") or 0
-    if value == 0:
-        return "0 (none added)"
     scale = (doc.get("normalisation") or {}).get("scale") or 1.0
     unit = (doc.get("units") or {}).get("target")
-    return (f"{value:.4g} in normalised units, {value * scale:.4g}{' ' + unit if unit else ''} "
-            "(predict adds it to the standard deviation in quadrature)")
+
+    def show(v):
+        return f"{v:.4g} in normalised units, {v * scale:.4g}{' ' + unit if unit else ''}"
+
+    if isinstance(value, dict):
+        return f"{_per_count(value, show)} (predict adds it to the standard deviation in quadrature; other " \
+               "counts use the nearest)"
+    if value == 0:
+        return "0 (none added)"
+    return f"{show(value)} (predict adds it to the standard deviation in quadrature)"
 
 
 def _per_count(value, show):

@@ -158,35 +158,52 @@ def check_catalog_threshold(value):
 
 
 def check_uncertainty_scale(value):
-    """A model's uncertainty scale as a float; None (files written before it was recorded) is 1.
+    """A model's uncertainty scale: a float, floats per sample count, or 1 for None.
 
     The factor `~radiorecon.Reconstructor.predict` applies to the standard
-    deviation, chosen by `~radiorecon.calibration.calibrate_uncertainty`.
+    deviation, chosen by `~radiorecon.calibration.calibrate_uncertainty`
+    for a number of samples: one number holds for every count, a mapping
+    from sample counts to numbers one per count (`for_sample_count` picks
+    one), since the spread of 3 draws is a smaller and noisier estimate
+    than that of 20. None (files written before it was recorded) is 1.
 
     Raises
     ------
     ValueError
-        If ``value`` is not None and not a positive, finite number.
+        If ``value`` is not None, not a positive, finite number and not a
+        non-empty mapping from positive sample counts to such numbers.
     """
+    if isinstance(value, dict):
+        return _per_count(value, _count_scale, "uncertainty_scale")
     if value is None:
         return 1.0
+    return _count_scale(value)
+
+
+def _count_scale(value):
     if not _is_positive(value):
         raise ValueError(f"uncertainty_scale must be a positive, finite number (such as 1), not {value!r}")
     return float(value)
 
 
 def check_uncertainty_floor(value):
-    """A model's uncertainty floor as a float; None (files written before it was recorded) is 0.
+    """A model's uncertainty floor: a float, floats per sample count, or 0 for None.
 
     The standard deviation, in the model's normalised units, that
     `~radiorecon.Reconstructor.predict` adds in quadrature to the scaled
-    one, chosen by `~radiorecon.calibration.calibrate_uncertainty`.
+    one, chosen with the scale by
+    `~radiorecon.calibration.calibrate_uncertainty` (so kept per number of
+    samples as the scale is). None (files written before it was recorded)
+    is 0.
 
     Raises
     ------
     ValueError
-        If ``value`` is not None and not a finite number >= 0.
+        If ``value`` is not None, not a finite number >= 0 and not a
+        non-empty mapping from positive sample counts to such numbers.
     """
+    if isinstance(value, dict):
+        return _per_count(value, lambda v: _count_floor(v, "uncertainty_floor"), "uncertainty_floor")
     return _floor(value, "uncertainty_floor")
 
 
@@ -207,15 +224,15 @@ def check_flux_error_floor(value):
         non-empty mapping from positive sample counts to such numbers.
     """
     if isinstance(value, dict):
-        return _per_count(value, _count_floor, "flux_error_floor")
+        return _per_count(value, lambda v: _count_floor(v, "flux_error_floor"), "flux_error_floor")
     return _floor(value, "flux_error_floor")
 
 
-def _count_floor(value):
+def _count_floor(value, name):
     # None means "not recorded" for the whole field, never for one count.
     if value is None:
-        raise ValueError("flux_error_floor must be a finite number >= 0 (such as 0) for each sample count, not None")
-    return _floor(value, "flux_error_floor")
+        raise ValueError(f"{name} must be a finite number >= 0 (such as 0) for each sample count, not None")
+    return _floor(value, name)
 
 
 def _floor(value, name):
@@ -286,9 +303,9 @@ def for_sample_count(calibration, n_samples):
     Parameters
     ----------
     calibration : object or dict
-        A model's ``flux_error_floor`` or ``detection_calibration``, as
-        `check_flux_error_floor` and `check_detection_calibration` return
-        them.
+        A model's ``uncertainty_scale``, ``uncertainty_floor``,
+        ``flux_error_floor`` or ``detection_calibration``, as the
+        ``check_*`` functions of this module return them.
     n_samples : int
         Draws per prediction.
 

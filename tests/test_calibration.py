@@ -97,19 +97,59 @@ def test_the_calibration_is_kept_by_the_model_and_its_file(overconfident, datase
     report = overconfident.calibrate_uncertainty(dataset, n_samples=N_SAMPLES, images=[0, 1], progress=False)
     try:
         assert report.n_images == 2
-        assert overconfident.uncertainty_scale == report.scale
+        assert overconfident.uncertainty_scale == {N_SAMPLES: report.scale}
+        assert overconfident.uncertainty_floor == {N_SAMPLES: 0.0}
         overconfident.save(tmp_path / "calibrated.rrm")
     finally:
         overconfident.uncertainty_scale = 1.0
+        overconfident.uncertainty_floor = 0.0
     loaded = Reconstructor.load(tmp_path / "calibrated.rrm")
-    assert loaded.uncertainty_scale == report.scale
+    assert loaded.uncertainty_scale == {N_SAMPLES: report.scale}
     assert loaded.predict(dataset.image(0), n_samples=2, progress=False).meta["RRUSCALE"] == report.scale
     assert main(["info", str(tmp_path / "calibrated.rrm")]) == 0
-    assert f"uncertainty scale: {report.scale:.4g} (predict multiplies" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"uncertainty scale: {N_SAMPLES} samples: {report.scale:.4g} (predict multiplies" in out
+    assert f"uncertainty floor: {N_SAMPLES} samples: 0 in normalised units" in out
     # Calibrating a calibrated model replaces its scale rather than compounding it.
     again = calibrate_uncertainty(loaded, dataset, n_samples=N_SAMPLES, images=[0, 1], progress=False)
     assert again.scale == pytest.approx(report.scale, rel=1e-5)
     assert again.before[1.0] == pytest.approx(report.after[1.0], abs=1e-9)
+
+
+def test_the_scale_and_floor_are_kept_per_number_of_samples(overconfident, dataset, tmp_path):
+    image = dataset.image(0)
+    plain = {n: overconfident.predict(image, n_samples=n, seed=1, progress=False).uncertainty.array for n in (2, 3)}
+    overconfident.uncertainty_scale = 7.0  # by hand: for no recorded number of samples
+    try:
+        with pytest.warns(UserWarning, match="uncertainty_scale 7 was made for an unrecorded number of samples"):
+            few = overconfident.calibrate_uncertainty(dataset, n_samples=2, floor=True, progress=False)
+        many = overconfident.calibrate_uncertainty(dataset, n_samples=N_SAMPLES, floor=True, progress=False)
+        # The spread of 2 draws is another estimate than that of 4: each count has its own.
+        assert few.scale != many.scale
+        assert overconfident.uncertainty_scale == {2: few.scale, N_SAMPLES: many.scale}
+        assert overconfident.uncertainty_floor == {2: few.floor, N_SAMPLES: many.floor}
+        # 3 draws take those of 4, the nearer count by ratio.
+        used = {n: overconfident.predict(image, n_samples=n, seed=1, progress=False) for n in (2, 3)}
+        overconfident.save(tmp_path / "counts.rrm")
+    finally:
+        overconfident.uncertainty_scale = 1.0
+        overconfident.uncertainty_floor = 0.0
+    unit = overconfident.normalisation.scale
+    for n, report in ((2, few), (3, many)):
+        assert used[n].meta["RRUSCALE"] == report.scale
+        assert used[n].meta["RRUFLOOR"] == pytest.approx(report.floor * unit, rel=1e-6)
+        np.testing.assert_allclose(used[n].uncertainty.array, np.hypot(report.scale * plain[n], report.floor * unit),
+                                   rtol=1e-5)
+    loaded = Reconstructor.load(tmp_path / "counts.rrm")
+    assert loaded.uncertainty_scale == {2: few.scale, N_SAMPLES: many.scale}
+    assert loaded.uncertainty_floor == {2: few.floor, N_SAMPLES: many.floor}
+    # A new calibration for one count reports against that count's own calibration.
+    again = calibrate_uncertainty(loaded, dataset, n_samples=2, floor=True, progress=False)
+    assert again.before[1.0] == pytest.approx(few.after[1.0], abs=1e-9)
+    for name, bad in (("uncertainty_scale", {2: 0.0}), ("uncertainty_scale", {0: 2.0}),
+                      ("uncertainty_floor", {3: -1.0}), ("uncertainty_floor", {3: None}), ("uncertainty_scale", {})):
+        with pytest.raises(ValueError, match=name):
+            setattr(loaded, name, bad)
 
 
 def test_files_without_the_field_load_with_scale_one(overconfident, tmp_path, capsys):
@@ -200,7 +240,7 @@ def test_cli_calibrate_writes_the_threshold_and_scale(overconfident, dataset, tm
     printed = capsys.readouterr().out
     assert "catalog threshold:" in printed and "uncertainty scale:" in printed
     rec = Reconstructor.load(out)
-    assert rec.catalog_threshold is not None and rec.uncertainty_scale > 1
+    assert rec.catalog_threshold is not None and rec.uncertainty_scale[N_SAMPLES] > 1
     assert main(args) == 1 and "exists" in capsys.readouterr().err
 
 
@@ -224,7 +264,8 @@ def test_a_floor_covers_what_no_scale_of_the_samples_can(overconfident, dataset,
     report = overconfident.calibrate_uncertainty(dataset, n_samples=N_SAMPLES, match=(1, 2), floor=True,
                                                  progress=False)
     try:
-        assert (overconfident.uncertainty_scale, overconfident.uncertainty_floor) == (report.scale, report.floor)
+        assert (overconfident.uncertainty_scale, overconfident.uncertainty_floor) == ({N_SAMPLES: report.scale},
+                                                                                       {N_SAMPLES: report.floor})
         calibrated = overconfident.predict(image, n_samples=N_SAMPLES, seed=1, progress=False)
         # The same numbers as measured afresh with both set.
         again = uncertainty_coverage(overconfident, dataset, n_samples=N_SAMPLES, progress=False)
@@ -240,9 +281,9 @@ def test_a_floor_covers_what_no_scale_of_the_samples_can(overconfident, dataset,
     assert calibrated.meta["RRUFLOOR"] == pytest.approx(floor) and plain.meta["RRUFLOOR"] == 0
     assert calibrated.meta["RRUNCERT"].endswith("added in quadrature (calibrated floor)")
     loaded = Reconstructor.load(tmp_path / "floor.rrm")
-    assert loaded.uncertainty_floor == report.floor
+    assert loaded.uncertainty_floor == {N_SAMPLES: report.floor}
     assert main(["info", str(tmp_path / "floor.rrm")]) == 0
-    assert f"uncertainty floor: {report.floor:.4g} in normalised units" in capsys.readouterr().out
+    assert f"uncertainty floor: {N_SAMPLES} samples: {report.floor:.4g} in normalised units" in capsys.readouterr().out
     # Calibrating again without a floor replaces it.
     assert calibrate_uncertainty(loaded, dataset, n_samples=N_SAMPLES, progress=False).floor == 0
 
@@ -284,7 +325,7 @@ def test_cli_calibrate_with_a_floor(overconfident, dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "floor " in printed and "flux error floor:" in printed
     loaded = Reconstructor.load(out)
-    assert loaded.uncertainty_floor > 0 and loaded.flux_error_floor[N_SAMPLES] > 0
+    assert loaded.uncertainty_floor[N_SAMPLES] > 0 and loaded.flux_error_floor[N_SAMPLES] > 0
 
 
 def test_cli_calibrate_only_keeps_the_other_calibrations(overconfident, dataset, tmp_path, capsys, monkeypatch):
