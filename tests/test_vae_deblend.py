@@ -271,8 +271,10 @@ def test_a_new_prior_trains_the_flow_alone(stamps, trained):
     z = torch.randn(5, 4)
     with torch.no_grad():
         untrained = backend.log_prior(z)
+    backend.set_config(flow_learning_rate=2e-3)  # a training rate may change on trained networks
     refit = Reconstructor(backend).fit(stamps, epochs=2, batch_size=8, seed=1, progress=False, warm_start=True)
     assert all("flow_nll" in h and "reconstruction" not in h for h in refit.history)
+    assert refit.backend.optimizers["flow"].param_groups[0]["lr"] == 2e-3
     for name, value in vae.items():
         assert torch.equal(refit.backend.state_dict()[name], value), name
     with torch.no_grad():

@@ -461,6 +461,8 @@ class VaeDeblendBackend(Backend):
         "likelihood", "noise_floor", "positions", "detection_threshold", "optimizer", "map_learning_rate",
         "max_iterations", "tolerance", "flux_model_error",
     })
+    # The flow trains alone on a trained VAE (warm_start): its rate may change too.
+    tuning_keys = frozenset({"learning_rate", "flow_learning_rate"})
     default_config = {
         "stamp_size": 32,
         "latent_dim": 16,
