@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._validate import check_int, check_seed
+from .._validate import check_fraction, check_int, check_seed
 from .dataset import check_index, check_target
 from .engine import simulate_image
 from .presets import DEFAULT_PRESET, resolve_parameters
@@ -54,6 +54,13 @@ class SimulatedPairs:
         Training on cut-outs of full fields is cheaper than on full fields
         and, unlike small simulated fields, sees what a model meets in a
         512x512 image.
+    crop_anywhere : float, optional
+        Fraction (0 to 1) of the cut-outs whose window is drawn uniformly
+        over the whole field instead of around the sources' region (drawn
+        per image from the window's own stream; 0, the default, gives the
+        windows of earlier versions). A model meets every part of a
+        512x512 field, sidelobes far from any source included; trained only
+        on windows near the sources, it takes those for sources.
     cache : str or os.PathLike, optional
         Directory that keeps each pair once simulated (memory-mapped
         float32 ``.npy`` files, ``4 n crop²`` bytes each for inputs and
@@ -72,7 +79,8 @@ class SimulatedPairs:
         If ``n`` or ``seed`` is not an integer.
     ValueError
         If ``n`` or ``seed`` is out of range, ``target`` is unknown,
-        ``crop`` is not between 1 and ``npix``, or ``cache`` holds pairs of
+        ``crop`` is not between 1 and ``npix``, ``crop_anywhere`` is not
+        between 0 and 1 (or is given without ``crop``), or ``cache`` holds pairs of
         other settings.
 
     Examples
@@ -88,7 +96,8 @@ class SimulatedPairs:
 
     units = {"input": "Jy / beam", "target": "Jy / pix"}
 
-    def __init__(self, n, *, preset=DEFAULT_PRESET, seed=0, target="apparent", crop=None, cache=None, **overrides):
+    def __init__(self, n, *, preset=DEFAULT_PRESET, seed=0, target="apparent", crop=None, crop_anywhere=0.0,
+                 cache=None, **overrides):
         if seed is None:
             raise TypeError("seed must be an integer, not None: the pairs are made from it whenever indexed")
         self.n, self.seed = check_int(n, "n"), check_seed(seed)
@@ -96,6 +105,9 @@ class SimulatedPairs:
         self.parameters = resolve_parameters(preset, **overrides)
         npix = self.parameters["npix"]
         self.crop = None if crop is None else check_int(crop, "crop", minimum=1, maximum=npix)
+        self.crop_anywhere = check_fraction(crop_anywhere, "crop_anywhere")
+        if self.crop_anywhere and self.crop is None:
+            raise ValueError("crop_anywhere places cut-outs: give crop too")
         self.cache = None if cache is None else Path(cache)
         self._arrays = None
         if self.cache is not None:
@@ -126,6 +138,8 @@ class SimulatedPairs:
             "format": "radiorecon.simulate.SimulatedPairs cache", "radiorecon_version": __version__,
             "n": self.n, "seed": self.seed, "preset": self.preset, "target": self.target, "crop": self.crop,
             "shape": [self.n, size, size], "parameters_sha256": hashlib.sha256(parameters.encode()).hexdigest(),
+            # Only when set, so that the caches of earlier versions still open.
+            **({"crop_anywhere": self.crop_anywhere} if self.crop_anywhere else {}),
         }
 
     def _open_cache(self):
@@ -178,7 +192,8 @@ class SimulatedPairs:
         return np.asarray(dirty, dtype=np.float32), np.asarray(sky, dtype=np.float32)
 
     def _window(self, i):
-        """The cut-out of image ``i``: uniform within the placement radius, inside the field."""
+        """The cut-out of image ``i``: uniform within the placement radius (or, at ``crop_anywhere``'s rate,
+        over the whole field), inside the field."""
         p = self.parameters
         npix, c = p["npix"], self.crop
         # A stream apart from the image's own (seed, i), so that cropping
@@ -188,11 +203,17 @@ class SimulatedPairs:
         r, phi = radius * np.sqrt(rng.random()), 2 * np.pi * rng.random()
         centre = npix // 2 + np.array([r * np.sin(phi), r * np.cos(phi)])
         y0, x0 = np.clip(np.round(centre - c / 2).astype(int), 0, npix - c)
+        # Drawn after the default window's numbers, so that rate 0 leaves every window as it was.
+        if self.crop_anywhere and rng.random() < self.crop_anywhere:
+            y0, x0 = rng.integers(0, npix - c + 1, size=2)
+        y0, x0 = int(y0), int(x0)
         return slice(y0, y0 + c), slice(x0, x0 + c)
 
     def __repr__(self):
         npix = self.parameters["npix"]
         crop = "" if self.crop is None else f" cropped to {self.crop}² px"
+        if self.crop_anywhere:
+            crop += f" ({self.crop_anywhere:g} anywhere in the field)"
         return f"<SimulatedPairs {self.n} pairs of {npix}² px{crop}, preset {self.preset!r}, seed {self.seed}>"
 
 
