@@ -231,6 +231,8 @@ def main():
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
+    if not 0.0 <= args.crop_anywhere <= 1.0:
+        parser.error(f"--crop-anywhere must be between 0 and 1, not {args.crop_anywhere:g}")
     if os.path.exists(args.output) and not args.overwrite:
         parser.error(f"{args.output} exists; pass --overwrite to replace it")
     if args.threads:
