@@ -231,8 +231,6 @@ def main():
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
-    if not 0.0 <= args.crop_anywhere <= 1.0:
-        parser.error(f"--crop-anywhere must be between 0 and 1, not {args.crop_anywhere:g}")
     if os.path.exists(args.output) and not args.overwrite:
         parser.error(f"{args.output} exists; pass --overwrite to replace it")
     if args.threads:
@@ -244,8 +242,11 @@ def main():
     if args.placement is not None:
         overrides["placement_radius"] = args.placement * u.arcsec
     cache = None if args.no_cache else args.cache or args.output + ".pairs"
-    pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=cache,
-                           crop_anywhere=args.crop_anywhere if args.crop else 0.0, **overrides)
+    try:
+        pairs = SimulatedPairs(args.pairs, seed=args.seed, crop=args.crop or None, cache=cache,
+                               crop_anywhere=args.crop_anywhere if args.crop else 0.0, **overrides)
+    except ValueError as exc:  # bad sizes or fractions, or a cache of other settings: say so as usage
+        parser.error(str(exc))
     # The softening is per predicted pixel: a 2x2 bin holds 4 native pixels' flux.
     softening = args.sky_softening or (0.025 if args.stem == "unshuffle" else 0.1)
     if args.init:

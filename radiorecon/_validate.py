@@ -8,7 +8,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["FWHM_PER_SIGMA", "check_fraction", "check_int", "check_seed"]
+__all__ = ["FWHM_PER_SIGMA", "check_int", "check_seed"]
 
 #: Full width at half maximum of a Gaussian in units of its sigma.
 FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -43,23 +43,6 @@ def check_int(value, name, *, minimum=1, maximum=None):
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, not {value}")
     return value
-
-
-def check_fraction(value, name):
-    """Return ``value`` as a float if it is a real number in ``[0, 1]``.
-
-    Raises
-    ------
-    TypeError
-        If ``value`` is not a real number (booleans included).
-    ValueError
-        If it is outside ``[0, 1]`` or not finite.
-    """
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a number between 0 and 1, not {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
-    return float(value)
 
 
 def check_seed(seed):

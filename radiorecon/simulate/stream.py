@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._validate import check_fraction, check_int, check_seed
+from .._validate import check_int, check_seed
 from .dataset import check_index, check_target
 from .engine import simulate_image
-from .presets import DEFAULT_PRESET, resolve_parameters
+from .presets import DEFAULT_PRESET, _check_number, resolve_parameters
 
 __all__ = ["SimulatedPairs"]
 
@@ -105,7 +105,7 @@ class SimulatedPairs:
         self.parameters = resolve_parameters(preset, **overrides)
         npix = self.parameters["npix"]
         self.crop = None if crop is None else check_int(crop, "crop", minimum=1, maximum=npix)
-        self.crop_anywhere = check_fraction(crop_anywhere, "crop_anywhere")
+        self.crop_anywhere = _check_number("crop_anywhere", crop_anywhere, (0, 1), "crop_anywhere must be")
         if self.crop_anywhere and self.crop is None:
             raise ValueError("crop_anywhere places cut-outs: give crop too")
         self.cache = None if cache is None else Path(cache)
